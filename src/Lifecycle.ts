@@ -1,0 +1,373 @@
+/**
+ * Lifecycle — one shutdown path for the whole service, with one deadline.
+ *
+ * Tokio services broadcast shutdown on a `watch` channel and every task `select!`s on it; each task then
+ * invents its own exit rule and the main task guesses how long to wait. Here the phase is a single
+ * observable value (`running → draining → stopped`): a signal or `shutdown(reason)` moves it to
+ * `draining`, which closes intake everywhere at once (readiness false, new work fails with
+ * `ShuttingDown`) and starts ONE drain deadline. `run` then walks the phases in order — pre-stop delay,
+ * tracked in-flight work, then interruption of the program so its Scopes and Layer finalizers run in
+ * reverse dependency order (pools drain there) — each phase bounded by what is left of that same deadline.
+ * At the deadline, or on a second signal, `awaitForced` completes: components interrupt what is left and
+ * list it. Everything that was cut is named in the shutdown report, which is logged and returned.
+ *
+ * Time comes from `Clock` and sleeping from `Effect.sleep`, so TestClock drives every phase in tests.
+ */
+import {
+  Cause,
+  Chunk,
+  Clock,
+  Config,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import type { ConfigError, Scope } from "effect"
+import { ShuttingDown } from "./Errors.js"
+import * as Tracker from "./Tracker.js"
+
+export type Phase = "running" | "draining" | "stopped"
+
+export type SignalName = "SIGINT" | "SIGTERM"
+
+/** What started the drain. */
+export type Trigger =
+  | { readonly _tag: "Signal"; readonly signal: SignalName }
+  | { readonly _tag: "Requested"; readonly reason: string }
+
+/** Why waiting stopped before the work was done. */
+export type ForceReason =
+  | { readonly _tag: "Deadline"; readonly after: Duration.Duration }
+  | { readonly _tag: "Escalated"; readonly signal: SignalName }
+
+/** What one component (a pool, the tracked work) did during the drain. */
+export interface DrainReport {
+  readonly component: string
+  readonly durationMs: number
+  /** Items that finished on their own after the drain started. */
+  readonly finished: number
+  /** Items the deadline (or a second signal) cut: interrupted while running, or left unstarted. */
+  readonly forced: number
+  /** Every item that did not finish (interrupted, or queued and handed back), by id or label. */
+  readonly unfinished: ReadonlyArray<string>
+}
+
+export interface PhaseTiming {
+  readonly phase: "preStop" | "inFlight" | "finalizers"
+  readonly durationMs: number
+}
+
+export interface ShutdownReport {
+  readonly trigger: Trigger
+  /** `clean`: everything finished in time; `forced`: the deadline cut work; `escalated`: a second signal did. */
+  readonly outcome: "clean" | "forced" | "escalated"
+  readonly forcedBy: Option.Option<ForceReason>
+  readonly drainTimeoutMs: number
+  readonly totalMs: number
+  readonly phases: ReadonlyArray<PhaseTiming>
+  readonly components: ReadonlyArray<DrainReport>
+  readonly finished: number
+  readonly forced: number
+  readonly unfinished: ReadonlyArray<string>
+  /** True when finalizers were still running `forceGrace` after the deadline and were abandoned. */
+  readonly finalizersAbandoned: boolean
+}
+
+export interface Options {
+  /** The one deadline for all drain phases. Default: `KEEL_DRAIN_TIMEOUT`, else 30 seconds. */
+  readonly drainTimeout?: Duration.DurationInput
+  /** Wait after readiness turns false, before draining (lets load balancers notice). Default: `KEEL_PRE_STOP_DELAY`, else 0. */
+  readonly preStopDelay?: Duration.DurationInput
+  /** How long finalizers may still run once the deadline has cut the work. Default 5 seconds. */
+  readonly forceGrace?: Duration.DurationInput
+}
+
+export interface LifecycleService {
+  readonly drainTimeout: Duration.Duration
+  readonly preStopDelay: Duration.Duration
+  readonly forceGrace: Duration.Duration
+  readonly phase: Effect.Effect<Phase>
+  /** The current phase, then every change. */
+  readonly phaseChanges: Stream.Stream<Phase>
+  /** True while running; false from the first instant of draining. */
+  readonly isReady: Effect.Effect<boolean>
+  /** Completes with the trigger when draining starts (at once if it already has). */
+  readonly awaitDraining: Effect.Effect<Trigger>
+  /** Completes when waiting must stop: the deadline passed, or a second signal came. */
+  readonly awaitForced: Effect.Effect<ForceReason>
+  /** Whether waiting has been forced to stop, without waiting. */
+  readonly pollForced: Effect.Effect<Option.Option<ForceReason>>
+  /** Time left before the deadline; infinite while running. */
+  readonly remaining: Effect.Effect<Duration.Duration>
+  /** Fails with `ShuttingDown` once draining has started: the intake check for new work. */
+  readonly ensureAccepting: Effect.Effect<void, ShuttingDown>
+  /** Starts draining programmatically; later calls do nothing. */
+  readonly shutdown: (reason: string) => Effect.Effect<void>
+  /** A process signal: the first starts draining, a second one escalates (stop waiting at once). */
+  readonly signal: (signal: SignalName) => Effect.Effect<void>
+  /** Runs work the drain must wait for; refused with `ShuttingDown` once draining. */
+  readonly track: <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
+  /** Components add what they did during the drain; it appears in the shutdown report. */
+  readonly reportDrain: (report: DrainReport) => Effect.Effect<void>
+  /** @internal used by `run` */
+  readonly tracker: Tracker.Tracker
+  /** @internal used by `run` */
+  readonly drainReports: Effect.Effect<ReadonlyArray<DrainReport>>
+  /** @internal used by `run` */
+  readonly markStopped: Effect.Effect<void>
+  /** @internal used by `run` */
+  readonly drainStartedAt: Effect.Effect<Option.Option<number>>
+}
+
+export class Lifecycle extends Context.Tag("keel/Lifecycle")<Lifecycle, LifecycleService>() {}
+
+/** A trigger in words, for reasons and logs. */
+export const describeTrigger = (trigger: Trigger): string =>
+  trigger._tag === "Signal" ? trigger.signal : `shutdown requested: ${trigger.reason}`
+
+/** Environment variables read through `Config` when an option is not given. */
+export const config = {
+  drainTimeout: Config.duration("KEEL_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(30))),
+  preStopDelay: Config.duration("KEEL_PRE_STOP_DELAY").pipe(Config.withDefault(Duration.zero))
+}
+
+const resolveDuration = (
+  given: Duration.DurationInput | undefined,
+  fallback: Config.Config<Duration.Duration>
+): Effect.Effect<Duration.Duration, ConfigError.ConfigError> =>
+  given === undefined ? fallback : Effect.succeed(Duration.decode(given))
+
+/** Builds a Lifecycle in a Scope; its deadline timer lives in that Scope. */
+export const make = (options: Options = {}): Effect.Effect<LifecycleService, ConfigError.ConfigError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const drainTimeout = yield* resolveDuration(options.drainTimeout, config.drainTimeout)
+    const preStopDelay = yield* resolveDuration(options.preStopDelay, config.preStopDelay)
+    const forceGrace = Duration.decode(options.forceGrace ?? Duration.seconds(5))
+    const scope = yield* Effect.scope
+    const phaseRef = yield* SubscriptionRef.make<Phase>("running")
+    const draining = yield* Deferred.make<Trigger>()
+    const forced = yield* Deferred.make<ForceReason>()
+    const tracker = yield* Tracker.make
+    const reports: Array<DrainReport> = []
+    let drainStartedAt: number | undefined
+
+    const begin = (trigger: Trigger): Effect.Effect<boolean> =>
+      Effect.suspend(() => {
+        if (drainStartedAt !== undefined) return Effect.succeed(false)
+        drainStartedAt = Number.NaN
+        return Effect.gen(function*() {
+          drainStartedAt = yield* Clock.currentTimeMillis
+          yield* SubscriptionRef.set(phaseRef, "draining")
+          yield* tracker.close(describeTrigger(trigger))
+          yield* Effect.sleep(drainTimeout).pipe(
+            Effect.zipRight(Deferred.succeed(forced, { _tag: "Deadline", after: drainTimeout })),
+            Effect.interruptible,
+            Effect.forkIn(scope)
+          )
+          yield* Deferred.succeed(draining, trigger)
+          return true
+        })
+      }).pipe(Effect.uninterruptible)
+
+    const service: LifecycleService = {
+      drainTimeout,
+      preStopDelay,
+      forceGrace,
+      phase: SubscriptionRef.get(phaseRef),
+      phaseChanges: phaseRef.changes,
+      isReady: Effect.map(SubscriptionRef.get(phaseRef), (phase) => phase === "running"),
+      awaitDraining: Deferred.await(draining),
+      awaitForced: Deferred.await(forced),
+      pollForced: Effect.flatMap(Deferred.poll(forced), (polled) =>
+        Option.isNone(polled) ? Effect.succeedNone : Effect.asSome(polled.value)),
+      remaining: Effect.suspend(() =>
+        drainStartedAt === undefined || Number.isNaN(drainStartedAt)
+          ? Effect.succeed(Duration.infinity)
+          : Effect.map(Clock.currentTimeMillis, (now) =>
+            Duration.millis(Math.max(0, drainStartedAt! + Duration.toMillis(drainTimeout) - now)))
+      ),
+      ensureAccepting: Effect.flatMap(Deferred.poll(draining), (polled) =>
+        Option.isNone(polled)
+          ? Effect.void
+          : Effect.flatMap(polled.value, (trigger) => new ShuttingDown({ reason: describeTrigger(trigger) }))),
+      shutdown: (reason) => Effect.asVoid(begin({ _tag: "Requested", reason })),
+      signal: (signal) =>
+        Effect.flatMap(begin({ _tag: "Signal", signal }), (started) =>
+          started ? Effect.void : Effect.asVoid(Deferred.succeed(forced, { _tag: "Escalated", signal }))),
+      track: tracker.track,
+      reportDrain: (report) => Effect.sync(() => void reports.push(report)),
+      tracker,
+      drainReports: Effect.sync(() => [...reports]),
+      markStopped: SubscriptionRef.set(phaseRef, "stopped"),
+      drainStartedAt: Effect.sync(() =>
+        drainStartedAt === undefined || Number.isNaN(drainStartedAt) ? Option.none() : Option.some(drainStartedAt)
+      )
+    }
+    return service
+  })
+
+export const layer = (options: Options = {}): Layer.Layer<Lifecycle, ConfigError.ConfigError> =>
+  Layer.scoped(Lifecycle, make(options))
+
+// Accessors, so application code reads `Lifecycle.shutdown("reason")`.
+export const shutdown = (reason: string) => Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.shutdown(reason))
+export const awaitDraining = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.awaitDraining)
+export const phase = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.phase)
+export const isReady = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.isReady)
+export const track = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.track(label, effect))
+
+export interface RunResult<A, E> {
+  readonly exit: Exit.Exit<A, E>
+  /** Present when a shutdown was triggered (signal or `shutdown`), absent when the program just ended. */
+  readonly report: Option.Option<ShutdownReport>
+}
+
+const timed = <A>(effect: Effect.Effect<A>) =>
+  Effect.gen(function*() {
+    const start = yield* Clock.currentTimeMillis
+    const value = yield* effect
+    const end = yield* Clock.currentTimeMillis
+    return [value, end - start] as const
+  })
+
+/**
+ * Runs `program` under the Lifecycle. When it ends by itself, its exit is returned. When draining starts
+ * first, the phases run in order within the one deadline and the shutdown report is logged and returned.
+ */
+export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<RunResult<A, E>, never, R | Lifecycle> =>
+  Effect.gen(function*() {
+    const lifecycle = yield* Lifecycle
+    const programFiber = yield* Effect.fork(program)
+    const first = yield* Effect.raceFirst(
+      Effect.map(Fiber.await(programFiber), Either.left),
+      Effect.map(lifecycle.awaitDraining, Either.right)
+    )
+    if (Either.isLeft(first)) {
+      yield* lifecycle.markStopped
+      return { exit: first.left, report: Option.none() }
+    }
+    const trigger = first.right
+    const phases: Array<PhaseTiming> = []
+    const stopWaiting = lifecycle.awaitForced
+
+    if (Duration.greaterThan(lifecycle.preStopDelay, Duration.zero)) {
+      const [, durationMs] = yield* timed(Effect.raceFirst(Effect.sleep(lifecycle.preStopDelay), Effect.asVoid(stopWaiting)))
+      phases.push({ phase: "preStop", durationMs })
+    }
+
+    const [settlement, inFlightMs] = yield* timed(lifecycle.tracker.settle(stopWaiting))
+    phases.push({ phase: "inFlight", durationMs: inFlightMs })
+    if (settlement.finished + settlement.interrupted.length > 0) {
+      yield* lifecycle.reportDrain({
+        component: "tracked",
+        durationMs: inFlightMs,
+        finished: settlement.finished,
+        forced: settlement.interrupted.length,
+        unfinished: settlement.interrupted
+      })
+    }
+
+    // Interrupting the program closes its Scopes: Layer finalizers run in reverse dependency order.
+    const stopper = yield* Effect.fork(Fiber.interrupt(programFiber))
+    const [finalizersDone, finalizersMs] = yield* timed(Effect.raceFirst(
+      Effect.as(Fiber.await(stopper), true),
+      Effect.as(Effect.zipRight(stopWaiting, Effect.sleep(lifecycle.forceGrace)), false)
+    ))
+    phases.push({ phase: "finalizers", durationMs: finalizersMs })
+
+    const exit = Option.getOrElse(yield* Fiber.poll(programFiber), () => Exit.interrupt(Fiber.id(programFiber)))
+    const forcedBy = yield* lifecycle.pollForced
+    yield* lifecycle.markStopped
+    const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone)
+    yield* Effect.logInfo(renderReport(report))
+    return { exit, report: Option.some(report) }
+  })
+
+const buildReport = (
+  lifecycle: LifecycleService,
+  trigger: Trigger,
+  phases: ReadonlyArray<PhaseTiming>,
+  forcedPoll: Option.Option<ForceReason>,
+  finalizersAbandoned: boolean
+) =>
+  Effect.gen(function*() {
+    const components = yield* lifecycle.drainReports
+    const startedAt = Option.getOrElse(yield* lifecycle.drainStartedAt, () => 0)
+    const now = yield* Clock.currentTimeMillis
+    const forced = components.reduce((sum, component) => sum + component.forced, 0)
+    const unfinished = components.flatMap((component) => component.unfinished)
+    const workWasCut = forced > 0 || finalizersAbandoned
+    const forcedBy = Option.filter(forcedPoll, (reason) => reason._tag === "Escalated" || workWasCut)
+    const outcome: ShutdownReport["outcome"] = Option.isNone(forcedBy)
+      ? "clean"
+      : forcedBy.value._tag === "Escalated"
+      ? "escalated"
+      : "forced"
+    const report: ShutdownReport = {
+      trigger,
+      outcome,
+      forcedBy,
+      drainTimeoutMs: Duration.toMillis(lifecycle.drainTimeout),
+      totalMs: now - startedAt,
+      phases,
+      components,
+      finished: components.reduce((sum, component) => sum + component.finished, 0),
+      forced,
+      unfinished,
+      finalizersAbandoned
+    }
+    return report
+  })
+
+const exitCodes: Record<SignalName, number> = { SIGINT: 130, SIGTERM: 143 }
+
+/** A program stopped by the drain ends interrupted, or failed with `ShuttingDown`: neither is a failure. */
+export const isShutdownCause = (cause: Cause.Cause<unknown>): boolean =>
+  Chunk.isEmpty(Cause.defects(cause)) && Chunk.every(Cause.failures(cause), (error) => error instanceof ShuttingDown)
+
+/**
+ * The process exit code for a run: 0 after a clean drain or success, 1 after a forced drain or a failure,
+ * 130 / 143 when a second SIGINT / SIGTERM cut the drain short.
+ */
+export const exitCode = <A, E>(result: RunResult<A, E>): number => {
+  if (Option.isSome(result.report)) {
+    const { forcedBy, outcome } = result.report.value
+    if (Option.isSome(forcedBy) && forcedBy.value._tag === "Escalated") return exitCodes[forcedBy.value.signal]
+    if (outcome !== "clean") return 1
+    return Exit.isSuccess(result.exit) || isShutdownCause(result.exit.cause) ? 0 : 1
+  }
+  return Exit.isSuccess(result.exit) ? 0 : 1
+}
+
+/** The report as a few readable lines, for logs and terminals. */
+export const renderReport = (report: ShutdownReport): string => {
+  const forcedBy = Option.match(report.forcedBy, {
+    onNone: () => "",
+    onSome: (reason) =>
+      reason._tag === "Deadline"
+        ? ` (deadline of ${Duration.format(reason.after)} reached)`
+        : ` (second ${reason.signal})`
+  })
+  const lines = [
+    `shutdown ${report.outcome}${forcedBy}: trigger ${describeTrigger(report.trigger)}, ` +
+    `${report.finished} finished, ${report.forced} forced, ${report.unfinished.length} unfinished, ` +
+    `${report.totalMs} ms of ${report.drainTimeoutMs} ms`,
+    `  phases: ${report.phases.map((timing) => `${timing.phase} ${timing.durationMs} ms`).join(", ")}`,
+    ...report.components.map((component) =>
+      `  ${component.component}: ${component.finished} finished, ${component.forced} forced, ` +
+      `${component.unfinished.length} unfinished in ${component.durationMs} ms` +
+      (component.unfinished.length > 0 ? ` [${component.unfinished.join(", ")}]` : "")
+    )
+  ]
+  if (report.finalizersAbandoned) lines.push("  finalizers were still running after the grace period and were abandoned")
+  return lines.join("\n")
+}

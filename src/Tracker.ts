@@ -1,0 +1,101 @@
+/**
+ * Tracker — TaskTracker semantics (close + wait) for work that runs in its callers' own fibers.
+ *
+ * Draining needs to know what is in flight. A request handler or a producer does not hand its work to a
+ * pool; it runs it where it is. `track` registers that work for its duration, `close` refuses new work
+ * with a typed `ShuttingDown`, `wait` completes once closed and empty, and `settle(deadline)` waits but,
+ * when the deadline comes first, interrupts what is left and names it. This is Tokio's
+ * `TaskTracker::close/wait` plus the deadline its users write by hand around it.
+ */
+import { Deferred, Effect, Exit, Fiber, FiberId } from "effect"
+import { ShuttingDown } from "./Errors.js"
+
+export interface Settlement {
+  /** Tracked work that completed on its own after the tracker closed. */
+  readonly finished: number
+  /** Labels of the work the deadline interrupted. */
+  readonly interrupted: ReadonlyArray<string>
+}
+
+export interface Tracker {
+  /** Runs `effect` as tracked work, or fails with `ShuttingDown` once the tracker is closed. */
+  readonly track: <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
+  /** Refuses new work from now on; idempotent (the first reason is kept). */
+  readonly close: (reason: string) => Effect.Effect<void>
+  readonly isClosed: Effect.Effect<boolean>
+  /** Labels of the work in flight now. */
+  readonly inFlight: Effect.Effect<ReadonlyArray<string>>
+  /** Completes once the tracker is closed and nothing is in flight. */
+  readonly wait: Effect.Effect<void>
+  /** Waits like `wait`, but when `deadline` completes first, interrupts what is left and lists it. */
+  readonly settle: (deadline: Effect.Effect<unknown>) => Effect.Effect<Settlement>
+}
+
+interface Entry {
+  readonly label: string
+  readonly fiber: Fiber.RuntimeFiber<unknown, unknown>
+}
+
+export const make: Effect.Effect<Tracker> = Effect.sync(() => {
+  let closedReason: string | undefined
+  let nextId = 0
+  const running = new Map<number, Entry>()
+  let waiters: Array<Deferred.Deferred<void>> = []
+
+  const wakeWaiters = () => {
+    if (closedReason === undefined || running.size > 0) return
+    for (const waiter of waiters) Deferred.unsafeDone(waiter, Exit.void)
+    waiters = []
+  }
+
+  const track = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.withFiberRuntime<A, E | ShuttingDown, R>((fiber) => {
+        if (closedReason !== undefined) return Effect.fail(new ShuttingDown({ reason: closedReason }))
+        const id = nextId++
+        running.set(id, { label, fiber })
+        return restore(effect).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            running.delete(id)
+            wakeWaiters()
+          }))
+        )
+      })
+    )
+
+  const wait = Effect.suspend(() => {
+    if (closedReason !== undefined && running.size === 0) return Effect.void
+    const waiter = Deferred.unsafeMake<void>(FiberId.none)
+    waiters.push(waiter)
+    return Deferred.await(waiter)
+  })
+
+  const settle = (deadline: Effect.Effect<unknown>): Effect.Effect<Settlement> =>
+    Effect.suspend(() => {
+      const pendingAtStart = running.size
+      return Effect.raceFirst(
+        Effect.as(wait, [] as ReadonlyArray<string>),
+        Effect.flatMap(deadline, () =>
+          Effect.suspend(() => {
+            const left = [...running.values()]
+            return Effect.forEach(left, (entry) => Fiber.interruptFork(entry.fiber), { discard: true }).pipe(
+              Effect.zipRight(wait),
+              Effect.as(left.map((entry) => entry.label))
+            )
+          }))
+      ).pipe(Effect.map((interrupted) => ({ finished: pendingAtStart - interrupted.length, interrupted })))
+    })
+
+  return {
+    track,
+    close: (reason) =>
+      Effect.sync(() => {
+        closedReason ??= reason
+        wakeWaiters()
+      }),
+    isClosed: Effect.sync(() => closedReason !== undefined),
+    inFlight: Effect.sync(() => [...running.values()].map((entry) => entry.label)),
+    wait,
+    settle
+  }
+})
