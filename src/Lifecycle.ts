@@ -22,7 +22,6 @@ import {
   Deferred,
   Duration,
   Effect,
-  Either,
   Exit,
   Fiber,
   Layer,
@@ -101,6 +100,8 @@ export interface LifecycleService {
   readonly isReady: Effect.Effect<boolean>
   /** Completes with the trigger when draining starts (at once if it already has). */
   readonly awaitDraining: Effect.Effect<Trigger>
+  /** The trigger, if draining has started, without waiting. */
+  readonly pollDraining: Effect.Effect<Option.Option<Trigger>>
   /** Completes when waiting must stop: the deadline passed, or a second signal came. */
   readonly awaitForced: Effect.Effect<ForceReason>
   /** Whether waiting has been forced to stop, without waiting. */
@@ -145,6 +146,9 @@ const resolveDuration = (
 ): Effect.Effect<Duration.Duration, ConfigError.ConfigError> =>
   given === undefined ? fallback : Effect.succeed(Duration.decode(given))
 
+const pollDeferred = <A>(deferred: Deferred.Deferred<A>): Effect.Effect<Option.Option<A>> =>
+  Effect.flatMap(Deferred.poll(deferred), (polled) => Option.isNone(polled) ? Effect.succeedNone : Effect.asSome(polled.value))
+
 /** Builds a Lifecycle in a Scope; its deadline timer lives in that Scope. */
 export const make = (options: Options = {}): Effect.Effect<LifecycleService, ConfigError.ConfigError, Scope.Scope> =>
   Effect.gen(function*() {
@@ -185,19 +189,17 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
       phaseChanges: phaseRef.changes,
       isReady: Effect.map(SubscriptionRef.get(phaseRef), (phase) => phase === "running"),
       awaitDraining: Deferred.await(draining),
+      pollDraining: pollDeferred(draining),
       awaitForced: Deferred.await(forced),
-      pollForced: Effect.flatMap(Deferred.poll(forced), (polled) =>
-        Option.isNone(polled) ? Effect.succeedNone : Effect.asSome(polled.value)),
+      pollForced: pollDeferred(forced),
       remaining: Effect.suspend(() =>
         drainStartedAt === undefined || Number.isNaN(drainStartedAt)
           ? Effect.succeed(Duration.infinity)
           : Effect.map(Clock.currentTimeMillis, (now) =>
             Duration.millis(Math.max(0, drainStartedAt! + Duration.toMillis(drainTimeout) - now)))
       ),
-      ensureAccepting: Effect.flatMap(Deferred.poll(draining), (polled) =>
-        Option.isNone(polled)
-          ? Effect.void
-          : Effect.flatMap(polled.value, (trigger) => new ShuttingDown({ reason: describeTrigger(trigger) }))),
+      ensureAccepting: Effect.flatMap(pollDeferred(draining), (trigger) =>
+        Option.isNone(trigger) ? Effect.void : new ShuttingDown({ reason: describeTrigger(trigger.value) })),
       shutdown: (reason) => Effect.asVoid(begin({ _tag: "Requested", reason })),
       signal: (signal) =>
         Effect.flatMap(begin({ _tag: "Signal", signal }), (started) =>
@@ -247,15 +249,17 @@ export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<Run
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
     const programFiber = yield* Effect.fork(program)
-    const first = yield* Effect.raceFirst(
-      Effect.map(Fiber.await(programFiber), Either.left),
-      Effect.map(lifecycle.awaitDraining, Either.right)
-    )
-    if (Either.isLeft(first)) {
+    yield* Effect.raceFirst(Effect.asVoid(Fiber.await(programFiber)), Effect.asVoid(lifecycle.awaitDraining))
+    const draining = yield* lifecycle.pollDraining
+    if (Option.isNone(draining)) {
       yield* lifecycle.markStopped
-      return { exit: first.left, report: Option.none() }
+      return { exit: yield* Fiber.await(programFiber), report: Option.none() }
     }
-    const trigger = first.right
+    const trigger = draining.value
+    yield* Effect.logInfo(
+      `draining (${describeTrigger(trigger)}): intake closed, deadline ${Duration.format(lifecycle.drainTimeout)}` +
+        (trigger._tag === "Signal" ? `; a second ${trigger.signal} stops waiting` : "")
+    )
     const phases: Array<PhaseTiming> = []
     const stopWaiting = lifecycle.awaitForced
 
@@ -345,8 +349,12 @@ export const exitCode = <A, E>(result: RunResult<A, E>): number => {
     if (outcome !== "clean") return 1
     return Exit.isSuccess(result.exit) || isShutdownCause(result.exit.cause) ? 0 : 1
   }
-  return Exit.isSuccess(result.exit) ? 0 : 1
+  return Exit.isSuccess(result.exit) || isRefusedIntake(result.exit.cause) ? 0 : 1
 }
+
+/** A program that ended because intake was closed on it (it met `ShuttingDown`) did not fail. */
+const isRefusedIntake = (cause: Cause.Cause<unknown>): boolean =>
+  !Chunk.isEmpty(Cause.failures(cause)) && isShutdownCause(cause)
 
 /** The report as a few readable lines, for logs and terminals. */
 export const renderReport = (report: ShutdownReport): string => {

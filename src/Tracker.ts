@@ -73,17 +73,18 @@ export const make: Effect.Effect<Tracker> = Effect.sync(() => {
   const settle = (deadline: Effect.Effect<unknown>): Effect.Effect<Settlement> =>
     Effect.suspend(() => {
       const pendingAtStart = running.size
-      return Effect.raceFirst(
-        Effect.as(wait, [] as ReadonlyArray<string>),
-        Effect.flatMap(deadline, () =>
-          Effect.suspend(() => {
-            const left = [...running.values()]
-            return Effect.forEach(left, (entry) => Fiber.interruptFork(entry.fiber), { discard: true }).pipe(
-              Effect.zipRight(wait),
-              Effect.as(left.map((entry) => entry.label))
-            )
-          }))
-      ).pipe(Effect.map((interrupted) => ({ finished: pendingAtStart - interrupted.length, interrupted })))
+      let interrupted: ReadonlyArray<string> = []
+      const cutAtDeadline = Effect.flatMap(deadline, () =>
+        Effect.suspend(() => {
+          const left = [...running.values()]
+          interrupted = left.map((entry) => entry.label)
+          return Effect.forEach(left, (entry) => Fiber.interruptFork(entry.fiber), { discard: true }).pipe(
+            Effect.zipRight(wait)
+          )
+        }))
+      return Effect.raceFirst(wait, cutAtDeadline).pipe(
+        Effect.map(() => ({ finished: pendingAtStart - interrupted.length, interrupted }))
+      )
     })
 
   return {

@@ -13,7 +13,7 @@
  * with `ShuttingDown`; the drain finishes in-flight jobs and then drains the queue or hands it back, all
  * within the Lifecycle's one deadline, after which what is left is interrupted and listed.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, Option, Queue } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, Option, Queue, Runtime } from "effect"
 import type { Schedule, Scope } from "effect"
 import { Evicted, QueueFull, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
@@ -126,7 +126,8 @@ export interface SubmitOptions {
   readonly id?: string
 }
 
-const metricsFor = (pool: string) => {
+/** The metrics of the pool named `pool`, to read them or to export them (e.g. as Prometheus text). */
+export const metrics = (pool: string) => {
   const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) => Metric.tagged(metric, "pool", pool)
   return {
     depth: tagged(Metric.gauge("keel_pool_queue_depth", { description: "jobs waiting in the queue" })),
@@ -177,7 +178,7 @@ export const make = <A, E = never, R = never>(
     const attemptTimeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
     const deadLetterSink = options.deadLetter ?? logDeadLetter
     const handBackSink = options.handBack ?? logHandBack
-    const metrics = metricsFor(name)
+    const poolMetrics = metrics(name)
     const queue = yield* Queue.bounded<Job<A>>(capacity)
 
     // `accepted` includes offers still suspended on a full queue (`suspendedOffers`), so that `awaitIdle`
@@ -205,20 +206,20 @@ export const make = <A, E = never, R = never>(
       switch (outcome._tag) {
         case "Completed":
           count.completed++
-          metrics.completed.unsafeUpdate(1, [])
+          poolMetrics.completed.unsafeUpdate(1, [])
           break
         case "Failed":
           if (!Cause.isFailType(outcome.letter.cause) || !(outcome.letter.cause.error instanceof Evicted)) {
             count.failed++
-            metrics.failed.unsafeUpdate(1, [])
+            poolMetrics.failed.unsafeUpdate(1, [])
           }
           count.deadLettered++
-          metrics.deadLettered.unsafeUpdate(1, [])
+          poolMetrics.deadLettered.unsafeUpdate(1, [])
           sink = deadLetterSink(outcome.letter)
           break
         case "Unfinished":
           count.unfinished++
-          metrics.unfinished.unsafeUpdate(1, [])
+          poolMetrics.unfinished.unsafeUpdate(1, [])
           if (draining) unfinishedSinceDrain.push(outcome.unfinished)
           else sink = handBackSink([outcome.unfinished])
           break
@@ -242,7 +243,7 @@ export const make = <A, E = never, R = never>(
     const offerNow = (job: Job<A>): boolean => {
       count.accepted++
       if (queue.unsafeOffer(job)) {
-        metrics.depth.unsafeUpdate(depth(), [])
+        poolMetrics.depth.unsafeUpdate(depth(), [])
         return true
       }
       count.accepted--
@@ -296,7 +297,7 @@ export const make = <A, E = never, R = never>(
         attempts++
         if (attempts > 1) {
           count.retried++
-          metrics.retried.unsafeUpdate(1, [])
+          poolMetrics.retried.unsafeUpdate(1, [])
         }
         const run = options.handler(job.payload, { id: job.id, attempt: attempts })
         return attemptTimeout === undefined ? run : Effect.timeoutFail(run, {
@@ -320,12 +321,12 @@ export const make = <A, E = never, R = never>(
       Effect.forever(Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(Queue.take(queue)), (job) => {
           running.set(slot, job)
-          metrics.inFlight.unsafeUpdate(running.size, [])
+          poolMetrics.inFlight.unsafeUpdate(running.size, [])
           const execution = runAttempts(job)
           return Effect.flatMap(Effect.exit(restore(execution.run)), (exit) => {
             running.delete(slot)
-            metrics.inFlight.unsafeUpdate(running.size, [])
-            metrics.depth.unsafeUpdate(depth(), [])
+            poolMetrics.inFlight.unsafeUpdate(running.size, [])
+            poolMetrics.depth.unsafeUpdate(depth(), [])
             return settle(outcomeOf(job, exit, execution.attempts()))
           })
         })
@@ -387,11 +388,15 @@ export const make = <A, E = never, R = never>(
       return { durationMs, finished, unfinished }
     })
 
-    // The drain runs in a fiber of its own, so a caller interrupted while waiting cannot cut it short.
-    const shutdown = yield* Effect.cached(Effect.flatMap(Effect.forkDaemon(Effect.interruptible(drain)), Fiber.join))
+    // The drain starts once, in a fiber of its own: a caller interrupted while waiting cannot cut it short.
+    const runtime = yield* Effect.runtime<never>()
+    let drainFiber: Fiber.RuntimeFiber<DrainResult<A>> | undefined
+    const shutdown = Effect.suspend(() => Fiber.join(drainFiber ??= Runtime.runFork(runtime)(drain)))
     yield* Effect.addFinalizer(() => shutdown)
+    // The pool reacts to the Lifecycle's one signal: intake closes and the drain starts at once.
     yield* lifecycle.awaitDraining.pipe(
       Effect.flatMap((trigger) => closeIntake(`draining (${describeTrigger(trigger)})`)),
+      Effect.zipRight(shutdown),
       Effect.forkScoped
     )
 

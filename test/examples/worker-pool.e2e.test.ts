@@ -1,0 +1,72 @@
+/**
+ * The worker-pool example as a user runs it: a real process, real SIGINT / SIGTERM, the exit code and
+ * the printed shutdown report checked from the outside.
+ */
+import { afterEach, describe, expect, it } from "vitest"
+import { killLeftovers, startTypeScript } from "../support/childProcess.js"
+
+const entry = "examples/worker-pool/main.ts"
+const busy = /progress: queued \d+ \| in flight 4 \|/
+
+afterEach(killLeftovers)
+
+describe("worker-pool example", () => {
+  it("runs its jobs to the end and exits 0", async () => {
+    const run = startTypeScript(entry, ["--jobs", "30", "--min-ms", "5", "--max-ms", "20", "--failure-rate", "0"])
+    expect(await run.waitForExit(30_000)).toEqual({ code: 0, signal: null })
+    expect(run.output()).toContain("all 30 jobs done: 30 completed, 0 failed")
+  })
+
+  it("on SIGINT lets the in-flight jobs finish, prints the report and exits 0", async () => {
+    const run = startTypeScript(entry, [
+      "--jobs", "0", "--workers", "4", "--min-ms", "600", "--max-ms", "900", "--failure-rate", "0", "--policy", "handBack"
+    ])
+    await run.waitForOutput(busy, 30_000)
+    run.signal("SIGINT")
+    expect(await run.waitForExit(30_000)).toEqual({ code: 0, signal: null })
+    const report = run.output().match(/shutdown clean: trigger SIGINT, (\d+) finished, (\d+) forced, (\d+) unfinished/)
+    expect(report).not.toBeNull()
+    const [, finished, forced, unfinished] = report!.map(Number)
+    expect(finished).toBe(4) // the four running jobs completed
+    expect(forced).toBe(0)
+    expect(unfinished).toBeGreaterThanOrEqual(32) // the full queue was handed back, listed by id
+    expect(run.output()).toMatch(/handed back unfinished: jobs-\d+ \(handedBack\)/)
+  })
+
+  it("a second SIGINT during the drain stops waiting and exits 130", async () => {
+    const run = startTypeScript(entry, ["--jobs", "0", "--min-ms", "20000", "--max-ms", "30000", "--failure-rate", "0"])
+    await run.waitForOutput(busy, 30_000)
+    run.signal("SIGINT")
+    await run.waitForOutput(/draining \(SIGINT\)/, 10_000)
+    run.signal("SIGINT")
+    expect(await run.waitForExit(15_000)).toEqual({ code: 130, signal: null })
+    // Nothing finished: the jobs had 20 s or more to go, so the exit did not wait for them.
+    expect(run.output()).toMatch(/shutdown escalated \(second SIGINT\): trigger SIGINT, 0 finished, \d+ forced/)
+  })
+
+  it("a second SIGTERM exits 143", async () => {
+    const run = startTypeScript(entry, ["--jobs", "0", "--min-ms", "20000", "--max-ms", "30000"])
+    await run.waitForOutput(busy, 30_000)
+    run.signal("SIGTERM")
+    await run.waitForOutput(/draining \(SIGTERM\)/, 10_000)
+    run.signal("SIGTERM")
+    expect(await run.waitForExit(15_000)).toEqual({ code: 143, signal: null })
+  })
+
+  it("when the drain deadline passes, the running jobs are cut and listed, exit 1", async () => {
+    const run = startTypeScript(entry, ["--jobs", "0", "--min-ms", "20000", "--max-ms", "30000"], {
+      KEEL_DRAIN_TIMEOUT: "1 second"
+    })
+    await run.waitForOutput(busy, 30_000)
+    run.signal("SIGTERM")
+    expect(await run.waitForExit(15_000)).toEqual({ code: 1, signal: null })
+    expect(run.output()).toMatch(/shutdown forced \(deadline of 1s reached\): trigger SIGTERM, 0 finished, \d+ forced/)
+    expect(run.output()).toMatch(/jobs-1 \(interrupted\)/)
+  })
+
+  it("refuses a bad flag with a clear message and exit code 2", async () => {
+    const run = startTypeScript(entry, ["--workers", "zero"])
+    expect(await run.waitForExit(30_000)).toEqual({ code: 2, signal: null })
+    expect(run.output()).toContain(`--workers must be an integer ≥ 1, got "zero"`)
+  })
+})

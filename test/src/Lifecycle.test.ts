@@ -1,0 +1,195 @@
+/**
+ * Lifecycle: the phases, the intake check, tracked work, the one deadline, escalation, the report and
+ * the exit codes — in virtual time.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, ConfigProvider, Context, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
+import { Lifecycle, ShuttingDown } from "keel"
+
+const withLifecycle = (options: Lifecycle.Options = { drainTimeout: "10 seconds" }) =>
+  Effect.provide(Lifecycle.layer(options))
+
+// Forks the run and lets the program's own fibers start (TestClock.adjust runs them until they suspend).
+const runInBackground = <A, E>(program: Effect.Effect<A, E, Lifecycle.Lifecycle>) =>
+  Effect.tap(Effect.fork(Lifecycle.run(program)), () => TestClock.adjust(0))
+
+describe("Lifecycle phases", () => {
+  it.effect("moves running → draining → stopped, observable as a value, a stream and an awaitable", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const seen = yield* lifecycle.phaseChanges.pipe(Stream.take(3), Stream.runCollect, Effect.fork)
+      const draining = yield* Effect.fork(lifecycle.awaitDraining)
+      yield* TestClock.adjust(0)
+      expect(yield* lifecycle.phase).toBe("running")
+      expect(yield* lifecycle.isReady).toBe(true)
+      const running = yield* runInBackground(Effect.never)
+      yield* Lifecycle.shutdown("maintenance")
+      expect(yield* Fiber.join(draining)).toEqual({ _tag: "Requested", reason: "maintenance" })
+      expect(yield* lifecycle.isReady).toBe(false)
+      yield* Fiber.join(running)
+      expect(yield* lifecycle.phase).toBe("stopped")
+      expect(Chunk.toArray(yield* Fiber.join(seen))).toEqual(["running", "draining", "stopped"])
+    }).pipe(withLifecycle()))
+
+  it.effect("closes intake with a typed ShuttingDown once draining", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      yield* lifecycle.ensureAccepting
+      yield* lifecycle.signal("SIGTERM")
+      const refused = yield* Effect.flip(lifecycle.ensureAccepting)
+      expect(refused).toEqual(new ShuttingDown({ reason: "SIGTERM" }))
+      const tracked = yield* Effect.flip(lifecycle.track("late request", Effect.succeed(1)))
+      expect(tracked._tag).toBe("ShuttingDown")
+    }).pipe(withLifecycle()))
+
+  it.effect("reads the drain deadline and pre-stop delay from the environment through Config", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      expect(Duration.toMillis(lifecycle.drainTimeout)).toBe(12_000)
+      expect(Duration.toMillis(lifecycle.preStopDelay)).toBe(250)
+    }).pipe(
+      Effect.provide(Lifecycle.layer()),
+      Effect.withConfigProvider(
+        ConfigProvider.fromMap(new Map([["KEEL_DRAIN_TIMEOUT", "12 seconds"], ["KEEL_PRE_STOP_DELAY", "250 millis"]]))
+      )
+    ))
+
+  it.effect("an explicit option wins over the environment, and a bad value is a ConfigError", () =>
+    Effect.gen(function*() {
+      const fromOption = yield* Effect.map(Lifecycle.Lifecycle, (lifecycle) => lifecycle.drainTimeout).pipe(
+        Effect.provide(Lifecycle.layer({ drainTimeout: "3 seconds" }))
+      )
+      expect(Duration.toMillis(fromOption)).toBe(3_000)
+      const broken = yield* Effect.flip(
+        Effect.provide(Lifecycle.Lifecycle, Lifecycle.layer()).pipe(
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["KEEL_DRAIN_TIMEOUT", "soon"]])))
+        )
+      )
+      expect(broken._op).toBe("InvalidData")
+    }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["KEEL_DRAIN_TIMEOUT", "12 seconds"]])))))
+})
+
+describe("Lifecycle.run", () => {
+  it.effect("a program that ends by itself has no shutdown report and exit code 0 (1 on failure)", () =>
+    Effect.gen(function*() {
+      const done = yield* Lifecycle.run(Effect.succeed("done"))
+      expect(done.exit).toEqual(Exit.succeed("done"))
+      expect(Option.isNone(done.report)).toBe(true)
+      expect(Lifecycle.exitCode(done)).toBe(0)
+      const failed = yield* Lifecycle.run(Effect.fail("boom"))
+      expect(Lifecycle.exitCode(failed)).toBe(1)
+    }).pipe(withLifecycle()))
+
+  it.effect("waits for tracked in-flight work, then reports a clean drain", () =>
+    Effect.gen(function*() {
+      const program = Lifecycle.track("request-1", Effect.sleep("2 seconds")).pipe(Effect.zipRight(Effect.never))
+      const running = yield* runInBackground(program)
+      yield* TestClock.adjust("500 millis")
+      yield* Lifecycle.shutdown("deploy")
+      yield* TestClock.adjust("1500 millis")
+      const result = yield* Fiber.join(running)
+      const report = Option.getOrThrow(result.report)
+      expect(report.outcome).toBe("clean")
+      expect(report.totalMs).toBe(1500)
+      expect(report.components).toEqual([
+        { component: "tracked", durationMs: 1500, finished: 1, forced: 0, unfinished: [] }
+      ])
+      expect(Lifecycle.exitCode(result)).toBe(0)
+    }).pipe(withLifecycle()))
+
+  it.effect("at the one deadline, interrupts what is left and lists it; exit code 1", () =>
+    Effect.gen(function*() {
+      let interrupted = false
+      const slow = Lifecycle.track("slow-upload", Effect.sleep("1 minute")).pipe(
+        Effect.onInterrupt(() => Effect.sync(() => (interrupted = true)))
+      )
+      const program = Effect.zipRight(Effect.fork(slow), Effect.never)
+      const running = yield* runInBackground(program)
+      yield* TestClock.adjust("1 second")
+      yield* Lifecycle.shutdown("deploy")
+      yield* TestClock.adjust("10 seconds")
+      const result = yield* Fiber.join(running)
+      const report = Option.getOrThrow(result.report)
+      expect(interrupted).toBe(true)
+      expect(report.outcome).toBe("forced")
+      expect(report.forcedBy).toEqual(Option.some({ _tag: "Deadline", after: Duration.seconds(10) }))
+      expect(report.unfinished).toEqual(["slow-upload"])
+      expect(report.totalMs).toBe(10_000)
+      expect(Lifecycle.exitCode(result)).toBe(1)
+      expect(Lifecycle.renderReport(report)).toContain("slow-upload")
+    }).pipe(withLifecycle({ drainTimeout: "10 seconds" })))
+
+  it.effect("the pre-stop delay and every later phase share the same deadline", () =>
+    Effect.gen(function*() {
+      const program = Effect.zipRight(Effect.fork(Lifecycle.track("job", Effect.sleep("1 minute"))), Effect.never)
+      const running = yield* runInBackground(program)
+      yield* Lifecycle.shutdown("deploy")
+      yield* TestClock.adjust("1 minute")
+      const report = Option.getOrThrow((yield* Fiber.join(running)).report)
+      expect(report.phases.map((timing) => [timing.phase, timing.durationMs])).toEqual([
+        ["preStop", 3_000],
+        ["inFlight", 2_000],
+        ["finalizers", 0]
+      ])
+      expect(report.totalMs).toBe(5_000)
+    }).pipe(withLifecycle({ drainTimeout: "5 seconds", preStopDelay: "3 seconds" })))
+
+  for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    it.effect(`a second ${signal} stops waiting at once, finalizers still run, exit code ${code}`, () =>
+      Effect.gen(function*() {
+        let finalized = false
+        const program = Effect.gen(function*() {
+          yield* Effect.addFinalizer(() => Effect.sync(() => (finalized = true)))
+          yield* Effect.fork(Lifecycle.track("long job", Effect.sleep("1 hour")))
+          return yield* Effect.never
+        }).pipe(Effect.scoped)
+        const lifecycle = yield* Lifecycle.Lifecycle
+        const running = yield* runInBackground(program)
+        yield* lifecycle.signal(signal)
+        yield* TestClock.adjust("2 seconds")
+        yield* lifecycle.signal(signal)
+        const result = yield* Fiber.join(running)
+        const report = Option.getOrThrow(result.report)
+        expect(finalized).toBe(true)
+        expect(report.outcome).toBe("escalated")
+        expect(report.totalMs).toBe(2_000)
+        expect(report.unfinished).toEqual(["long job"])
+        expect(Lifecycle.exitCode(result)).toBe(code)
+      }).pipe(withLifecycle({ drainTimeout: "30 seconds" })))
+  }
+
+  it.effect("Layer finalizers run after draining starts, in reverse dependency order", () =>
+    Effect.gen(function*() {
+      const released: Array<string> = []
+      class Database extends Context.Tag("Database")<Database, string>() {}
+      class Api extends Context.Tag("Api")<Api, string>() {}
+      const database = Layer.scoped(
+        Database,
+        Effect.acquireRelease(Effect.succeed("db"), () => Effect.sync(() => released.push("database")))
+      )
+      const api = Layer.scoped(
+        Api,
+        Effect.acquireRelease(
+          Effect.map(Database, (db) => `api over ${db}`),
+          () => Effect.sync(() => released.push("api"))
+        )
+      ).pipe(Layer.provide(database))
+      const program = Effect.zipRight(Api, Effect.never).pipe(Effect.provide(api))
+      const running = yield* runInBackground(program)
+      expect(released).toEqual([])
+      yield* Lifecycle.shutdown("deploy")
+      const result = yield* Fiber.join(running)
+      expect(released).toEqual(["api", "database"])
+      expect(Lifecycle.exitCode(result)).toBe(0)
+    }).pipe(withLifecycle()))
+
+  it.effect("a program that fails with ShuttingDown while draining still exits 0", () =>
+    Effect.gen(function*() {
+      const program = Effect.zipRight(Lifecycle.awaitDraining, Lifecycle.track("late", Effect.void))
+      const running = yield* runInBackground(program)
+      yield* Lifecycle.shutdown("deploy")
+      const result = yield* Fiber.join(running)
+      expect(Exit.isFailure(result.exit)).toBe(true)
+      expect(Lifecycle.exitCode(result)).toBe(0)
+    }).pipe(withLifecycle()))
+})
