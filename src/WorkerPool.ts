@@ -336,6 +336,8 @@ export const make = <A, E = never, R = never>(
       Array.from({ length: options.workers }, (_, slot) => slot),
       (slot) => Effect.forkScoped(worker(slot))
     )
+    // Let the workers reach `take`, so the pool is ready (and its first job is taken) when `make` returns.
+    yield* Effect.yieldNow()
 
     const closeIntake = (reason: string) => Effect.sync(() => void (closedReason ??= reason))
 

@@ -1,0 +1,40 @@
+/**
+ * Every TypeScript snippet in the README runs: each ```ts block is written to a file inside the package
+ * (so `import … from "keel"` resolves as it does for users) and executed as a real process, which must
+ * exit 0 and print what the snippet's comments promise.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { afterEach, describe, expect, it } from "vitest"
+import { killLeftovers, repositoryRoot, startTypeScript } from "./support/childProcess.js"
+
+const readme = readFileSync(join(repositoryRoot, "README.md"), "utf8")
+const snippets = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((match) => match[1]!)
+const directory = join(repositoryRoot, ".snippets")
+
+// What each snippet's own comments say it prints, in order of appearance.
+const promised: ReadonlyArray<RegExp> = [
+  /shutdown clean: trigger shutdown requested: demo over, 1 finished, 0 forced/,
+  /1000 completed, 0 failed, queue never above 100/,
+  /d refused: queue full \(capacity 2\)[\s\S]*handed back: b, c/
+]
+
+afterEach(killLeftovers)
+
+describe("README snippets", () => {
+  it("has one promise per snippet", () => {
+    expect(snippets.length).toBe(promised.length)
+  })
+
+  snippets.forEach((source, index) => {
+    it(`snippet ${index + 1} runs and exits 0`, async () => {
+      mkdirSync(directory, { recursive: true })
+      const file = join(directory, `readme-${index + 1}.ts`)
+      writeFileSync(file, source)
+      const run = startTypeScript(file, [])
+      const exited = await run.waitForExit(30_000)
+      expect(exited, run.output()).toEqual({ code: 0, signal: null })
+      expect(run.output()).toMatch(promised[index]!)
+    })
+  })
+})
