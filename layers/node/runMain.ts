@@ -16,9 +16,19 @@ export interface RunMainOptions extends Lifecycle.Options {
   readonly logger?: "pretty" | "logfmt" | "json"
 }
 
+// On a terminal each log line first clears the current line, so a status line redrawn in place (a
+// progress display) is replaced by the log instead of having it appended.
+const prettyOnTerminal = Logger.replace(
+  Logger.defaultLogger,
+  Logger.make<unknown, void>((options) => {
+    if (process.stdout.isTTY) process.stdout.write("\r\x1b[2K")
+    Logger.prettyLoggerDefault.log(options)
+  })
+)
+
 const loggerLayer = (choice: RunMainOptions["logger"]) => {
   const chosen = choice ?? (process.stderr.isTTY ? "pretty" : "logfmt")
-  return chosen === "pretty" ? Logger.pretty : chosen === "json" ? Logger.json : Logger.logFmt
+  return chosen === "pretty" ? prettyOnTerminal : chosen === "json" ? Logger.json : Logger.logFmt
 }
 
 /** The whole run as an Effect that yields the exit code; `runMain` executes it and exits. */
