@@ -2,8 +2,9 @@
  * Shared helpers for the benchmarks: statistics, formatting, spawning Node on a TypeScript file, and the
  * summary rows each benchmark hands to bench/run.ts.
  *
- * Every benchmark is a script that runs on its own (`npx tsx bench/memory.ts`) and ends with `finish(rows)`:
- * it prints its rows and, when bench/run.ts started it as a child process, sends them over the IPC channel.
+ * Every benchmark is a script that also runs on its own (`node --expose-gc --import tsx bench/memory.ts`) and
+ * ends with `finish(rows)`: it prints its rows and, when bench/run.ts started it as a child process, sends them
+ * over the IPC channel.
  * Running each benchmark in a fresh process keeps their heaps, JIT state and RSS from leaking into each other.
  */
 import { spawn } from "node:child_process"
@@ -53,13 +54,16 @@ export const printTable = (rows: ReadonlyArray<Row>): void => {
 /** Absolute path of a file in bench/. */
 export const benchPath = (relative: string): string => fileURLToPath(new URL(relative, import.meta.url))
 
+const projectRoot = benchPath("..")
+
 /** Spawns this Node binary on a TypeScript file through tsx's loader, so signals and exit codes reach it directly. */
 export const spawnTs = (
   file: string,
   options: { readonly args?: ReadonlyArray<string>; readonly nodeFlags?: ReadonlyArray<string>; readonly stdio: StdioOptions }
 ): ChildProcess =>
   spawn(process.execPath, [...(options.nodeFlags ?? []), "--import", "tsx", file, ...(options.args ?? [])], {
-    stdio: options.stdio
+    stdio: options.stdio,
+    cwd: projectRoot // where `--import tsx` is resolved
   })
 
 /** Ends a benchmark: prints its rows, and sends them to bench/run.ts when it is the parent. */
@@ -81,5 +85,5 @@ export const runChild = (file: string, nodeFlags: ReadonlyArray<string> = []): P
     const child = spawnTs(file, { nodeFlags, stdio: ["ignore", "inherit", "inherit", "ipc"] })
     child.on("message", (message) => void (rows = message as ReadonlyArray<Row>))
     child.on("error", reject)
-    child.on("exit", (code) => resolve({ rows, code }))
+    child.on("close", (code) => resolve({ rows, code }))
   })

@@ -13,7 +13,7 @@
  * with `ShuttingDown`; the drain finishes in-flight jobs and then drains the queue or hands it back, all
  * within the Lifecycle's one deadline, after which what is left is interrupted and listed.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, Option, Queue, Runtime } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
 import type { Schedule, Scope } from "effect"
 import { Evicted, QueueFull, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
@@ -126,19 +126,26 @@ export interface SubmitOptions {
   readonly id?: string
 }
 
-/** The metrics of the pool named `pool`, to read them or to export them (e.g. as Prometheus text). */
-export const metrics = (pool: string) => {
-  const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) => Metric.tagged(metric, "pool", pool)
-  return {
-    depth: tagged(Metric.gauge("keel_pool_queue_depth", { description: "jobs waiting in the queue" })),
-    inFlight: tagged(Metric.gauge("keel_pool_in_flight", { description: "jobs running now" })),
-    completed: tagged(Metric.counter("keel_pool_jobs_completed_total", { incremental: true })),
-    failed: tagged(Metric.counter("keel_pool_jobs_failed_total", { incremental: true })),
-    retried: tagged(Metric.counter("keel_pool_jobs_retried_total", { incremental: true })),
-    deadLettered: tagged(Metric.counter("keel_pool_jobs_dead_lettered_total", { incremental: true })),
-    unfinished: tagged(Metric.counter("keel_pool_jobs_unfinished_total", { incremental: true }))
-  }
+const poolMetrics = {
+  depth: Metric.gauge("keel_pool_queue_depth", { description: "jobs waiting in the queue" }),
+  inFlight: Metric.gauge("keel_pool_in_flight", { description: "jobs running now" }),
+  completed: Metric.counter("keel_pool_jobs_completed_total", { incremental: true }),
+  failed: Metric.counter("keel_pool_jobs_failed_total", { incremental: true }),
+  retried: Metric.counter("keel_pool_jobs_retried_total", { incremental: true }),
+  deadLettered: Metric.counter("keel_pool_jobs_dead_lettered_total", { incremental: true }),
+  unfinished: Metric.counter("keel_pool_jobs_unfinished_total", { incremental: true })
 }
+
+/** The metrics of the pool named `pool` (tagged `pool=<name>`), to read them or to export them. */
+export const metrics = (pool: string) => ({
+  depth: Metric.tagged(poolMetrics.depth, "pool", pool),
+  inFlight: Metric.tagged(poolMetrics.inFlight, "pool", pool),
+  completed: Metric.tagged(poolMetrics.completed, "pool", pool),
+  failed: Metric.tagged(poolMetrics.failed, "pool", pool),
+  retried: Metric.tagged(poolMetrics.retried, "pool", pool),
+  deadLettered: Metric.tagged(poolMetrics.deadLettered, "pool", pool),
+  unfinished: Metric.tagged(poolMetrics.unfinished, "pool", pool)
+})
 
 const logDeadLetter = <A>(letter: DeadLetter<A>) =>
   Effect.logWarning(`job ${letter.job.id} dead-lettered after ${letter.attempts} attempt(s)`).pipe(
@@ -178,7 +185,8 @@ export const make = <A, E = never, R = never>(
     const attemptTimeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
     const deadLetterSink = options.deadLetter ?? logDeadLetter
     const handBackSink = options.handBack ?? logHandBack
-    const poolMetrics = metrics(name)
+    // One tags array for every update: the metric registry caches its key by this array's identity.
+    const tags = [MetricLabel.make("pool", name)]
     const queue = yield* Queue.bounded<Job<A>>(capacity)
 
     // `accepted` includes offers still suspended on a full queue (`suspendedOffers`), so that `awaitIdle`
@@ -206,28 +214,29 @@ export const make = <A, E = never, R = never>(
       switch (outcome._tag) {
         case "Completed":
           count.completed++
-          poolMetrics.completed.unsafeUpdate(1, [])
+          poolMetrics.completed.unsafeUpdate(1, tags)
           break
         case "Failed":
           if (!Cause.isFailType(outcome.letter.cause) || !(outcome.letter.cause.error instanceof Evicted)) {
             count.failed++
-            poolMetrics.failed.unsafeUpdate(1, [])
+            poolMetrics.failed.unsafeUpdate(1, tags)
           }
           count.deadLettered++
-          poolMetrics.deadLettered.unsafeUpdate(1, [])
+          poolMetrics.deadLettered.unsafeUpdate(1, tags)
           sink = deadLetterSink(outcome.letter)
           break
         case "Unfinished":
           count.unfinished++
-          poolMetrics.unfinished.unsafeUpdate(1, [])
+          poolMetrics.unfinished.unsafeUpdate(1, tags)
           if (draining) unfinishedSinceDrain.push(outcome.unfinished)
           else sink = handBackSink([outcome.unfinished])
           break
       }
       wakeIdleWaiters()
-      const observe = options.onOutcome ? options.onOutcome(outcome) : Effect.void
-      return Effect.zipRight(sink, observe).pipe(
-        Effect.catchAllCause((cause) => Effect.logError("WorkerPool: an outcome sink failed", cause))
+      const observed = options.onOutcome === undefined ? sink : Effect.zipRight(sink, options.onOutcome(outcome))
+      return observed === Effect.void ? observed : Effect.catchAllCause(
+        observed,
+        (cause) => Effect.logError("WorkerPool: an outcome sink failed", cause)
       )
     }
 
@@ -243,7 +252,7 @@ export const make = <A, E = never, R = never>(
     const offerNow = (job: Job<A>): boolean => {
       count.accepted++
       if (queue.unsafeOffer(job)) {
-        poolMetrics.depth.unsafeUpdate(depth(), [])
+        poolMetrics.depth.unsafeUpdate(depth(), tags)
         return true
       }
       count.accepted--
@@ -291,22 +300,38 @@ export const make = <A, E = never, R = never>(
         return Effect.as(evictOldestThenOffer(job), job.id)
       })
 
-    const runAttempts = (job: Job<A>) => {
-      let attempts = 0
+    // Calls the handler; a handler that throws instead of returning an Effect fails its job with a defect.
+    const callHandler = (job: Job<A>, attempt: number): Effect.Effect<unknown, E, R> => {
+      try {
+        return options.handler(job.payload, { id: job.id, attempt })
+      } catch (thrown) {
+        return Effect.die(thrown)
+      }
+    }
+
+    const runAttempt = (job: Job<A>, attempt: number) =>
+      attemptTimeout === undefined ? callHandler(job, attempt) : Effect.timeoutFail(callHandler(job, attempt), {
+        duration: attemptTimeout,
+        onTimeout: () => new Timeout({ after: attemptTimeout })
+      })
+
+    // Attempts of the job each worker slot is running (read when the job settles).
+    const attemptsBySlot = new Array<number>(options.workers).fill(0)
+
+    const runAttempts = (job: Job<A>, slot: number): Effect.Effect<unknown, unknown, R> => {
+      attemptsBySlot[slot] = 1
+      const retry = options.retry
+      if (retry === undefined) return runAttempt(job, 1)
+      attemptsBySlot[slot] = 0
       const attempt = Effect.suspend(() => {
-        attempts++
+        const attempts = ++attemptsBySlot[slot]!
         if (attempts > 1) {
           count.retried++
-          poolMetrics.retried.unsafeUpdate(1, [])
+          poolMetrics.retried.unsafeUpdate(1, tags)
         }
-        const run = options.handler(job.payload, { id: job.id, attempt: attempts })
-        return attemptTimeout === undefined ? run : Effect.timeoutFail(run, {
-          duration: attemptTimeout,
-          onTimeout: () => new Timeout({ after: attemptTimeout })
-        })
+        return runAttempt(job, attempts)
       })
-      const withRetry = options.retry ? Effect.retry(attempt, options.retry) : attempt
-      return { run: withRetry, attempts: () => attempts }
+      return Effect.retry(attempt, retry)
     }
 
     const outcomeOf = (job: Job<A>, exit: Exit.Exit<unknown, unknown>, attempts: number): Outcome<A> =>
@@ -316,21 +341,28 @@ export const make = <A, E = never, R = never>(
         ? { _tag: "Unfinished", unfinished: { job, reason: "interrupted", attempts } }
         : { _tag: "Failed", letter: { job, cause: exit.cause, attempts } }
 
-    // Take and register are one uninterruptible step, so a job is always either queued or running.
-    const worker = (slot: number) =>
-      Effect.forever(Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(Queue.take(queue)), (job) => {
-          running.set(slot, job)
-          poolMetrics.inFlight.unsafeUpdate(running.size, [])
-          const execution = runAttempts(job)
-          return Effect.flatMap(Effect.exit(restore(execution.run)), (exit) => {
-            running.delete(slot)
-            poolMetrics.inFlight.unsafeUpdate(running.size, [])
-            poolMetrics.depth.unsafeUpdate(depth(), [])
-            return settle(outcomeOf(job, exit, execution.attempts()))
-          })
+    // A worker runs uninterruptibly except while it waits in `take` or runs a job, so a job taken is always
+    // registered as running, and a job's exit is always settled. It loops without yielding between jobs
+    // (`Effect.forever` would yield after each); the runtime still yields every 2048 operations.
+    const takeJob = Effect.interruptible(Queue.take(queue))
+    const worker = (slot: number) => {
+      const finish = (job: Job<A>, exit: Exit.Exit<unknown, unknown>) => {
+        running.delete(slot)
+        poolMetrics.inFlight.unsafeUpdate(running.size, tags)
+        poolMetrics.depth.unsafeUpdate(depth(), tags)
+        return settle(outcomeOf(job, exit, attemptsBySlot[slot]!))
+      }
+      const runNext = Effect.flatMap(takeJob, (job) => {
+        running.set(slot, job)
+        poolMetrics.inFlight.unsafeUpdate(running.size, tags)
+        return Effect.matchCauseEffect(Effect.interruptible(runAttempts(job, slot)), {
+          onSuccess: () => finish(job, Exit.void),
+          onFailure: (cause) => finish(job, Exit.failCause(cause))
         })
-      ))
+      })
+      const loop: Effect.Effect<never, never, R> = Effect.flatMap(runNext, () => loop)
+      return Effect.uninterruptible(loop)
+    }
 
     const workerFibers = yield* Effect.forEach(
       Array.from({ length: options.workers }, (_, slot) => slot),
