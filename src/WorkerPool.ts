@@ -191,7 +191,16 @@ export const make = <A, E = never, R = never>(
 
     // `accepted` includes offers still suspended on a full queue (`suspendedOffers`), so that `awaitIdle`
     // also waits for them.
-    const count = { accepted: 0, suspendedOffers: 0, settled: 0, completed: 0, failed: 0, retried: 0, deadLettered: 0, unfinished: 0 }
+    const count = {
+      accepted: 0,
+      suspendedOffers: 0,
+      settled: 0,
+      completed: 0,
+      failed: 0,
+      retried: 0,
+      deadLettered: 0,
+      unfinished: 0
+    }
     const running = new Map<number, Job<A>>()
     const unfinishedSinceDrain: Array<Unfinished<A>> = []
     let closedReason: string | undefined
