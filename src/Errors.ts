@@ -5,7 +5,7 @@
  * on it (how long to wait, what the limit was, why intake is closed). Callers match on `_tag` with
  * `Effect.catchTag`; nothing is ever a bare string or an `Error` thrown from deep inside.
  */
-import { Data, Duration } from "effect"
+import { Cause, Chunk, Data, Duration, Effect, Exit, Fiber, Option } from "effect"
 
 /** Intake is closed because the service is draining; the work was not accepted. */
 export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{
@@ -42,3 +42,125 @@ export class Timeout extends Data.TaggedError("Timeout")<{
     return `timed out after ${Duration.format(this.after)}`
   }
 }
+
+/** A dependency cannot serve now; worth retrying, not before `retryAfter` when it is given. */
+export class Unavailable extends Data.TaggedError("Unavailable")<{
+  readonly reason: string
+  readonly retryAfter?: Duration.Duration
+}> {
+  override get message() {
+    return this.retryAfter === undefined
+      ? `unavailable: ${this.reason}`
+      : `unavailable: ${this.reason} (retry after ${Duration.format(this.retryAfter)})`
+  }
+}
+
+/** The input is wrong; retrying the same input cannot help. */
+export class Invalid extends Data.TaggedError("Invalid")<{
+  readonly reason: string
+}> {
+  override get message() {
+    return `invalid: ${this.reason}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Context at boundaries (anyhow's `.context`) and readable chains.
+//
+// Libraries fail with typed errors; where a failure crosses a task boundary the caller adds what it was
+// doing, and the chain reads outermost first: "GPU diagnostic failed: IPMI command failed: timeout". The
+// wrapped error stays typed and reachable (`rootError`), defects are wrapped too (so a panic also says
+// where it happened), and interruption is left alone: it is not a failure.
+// ---------------------------------------------------------------------------------------------------------
+
+/** A failure (or defect) with what the caller was doing when it happened. */
+export class WithContext<E> extends Data.TaggedError("WithContext")<{
+  readonly context: string
+  readonly error: E
+}> {
+  override get message() {
+    return `${this.context}: ${describe(this.error)}`
+  }
+}
+
+/** The error under every layer of context. */
+export const rootError = <E>(error: E | WithContext<E>): E => {
+  let current: unknown = error
+  while (current instanceof WithContext) current = current.error
+  return current as E
+}
+
+/** One line for any error value: its context chain, its message, or its tag. */
+export const describe = (error: unknown): string => {
+  if (error instanceof WithContext) return error.message
+  if (error instanceof Error && error.message !== "") return error.message
+  if (typeof error === "object" && error !== null && "_tag" in error) return String(error._tag)
+  if (error instanceof Error) return error.name
+  return typeof error === "string" ? error : String(error)
+}
+
+const addContext = (context: string) => <E>(cause: Cause.Cause<E>): Cause.Cause<WithContext<E>> =>
+  Cause.match(cause, {
+    onEmpty: Cause.empty,
+    onFail: (error) => Cause.fail(new WithContext({ context, error })),
+    onDie: (defect) => Cause.die(new WithContext({ context, error: defect })),
+    onInterrupt: (fiberId) => Cause.interrupt(fiberId),
+    onSequential: (left, right) => Cause.sequential(left, right),
+    onParallel: (left, right) => Cause.parallel(left, right)
+  })
+
+/** Adds `context` to every failure and defect of `self`; stacking gives the chain, outermost first. */
+export const withContext = (context: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, WithContext<E>, R> =>
+  Effect.mapErrorCause(self, addContext(context))
+
+/**
+ * A cause as readable lines: a failure as its chain, a defect as `defect: <chain>`, an interruption as
+ * `interrupted`. Concurrent and sequential failures each get their own line.
+ */
+export const render = (cause: Cause.Cause<unknown>): string => {
+  const lines = [
+    ...Chunk.toArray(Cause.failures(cause)).map(describe),
+    ...Chunk.toArray(Cause.defects(cause)).map((defect) => `defect: ${describe(defect)}`),
+    ...(Cause.isInterrupted(cause) ? ["interrupted"] : [])
+  ]
+  return lines.length === 0 ? "no failure" : lines.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Joining a task (the seed's double `?`): one error channel that keeps "the task failed" and "the task
+// panicked" apart, each naming the task.
+// ---------------------------------------------------------------------------------------------------------
+
+/** The task ended with a typed failure. */
+export class TaskFailed<E> extends Data.TaggedError("TaskFailed")<{
+  readonly task: string
+  readonly error: E
+}> {
+  override get message() {
+    return `task ${this.task} failed: ${describe(this.error)}`
+  }
+}
+
+/** The task died with a defect (a thrown exception, a bug). */
+export class TaskPanicked extends Data.TaggedError("TaskPanicked")<{
+  readonly task: string
+  readonly defect: unknown
+}> {
+  override get message() {
+    return `task ${this.task} panicked: ${describe(this.defect)}`
+  }
+}
+
+/**
+ * Waits for a task's fiber and turns its end into one typed error channel: `TaskFailed` for a failure,
+ * `TaskPanicked` for a defect. If the task was interrupted, the joiner is interrupted too.
+ */
+export const joinTask = <A, E>(task: string, fiber: Fiber.Fiber<A, E>): Effect.Effect<A, TaskFailed<E> | TaskPanicked> =>
+  Effect.flatMap(Fiber.await(fiber), (exit): Effect.Effect<A, TaskFailed<E> | TaskPanicked> => {
+    if (Exit.isSuccess(exit)) return Effect.succeed(exit.value)
+    const defect = Chunk.head(Cause.defects(exit.cause))
+    if (Option.isSome(defect)) return Effect.fail(new TaskPanicked({ task, defect: defect.value }))
+    const failure = Cause.failureOption(exit.cause)
+    if (Option.isSome(failure)) return Effect.fail(new TaskFailed({ task, error: failure.value }))
+    return Effect.failCause(exit.cause as Cause.Cause<never>)
+  })

@@ -15,7 +15,7 @@
  */
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
 import type { Schedule, Scope } from "effect"
-import { Evicted, QueueFull, ShuttingDown, Timeout } from "./Errors.js"
+import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
 
 /** How a full queue treats a new job: wait for room, refuse the new job, or evict the oldest queued one. */
@@ -148,8 +148,8 @@ export const metrics = (pool: string) => ({
 })
 
 const logDeadLetter = <A>(letter: DeadLetter<A>) =>
-  Effect.logWarning(`job ${letter.job.id} dead-lettered after ${letter.attempts} attempt(s)`).pipe(
-    Effect.annotateLogs({ job: letter.job.id, cause: Cause.pretty(letter.cause) })
+  Effect.logWarning(
+    `job ${letter.job.id} dead-lettered after ${letter.attempts} attempt(s): ${render(letter.cause)}`
   )
 
 const logHandBack = <A>(jobs: ReadonlyArray<Unfinished<A>>) =>

@@ -6,7 +6,7 @@
  *   npm run example:worker-pool -- --workers 8 --jobs 200
  */
 import { Data, Duration, Effect, Random, Schedule } from "effect"
-import { Lifecycle, ShuttingDown, WorkerPool } from "keel"
+import { Lifecycle, render, ShuttingDown, WorkerPool } from "keel"
 import { runMain } from "keel/node"
 import { parseSettings, usage } from "./settings.js"
 import { startProgress } from "./progress.js"
@@ -40,7 +40,8 @@ const program = Effect.gen(function*() {
     handler: runJob,
     retry: Schedule.exponential("100 millis").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(settings.retries))),
     onShutdown: settings.policy,
-    deadLetter: (letter) => Effect.logWarning(`job ${letter.job.id} failed after ${letter.attempts} attempt(s)`)
+    deadLetter: (letter) =>
+      Effect.logWarning(`job ${letter.job.id} failed after ${letter.attempts} attempt(s): ${render(letter.cause)}`)
   })
   yield* startProgress(pool)
   yield* Effect.log(
