@@ -5,8 +5,8 @@
  *
  *   npm run example:worker-pool -- --workers 8 --jobs 200
  */
-import { Data, Duration, Effect, Random, Schedule } from "effect"
-import { Lifecycle, render, ShuttingDown, WorkerPool } from "keel"
+import { Data, Duration, Effect, Random } from "effect"
+import { Backoff, Lifecycle, render, ShuttingDown, type Timeout, WorkerPool } from "keel"
 import { runMain } from "keel/node"
 import { parseSettings, usage } from "./settings.js"
 import { startProgress } from "./progress.js"
@@ -38,7 +38,12 @@ const program = Effect.gen(function*() {
     capacity: settings.capacity,
     workers: settings.workers,
     handler: runJob,
-    retry: Schedule.exponential("100 millis").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(settings.retries))),
+    retry: Backoff.exponential({
+      base: "100 millis",
+      max: "2 seconds",
+      maxAttempts: settings.retries + 1,
+      retryOn: (error: JobFailed | Timeout) => error._tag === "JobFailed" || Backoff.isRetryable(error)
+    }),
     onShutdown: settings.policy,
     deadLetter: (letter) =>
       Effect.logWarning(`job ${letter.job.id} failed after ${letter.attempts} attempt(s): ${render(letter.cause)}`)

@@ -26,7 +26,7 @@ export const usage = `usage: worker-pool [options]
   --min-ms N          shortest job in ms (default 50)
   --max-ms N          longest job in ms (default 500)
   --failure-rate P    chance an attempt fails, 0..1 (default 0.1)
-  --retries N         retries per job, exponential backoff with jitter (default 2)
+  --retries N         retries per job, exponential backoff with full jitter (default 2)
   --rate N            jobs produced per second; 0 = as fast as the queue takes them (default 0)
   --policy P          on shutdown: drain (run queued jobs) or handBack (return them) (default drain)
   --seed N            seed for durations and failures (default: random)
