@@ -16,7 +16,10 @@ const directory = join(repositoryRoot, ".snippets")
 const promised: ReadonlyArray<RegExp> = [
   /shutdown clean: trigger shutdown requested: demo over, 1 finished, 0 forced/,
   /1000 completed, 0 failed, queue never above 100/,
-  /d refused: queue full \(capacity 2\)[\s\S]*handed back: b, c/
+  /d refused: queue full \(capacity 2\)[\s\S]*handed back: b, c/,
+  /delays: [\s\S]*ok after 3 calls/,
+  /3 fetched; failed: fetch broken \(invalid: 404 for broken\)[\s\S]*cut at the deadline: slow/,
+  /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/
 ]
 
 afterEach(killLeftovers)

@@ -1,0 +1,285 @@
+/**
+ * TaskGroup — Tokio's JoinSet and TaskTracker in one: tasks that belong to a group, not to their caller.
+ *
+ * Each spawned task runs in a fiber of its own, kept in a `FiberMap` that lives in the group's Scope, so
+ * closing that Scope interrupts every task still running or still waiting for a slot, and waits for them:
+ * no task outlives its group. A task's end is recorded exactly once, by an observer on its fiber, with the
+ * label it was spawned with; the observer also sees a task interrupted before it ever ran. Forking,
+ * registering and observing happen in one synchronous step, so no join, deadline or failure can fall
+ * between a task's fork and its registration.
+ *
+ * `join` waits until nothing is pending and hands back every result not yet taken, split into successes,
+ * typed failures, defects and interruptions (the seed's double `?`, kept apart). In `failFast` mode the
+ * group is an errgroup: the first failure or defect closes it and interrupts the rest, and tasks still
+ * waiting for a slot never start. `close` / `wait` / `waitFor` are TaskTracker's, with the deadline its
+ * users otherwise write by hand.
+ */
+import { Cause, Chunk, Deferred, Effect, Exit, Fiber, FiberId, FiberMap, Option, Runtime } from "effect"
+import type { Context, Duration, Scope } from "effect"
+import { joinTask, ShuttingDown } from "./Errors.js"
+import type { TaskFailed, TaskPanicked } from "./Errors.js"
+import type { Settlement } from "./Tracker.js"
+
+export type { Settlement } from "./Tracker.js"
+
+/** `collect` lets every task finish (JoinSet); `failFast` interrupts the rest at the first failure (errgroup). */
+export type Mode = "collect" | "failFast"
+
+export interface Options {
+  readonly mode: Mode
+  /** At most this many tasks run at once; later ones wait for a slot, and count as in the group meanwhile. */
+  readonly concurrency?: number
+  /** Names the group in the reason of its `ShuttingDown` errors. */
+  readonly name?: string
+}
+
+/** A handle on one spawned task. */
+export interface Task<A, E> {
+  readonly label: string
+  /** The task's value, `TaskFailed` for a typed failure, `TaskPanicked` for a defect; interrupted if the task was. */
+  readonly join: Effect.Effect<A, TaskFailed<E> | TaskPanicked>
+  /** Interrupts the task (running or waiting for a slot) and waits until it has ended. */
+  readonly interrupt: Effect.Effect<void>
+}
+
+export interface Succeeded<A> {
+  readonly label: string
+  readonly value: A
+}
+
+export interface Failed<E> {
+  readonly label: string
+  readonly error: E
+}
+
+export interface Panicked {
+  readonly label: string
+  readonly defect: unknown
+}
+
+export interface Interrupted {
+  readonly label: string
+  /** False when the task was interrupted while still waiting for a slot. */
+  readonly started: boolean
+}
+
+/** How tasks ended, each with its label, in spawn order. Every task appears in exactly one list. */
+export interface Results<A, E> {
+  readonly succeeded: ReadonlyArray<Succeeded<A>>
+  readonly failed: ReadonlyArray<Failed<E>>
+  readonly panicked: ReadonlyArray<Panicked>
+  readonly interrupted: ReadonlyArray<Interrupted>
+}
+
+export interface TaskGroup<A, E> {
+  readonly name: string
+  readonly mode: Mode
+  /**
+   * Starts `effect` as a task of the group (or queues it for a slot under `concurrency`). Fails with
+   * `ShuttingDown` once the group is closed: by `close`, by its Scope, or by a failure in `failFast` mode.
+   */
+  readonly spawn: <R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<Task<A, E>, ShuttingDown, R>
+  /**
+   * Waits until no task is pending (tasks spawned meanwhile included) and takes the results of every task
+   * that ended and whose result no earlier `join` or `poll` took. It does not close the group.
+   */
+  readonly join: Effect.Effect<Results<A, E>>
+  /** Takes the results of the tasks that have ended so far, without waiting. */
+  readonly poll: Effect.Effect<Results<A, E>>
+  /** Refuses new tasks from now on; tasks already spawned go on. Idempotent (the first reason is kept). */
+  readonly close: (reason?: string) => Effect.Effect<void>
+  readonly isClosed: Effect.Effect<boolean>
+  /** Labels of the tasks not ended yet, running or waiting for a slot, in spawn order. */
+  readonly pending: Effect.Effect<ReadonlyArray<string>>
+  /** Completes once the group is closed and no task is pending. */
+  readonly wait: Effect.Effect<void>
+  /**
+   * Waits like `wait`, but once `deadline` has passed interrupts every task still pending, waits for them
+   * to end and lists them. `finished` counts the tasks that ended on their own meanwhile. It does not close
+   * the group: call `close` first, or it always runs until the deadline.
+   */
+  readonly waitFor: (deadline: Duration.DurationInput) => Effect.Effect<Settlement>
+}
+
+type End<A, E> =
+  | { readonly _tag: "Succeeded"; readonly value: A }
+  | { readonly _tag: "Failed"; readonly error: E }
+  | { readonly _tag: "Panicked"; readonly defect: unknown }
+  | { readonly _tag: "Interrupted" }
+
+interface Entry<A, E> {
+  readonly id: number
+  readonly label: string
+  started: boolean
+  end: End<A, E> | undefined
+}
+
+interface Ended<A, E> extends Entry<A, E> {
+  readonly end: End<A, E>
+}
+
+// The same precedence as `joinTask`: a defect outranks a failure, and interruption alone is neither.
+const endOf = <A, E>(exit: Exit.Exit<A, E>): End<A, E> => {
+  if (Exit.isSuccess(exit)) return { _tag: "Succeeded", value: exit.value }
+  const defect = Chunk.head(Cause.defects(exit.cause))
+  if (Option.isSome(defect)) return { _tag: "Panicked", defect: defect.value }
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isSome(failure)) return { _tag: "Failed", error: failure.value }
+  return { _tag: "Interrupted" }
+}
+
+const split = <A, E>(ended: ReadonlyArray<Ended<A, E>>): Results<A, E> => {
+  const succeeded: Array<Succeeded<A>> = []
+  const failed: Array<Failed<E>> = []
+  const panicked: Array<Panicked> = []
+  const interrupted: Array<Interrupted> = []
+  for (const { end, label, started } of [...ended].sort((left, right) => left.id - right.id)) {
+    switch (end._tag) {
+      case "Succeeded":
+        succeeded.push({ label, value: end.value })
+        break
+      case "Failed":
+        failed.push({ label, error: end.error })
+        break
+      case "Panicked":
+        panicked.push({ label, defect: end.defect })
+        break
+      case "Interrupted":
+        interrupted.push({ label, started })
+        break
+    }
+  }
+  return { succeeded, failed, panicked, interrupted }
+}
+
+const validate = (options: Options) =>
+  options.concurrency === undefined || (Number.isInteger(options.concurrency) && options.concurrency >= 1)
+    ? Effect.void
+    : Effect.dieMessage(`TaskGroup: concurrency must be a positive integer (got ${options.concurrency})`)
+
+/** Builds a group in the current Scope; closing the Scope interrupts its tasks and waits for them. */
+export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<TaskGroup<A, E>, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    yield* validate(options)
+    const name = options.name ?? "task-group"
+    const mode = options.mode
+    const slots = options.concurrency === undefined ? undefined : yield* Effect.makeSemaphore(options.concurrency)
+    const fibers = yield* FiberMap.make<number, A, E>()
+    const pending = new Map<Fiber.RuntimeFiber<A, E>, Entry<A, E>>()
+    let ended: Array<Ended<A, E>> = []
+    let endedOnTheirOwn = 0
+    let closedReason: string | undefined
+    let failedFast = false
+    let nextId = 0
+    let waiters: Array<Deferred.Deferred<void>> = []
+
+    const wakeWaiters = () => {
+      for (const waiter of waiters) Deferred.unsafeDone(waiter, Exit.void)
+      waiters = []
+    }
+
+    const until = (condition: () => boolean): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (condition()) return Effect.void
+        const waiter = Deferred.unsafeMake<void>(FiberId.none)
+        waiters.push(waiter)
+        return Deferred.await(waiter).pipe(
+          Effect.onInterrupt(() => Effect.sync(() => void (waiters = waiters.filter((other) => other !== waiter)))),
+          Effect.zipRight(until(condition))
+        )
+      })
+
+    const tripFailFast = (culprit: Entry<A, E>, interruptor: FiberId.FiberId) => {
+      failedFast = true
+      closedReason ??= `task group ${name}: task ${culprit.label} ${culprit.end?._tag === "Panicked" ? "panicked" : "failed"}`
+      for (const sibling of pending.keys()) sibling.unsafeInterruptAsFork(interruptor)
+    }
+
+    // Runs in the task fiber's exit path, once, whether the task ran or was interrupted before it started.
+    const record = (fiber: Fiber.RuntimeFiber<A, E>, entry: Entry<A, E>, exit: Exit.Exit<A, E>) => {
+      pending.delete(fiber)
+      const end = endOf(exit)
+      entry.end = end
+      ended.push({ ...entry, end })
+      if (end._tag !== "Interrupted") endedOnTheirOwn++
+      if (mode === "failFast" && !failedFast && (end._tag === "Failed" || end._tag === "Panicked")) {
+        tripFailFast(entry, fiber.id())
+      }
+      wakeWaiters()
+    }
+
+    const spawn = <R>(label: string, effect: Effect.Effect<A, E, R>): Effect.Effect<Task<A, E>, ShuttingDown, R> =>
+      Effect.withFiberRuntime((spawner) => {
+        if (closedReason !== undefined) return Effect.fail(new ShuttingDown({ reason: closedReason }))
+        const entry: Entry<A, E> = { id: nextId++, label, started: false, end: undefined }
+        const start = Effect.suspend(() => {
+          if (failedFast) return Effect.interrupt
+          entry.started = true
+          return effect
+        })
+        // Like `FiberMap.run` (the spawner's context and fiber refs, default flags), but synchronous.
+        const runtime = Runtime.make({
+          context: spawner.currentContext as Context.Context<R>,
+          fiberRefs: spawner.getFiberRefs(),
+          runtimeFlags: Runtime.defaultRuntime.runtimeFlags
+        })
+        const fiber = Runtime.runFork(runtime)(slots === undefined ? start : slots.withPermits(1)(start))
+        FiberMap.unsafeSet(fibers, entry.id, fiber)
+        pending.set(fiber, entry)
+        fiber.addObserver((exit) => record(fiber, entry, exit))
+        return Effect.succeed<Task<A, E>>({
+          label,
+          join: joinTask(label, fiber),
+          interrupt: Effect.asVoid(Fiber.interrupt(fiber))
+        })
+      })
+
+    const close = (reason?: string) =>
+      Effect.sync(() => {
+        closedReason ??= reason ?? `task group ${name} is closed`
+        wakeWaiters()
+      })
+    // Registered after the FiberMap, so it runs first: spawns are refused before the tasks are interrupted.
+    yield* Effect.addFinalizer(() => close(`task group ${name} is closing with its scope`))
+
+    const poll = Effect.sync(() => {
+      const taken = ended
+      ended = []
+      return split(taken)
+    })
+
+    const wait = until(() => closedReason !== undefined && pending.size === 0)
+
+    const waitFor = (deadline: Duration.DurationInput): Effect.Effect<Settlement> =>
+      Effect.suspend(() => {
+        const endedOnTheirOwnAtStart = endedOnTheirOwn
+        let cut: ReadonlyArray<Entry<A, E>> = []
+        const cutAtDeadline = Effect.sleep(deadline).pipe(
+          Effect.zipRight(Effect.suspend(() => {
+            cut = [...pending.values()]
+            return Fiber.interruptAll([...pending.keys()])
+          }))
+        )
+        return Effect.raceFirst(wait, cutAtDeadline).pipe(
+          Effect.map(() => ({
+            finished: endedOnTheirOwn - endedOnTheirOwnAtStart,
+            // A task cut at the deadline that still ended on its own first counts as finished.
+            interrupted: cut.filter((entry) => entry.end?._tag === "Interrupted").map((entry) => entry.label)
+          }))
+        )
+      })
+
+    const group: TaskGroup<A, E> = {
+      name,
+      mode,
+      spawn,
+      join: Effect.zipRight(until(() => pending.size === 0), poll),
+      poll,
+      close,
+      isClosed: Effect.sync(() => closedReason !== undefined),
+      pending: Effect.sync(() => [...pending.values()].map((entry) => entry.label)),
+      wait,
+      waitFor
+    }
+    return group
+  })
