@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: the three benchmarks in sequence, each in a fresh Node process (so heaps, JIT state and
+ * `npm run bench`: the benchmarks in sequence, each in a fresh Node process (so heaps, JIT state and
  * resident memory do not carry over from one to the next), then one summary table. Figures are printed, never
  * enforced: the run exits 0 unless a benchmark crashed.
  */
@@ -9,7 +9,8 @@ import type { Row } from "./lib.js"
 const benchmarks = [
   { file: "throughput.ts", nodeFlags: ["--expose-gc"] },
   { file: "memory.ts", nodeFlags: ["--expose-gc"] },
-  { file: "shutdown-latency.ts", nodeFlags: [] }
+  { file: "shutdown-latency.ts", nodeFlags: [] },
+  { file: "middleware.ts", nodeFlags: ["--expose-gc"] }
 ]
 
 const startedAt = performance.now()

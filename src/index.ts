@@ -6,6 +6,7 @@
 export * as Backoff from "./Backoff.js"
 export * from "./Errors.js"
 export * as Lifecycle from "./Lifecycle.js"
+export * as Middleware from "./middleware/index.js"
 export * as TaskGroup from "./TaskGroup.js"
 export * as Tracker from "./Tracker.js"
 export * as WorkerPool from "./WorkerPool.js"

@@ -1,0 +1,82 @@
+/**
+ * Keel middleware on an @effect/platform HTTP app.
+ *
+ * A Keel stack wraps services; an HTTP app is one (request in, response out), so `withMiddleware` runs
+ * the app as a service under the stack and turns the stack's typed rejections into the answers HTTP
+ * clients understand: `Timeout` → 504, `RateLimited` → 429 and `Overloaded` / `CircuitOpen` → 503, each
+ * with `Retry-After` when the error knows how long to wait, and `Invalid` → 400 with the reason. Every
+ * such answer is counted in `keel_http_rejections_total` (tagged by status and error). Other errors pass
+ * through untouched to the app's own error handling. Errors are recognised by their `_tag`, so the
+ * adapter needs no import of the middleware modules themselves.
+ */
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { HttpApp } from "@effect/platform"
+import { Duration, Effect, Metric, Option } from "effect"
+import type { Middleware } from "keel"
+
+/** The rejections this adapter answers, by tag. */
+export type Rejection = { readonly _tag: "Timeout" | "RateLimited" | "Overloaded" | "CircuitOpen" | "Invalid" }
+
+const statusByTag: Record<Rejection["_tag"], number> = {
+  Timeout: 504,
+  RateLimited: 429,
+  Overloaded: 503,
+  CircuitOpen: 503,
+  Invalid: 400
+}
+
+export const rejections = Metric.counter("keel_http_rejections_total", {
+  description: "requests answered with an error status by the Keel middleware adapter",
+  incremental: true
+})
+
+const isRejection = (error: unknown): error is Rejection & Record<string, unknown> =>
+  typeof error === "object" && error !== null && "_tag" in error &&
+  Object.prototype.hasOwnProperty.call(statusByTag, String((error as { _tag: unknown })._tag))
+
+/**
+ * Whole seconds to wait, rounded up, as `Retry-After` wants them. A shed call (`Overloaded` without a
+ * known wait) is told to come back in a second; an isolated breaker (an infinite wait) sends no header.
+ */
+const retryAfterSeconds = (error: Rejection & Record<string, unknown>): Option.Option<string> => {
+  const retryAfter = error["retryAfter"]
+  if (!Duration.isDuration(retryAfter)) return error._tag === "Overloaded" ? Option.some("1") : Option.none()
+  if (!Duration.isFinite(retryAfter)) return Option.none()
+  return Option.some(String(Math.max(1, Math.ceil(Duration.toMillis(retryAfter) / 1000))))
+}
+
+/** The HTTP answer for a Keel rejection, or none when the error is not one. */
+export const rejectionResponse = (error: unknown): Option.Option<HttpServerResponse.HttpServerResponse> => {
+  if (!isRejection(error)) return Option.none()
+  const status = statusByTag[error._tag]
+  const message = error instanceof Error ? error.message : error._tag
+  const headers = Option.match(retryAfterSeconds(error), {
+    onNone: () => ({}),
+    onSome: (seconds) => ({ "retry-after": seconds })
+  })
+  return Option.some(HttpServerResponse.unsafeJson({ error: error._tag, message }, { status, headers }))
+}
+
+/** Runs `app` under `middleware` and answers Keel's rejections with their HTTP status. */
+export const withMiddleware = <EAdd, RAdd>(middleware: Middleware.Middleware<EAdd, RAdd>) =>
+<E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<Exclude<E | EAdd, Rejection>, Exclude<R | RAdd, never>> => {
+  const service = middleware((request: HttpServerRequest.HttpServerRequest) =>
+    Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
+  )
+  return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+    Effect.catchAll(service(request), (error) =>
+      Option.match(rejectionResponse(error), {
+        onNone: () => Effect.fail(error as Exclude<E | EAdd, Rejection>),
+        onSome: (response) =>
+          Effect.as(
+            Metric.update(
+              rejections.pipe(
+                Metric.tagged("status", String(response.status)),
+                Metric.tagged("error", (error as Rejection)._tag)
+              ),
+              1
+            ),
+            response
+          )
+      })))
+}

@@ -1,0 +1,472 @@
+/**
+ * circuitBreaker — stop calling a dependency that keeps failing, and find out cheaply when it is back.
+ *
+ * Closed, calls pass and their outcomes are counted by a policy: a run of consecutive failures, or a
+ * failure rate over a sliding window of time. When the policy trips, the breaker opens: calls fail at once
+ * with `CircuitOpen { retryAfter }` without reaching the service. Once `openFor` has passed it is half-open:
+ * `trialCalls` calls at a time go through as trials, the rest are still refused; a trial failure opens it
+ * again for another `openFor`, `successesToClose` trial successes close it. `isolate` holds it open until
+ * `reset`, which closes it with its counters cleared.
+ *
+ * What counts: a typed failure the `isFailure` predicate accepts (all, by default) is a failure; a typed
+ * failure it rejects is a success, because the service did answer; a defect is a failure only with
+ * `countDefects: true` (else it counts as nothing: it may come from our own code, not the dependency); an
+ * interruption never counts. An outcome is counted only in the state the call was admitted in: a slow
+ * call admitted while closed that ends after the breaker opened, or after a `reset`, is not counted. A
+ * trial's slot is freed however the trial ends, interruption included, so a hung trial should be bounded
+ * by a `timeout` placed below the breaker (its `Timeout` is then a failure).
+ *
+ * Time is the Clock of the fiber that built the breaker, and there are no timers: the move from open to
+ * half-open happens when a call, a read of `state` or `stats`, or a new `changes` subscriber observes that
+ * `openFor` has passed. Every decision is one synchronous step over the breaker's state, so concurrent
+ * calls see one order of transitions, and `changes` publishes them in that order. The rate window is ten
+ * buckets of window / 10, aligned on Clock time: a call counts while its bucket is one of the ten latest,
+ * so it stops counting between nine tenths of the window and the whole window after it ended.
+ */
+import { Cause, Chunk, Data, Duration, Effect, Exit, Metric, MetricLabel, PubSub, Stream } from "effect"
+import type { Scope } from "effect"
+import type { Middleware, Service } from "./Middleware.js"
+
+/** How the closed breaker decides to open. */
+export type CircuitPolicy =
+  /** Opens after `failures` counted failures in a row (a success restarts the run). */
+  | { readonly kind: "consecutive"; readonly failures: number }
+  /**
+   * Opens when, over the last `window`, at least `minimumCalls` counted calls ended and the share of them
+   * that failed is at least `failureRate` (0 < rate ≤ 1). Checked after every counted outcome.
+   */
+  | {
+    readonly kind: "rate"
+    readonly window: Duration.DurationInput
+    readonly minimumCalls: number
+    readonly failureRate: number
+  }
+
+export interface CircuitBreakerOptions<E = unknown> {
+  /** Names the breaker in errors and metrics. Default `circuit-breaker`. */
+  readonly name?: string
+  readonly policy: CircuitPolicy
+  /** How long the breaker stays open before it lets trials through. */
+  readonly openFor: Duration.DurationInput
+  /** Trials admitted at once while half-open. Default 1. */
+  readonly trialCalls?: number
+  /** Trial successes that close the breaker. Default 1. */
+  readonly successesToClose?: number
+  /** Which typed failures count as failures; the others count as successes. Default: all. */
+  readonly isFailure?: (error: E) => boolean
+  /** Counts defects as failures. Default false: a defect counts as nothing. */
+  readonly countDefects?: boolean
+}
+
+/** The breaker's state; `Open.until` is the Clock time (ms) from which it lets trials through. */
+export type CircuitState = Data.TaggedEnum<{
+  Closed: {}
+  Open: { readonly until: number }
+  HalfOpen: {}
+  Isolated: {}
+}>
+
+export const CircuitState = Data.taggedEnum<CircuitState>()
+
+/** The value of the `keel_circuit_state` gauge for each state. */
+export const circuitStateCode: { readonly [Tag in CircuitState["_tag"]]: number } = {
+  Closed: 0,
+  HalfOpen: 1,
+  Open: 2,
+  Isolated: 3
+}
+
+/** The breaker refused the call without calling the service. */
+export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
+  readonly breaker: string
+  /** `HalfOpen`: every trial slot is taken. */
+  readonly state: "Open" | "HalfOpen" | "Isolated"
+  /**
+   * Open: the time left until trials are let through. Half-open: `openFor`, the wait if the running
+   * trials fail (if they succeed, calls pass sooner). Isolated: infinity (until someone resets it).
+   */
+  readonly retryAfter: Duration.Duration
+}> {
+  override get message() {
+    switch (this.state) {
+      case "Isolated":
+        return `circuit ${this.breaker} is isolated until reset`
+      case "HalfOpen":
+        return `circuit ${this.breaker} is half-open with every trial slot taken (retry after ${
+          Duration.format(this.retryAfter)
+        })`
+      case "Open":
+        return `circuit ${this.breaker} is open (retry after ${Duration.format(this.retryAfter)})`
+    }
+  }
+}
+
+export interface CircuitBreakerStats {
+  readonly name: string
+  readonly state: CircuitState
+  /** Consecutive policy: the current run of failures (0 unless closed). */
+  readonly consecutiveFailures: number
+  /** Rate policy: counted calls and failures in the window now (0 unless closed). */
+  readonly windowCalls: number
+  readonly windowFailures: number
+  /** Half-open: trials running now and trial successes so far. */
+  readonly trialsInFlight: number
+  readonly trialSuccesses: number
+  readonly admitted: number
+  readonly rejected: number
+  readonly transitions: number
+}
+
+export interface CircuitBreaker<E = unknown> {
+  /**
+   * Wraps a service: refuses calls with `CircuitOpen` while open, counts the outcomes of the others. With
+   * the default `E = unknown` this is a `Middleware<CircuitOpen>`, usable in `stack`; with a narrower `E`,
+   * it wraps only services whose errors are `E`, since `isFailure` inspects them.
+   */
+  readonly middleware: unknown extends E ? Middleware<CircuitOpen> : <Req, Res, EService extends E, R>(
+    service: Service<Req, Res, EService, R>
+  ) => Service<Req, Res, EService | CircuitOpen, R>
+  /** The state now (observing it may move an open breaker whose time is up to half-open). */
+  readonly state: Effect.Effect<CircuitState>
+  /** The state now, then every transition in order; ends when the breaker's Scope closes. */
+  readonly changes: Stream.Stream<CircuitState>
+  /** Holds the breaker open, refusing every call, until `reset`. */
+  readonly isolate: Effect.Effect<void>
+  /** Closes the breaker and clears its counters; outcomes of calls admitted before are not counted. */
+  readonly reset: Effect.Effect<void>
+  /** The counters now, for tests and status pages. */
+  readonly stats: Effect.Effect<CircuitBreakerStats>
+}
+
+/** Buckets in the rate policy's sliding window. */
+export const circuitWindowBuckets = 10
+
+/** Why a call was refused, as the `reason` tag of the rejections counter. */
+export type CircuitRejection = "open" | "half-open" | "isolated"
+
+const breakerMetrics = {
+  state: Metric.gauge("keel_circuit_state", {
+    description: "circuit breaker state: 0 closed, 1 half-open, 2 open, 3 isolated"
+  }),
+  transitions: Metric.counter("keel_circuit_transitions_total", { incremental: true }),
+  // Shared with the other middleware: the same name, description and type make it one metric.
+  rejections: Metric.counter("keel_middleware_rejections_total", {
+    description: "calls a middleware refused",
+    incremental: true
+  })
+}
+
+/**
+ * The metrics of the breaker named `breaker`, to read or export them: its state gauge (tagged
+ * `breaker`), its rejections (`keel_middleware_rejections_total`, tagged `middleware=<breaker>` and
+ * `reason`), and its transitions (tagged `breaker`, `from`, `to`).
+ */
+export const circuitBreakerMetrics = (breaker: string) => ({
+  state: Metric.tagged(breakerMetrics.state, "breaker", breaker),
+  rejections: (reason: CircuitRejection) =>
+    breakerMetrics.rejections.pipe(Metric.tagged("middleware", breaker), Metric.tagged("reason", reason)),
+  transitions: (from: CircuitState["_tag"], to: CircuitState["_tag"]) =>
+    breakerMetrics.transitions.pipe(
+      Metric.tagged("breaker", breaker),
+      Metric.tagged("from", from),
+      Metric.tagged("to", to)
+    )
+})
+
+type Outcome = "success" | "failure" | "uncounted"
+
+/** A call's admission: the state generation it belongs to and whether it holds a trial slot. */
+interface Ticket {
+  readonly generation: number
+  readonly trial: boolean
+}
+
+interface Published {
+  readonly sequence: number
+  readonly state: CircuitState
+}
+
+const invalid = (message: string) => new Cause.IllegalArgumentException(`circuitBreaker: ${message}`)
+
+const isPositiveInteger = (value: number) => Number.isInteger(value) && value >= 1
+
+const validate = <E>(options: CircuitBreakerOptions<E>): string | undefined => {
+  const openFor = Duration.decodeUnknown(options.openFor)
+  if (openFor._tag === "None" || !Duration.isFinite(openFor.value) || Duration.toMillis(openFor.value) <= 0) {
+    return `openFor must be a positive finite duration (got ${String(options.openFor)})`
+  }
+  if (options.trialCalls !== undefined && !isPositiveInteger(options.trialCalls)) {
+    return `trialCalls must be a positive integer (got ${options.trialCalls})`
+  }
+  if (options.successesToClose !== undefined && !isPositiveInteger(options.successesToClose)) {
+    return `successesToClose must be a positive integer (got ${options.successesToClose})`
+  }
+  const policy = options.policy
+  switch (policy.kind) {
+    case "consecutive":
+      return isPositiveInteger(policy.failures)
+        ? undefined
+        : `policy.failures must be a positive integer (got ${policy.failures})`
+    case "rate": {
+      const window = Duration.decodeUnknown(policy.window)
+      if (window._tag === "None" || !Duration.isFinite(window.value) || Duration.toMillis(window.value) <= 0) {
+        return `policy.window must be a positive finite duration (got ${String(policy.window)})`
+      }
+      if (!isPositiveInteger(policy.minimumCalls)) {
+        return `policy.minimumCalls must be a positive integer (got ${policy.minimumCalls})`
+      }
+      return policy.failureRate > 0 && policy.failureRate <= 1
+        ? undefined
+        : `policy.failureRate must be in (0, 1] (got ${policy.failureRate})`
+    }
+    default:
+      return `unknown policy ${JSON.stringify(policy)}`
+  }
+}
+
+/** Counts the closed breaker's outcomes and says when to open. */
+interface Tripwire {
+  /** Records a counted outcome at `now`; true when the breaker must open. */
+  readonly record: (failed: boolean, now: number) => boolean
+  readonly clear: () => void
+  readonly consecutiveFailures: () => number
+  readonly window: (now: number) => { readonly calls: number; readonly failures: number }
+}
+
+const consecutiveTripwire = (threshold: number): Tripwire => {
+  let run = 0
+  return {
+    record: (failed) => {
+      run = failed ? run + 1 : 0
+      return run >= threshold
+    },
+    clear: () => {
+      run = 0
+    },
+    consecutiveFailures: () => run,
+    window: () => ({ calls: 0, failures: 0 })
+  }
+}
+
+const rateTripwire = (windowMillis: number, minimumCalls: number, failureRate: number): Tripwire => {
+  const bucketMillis = windowMillis / circuitWindowBuckets
+  const bucketOf = Array<number>(circuitWindowBuckets).fill(Number.NEGATIVE_INFINITY)
+  const calls = Array<number>(circuitWindowBuckets).fill(0)
+  const failures = Array<number>(circuitWindowBuckets).fill(0)
+  const bucketAt = (now: number) => Math.floor(now / bucketMillis)
+  const totals = (now: number) => {
+    const current = bucketAt(now)
+    let windowCalls = 0
+    let windowFailures = 0
+    for (let slot = 0; slot < circuitWindowBuckets; slot++) {
+      const bucket = bucketOf[slot]!
+      if (bucket <= current && bucket > current - circuitWindowBuckets) {
+        windowCalls += calls[slot]!
+        windowFailures += failures[slot]!
+      }
+    }
+    return { calls: windowCalls, failures: windowFailures }
+  }
+  return {
+    record: (failed, now) => {
+      const bucket = bucketAt(now)
+      const slot = ((bucket % circuitWindowBuckets) + circuitWindowBuckets) % circuitWindowBuckets
+      if (bucketOf[slot] !== bucket) {
+        bucketOf[slot] = bucket
+        calls[slot] = 0
+        failures[slot] = 0
+      }
+      calls[slot]!++
+      if (failed) failures[slot]!++
+      const window = totals(now)
+      return window.calls >= minimumCalls && window.failures / window.calls >= failureRate
+    },
+    clear: () => {
+      bucketOf.fill(Number.NEGATIVE_INFINITY)
+      calls.fill(0)
+      failures.fill(0)
+    },
+    consecutiveFailures: () => 0,
+    window: totals
+  }
+}
+
+/**
+ * Builds a circuit breaker living in the current Scope. `E` is the error type of the services it wraps
+ * (what `isFailure` inspects); leave it `unknown` to use the breaker in `stack`. Invalid options are a
+ * programming error: the Effect dies with an `IllegalArgumentException`.
+ */
+export const circuitBreaker = <E = unknown>(
+  options: CircuitBreakerOptions<E>
+): Effect.Effect<CircuitBreaker<E>, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const problem = validate(options)
+    if (problem !== undefined) return yield* Effect.die(invalid(problem))
+
+    const clock = yield* Effect.clock
+    const name = options.name ?? "circuit-breaker"
+    const openForMillis = Duration.toMillis(options.openFor)
+    const trialCalls = options.trialCalls ?? 1
+    const successesToClose = options.successesToClose ?? 1
+    const isFailure = options.isFailure ?? (() => true)
+    const countDefects = options.countDefects ?? false
+    const policy = options.policy
+    const tripwire = policy.kind === "consecutive"
+      ? consecutiveTripwire(policy.failures)
+      : rateTripwire(Duration.toMillis(policy.window), policy.minimumCalls, policy.failureRate)
+
+    // Constant tags arrays: the metric registry caches its keys by the array's identity.
+    const stateTags = [MetricLabel.make("breaker", name)]
+    const rejectionTags: Record<CircuitRejection, ReadonlyArray<MetricLabel.MetricLabel>> = {
+      open: [MetricLabel.make("middleware", name), MetricLabel.make("reason", "open")],
+      "half-open": [MetricLabel.make("middleware", name), MetricLabel.make("reason", "half-open")],
+      isolated: [MetricLabel.make("middleware", name), MetricLabel.make("reason", "isolated")]
+    }
+    const transitionTags = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+    const transitionTagsOf = (from: CircuitState["_tag"], to: CircuitState["_tag"]) => {
+      const key = `${from}>${to}`
+      let tags = transitionTags.get(key)
+      if (tags === undefined) {
+        tags = [MetricLabel.make("breaker", name), MetricLabel.make("from", from), MetricLabel.make("to", to)]
+        transitionTags.set(key, tags)
+      }
+      return tags
+    }
+
+    // Subscribers get the transitions after their snapshot (sequence numbers drop the ones before).
+    const published = yield* PubSub.unbounded<Published>()
+    yield* Effect.addFinalizer(() => PubSub.shutdown(published))
+
+    let current: CircuitState = CircuitState.Closed()
+    // Bumped on every transition and reset: an outcome counts only for its own generation.
+    let generation = 0
+    let sequence = 0
+    let trialsInFlight = 0
+    let trialSuccesses = 0
+    const totals = { admitted: 0, rejected: 0 }
+    breakerMetrics.state.unsafeUpdate(circuitStateCode.Closed, stateTags)
+
+    const enter = (next: CircuitState) => {
+      const from = current._tag
+      current = next
+      generation++
+      trialsInFlight = 0
+      trialSuccesses = 0
+      tripwire.clear()
+      sequence++
+      breakerMetrics.state.unsafeUpdate(circuitStateCode[next._tag], stateTags)
+      breakerMetrics.transitions.unsafeUpdate(1, transitionTagsOf(from, next._tag))
+      published.unsafeOffer({ sequence, state: next })
+    }
+
+    const open = (now: number) => enter(CircuitState.Open({ until: now + openForMillis }))
+
+    const observe = (now: number) => {
+      if (current._tag === "Open" && now >= current.until) enter(CircuitState.HalfOpen())
+      return current
+    }
+
+    const reject = (state: CircuitOpen["state"], reason: CircuitRejection, retryAfter: Duration.Duration) => {
+      totals.rejected++
+      breakerMetrics.rejections.unsafeUpdate(1, rejectionTags[reason])
+      return Effect.fail(new CircuitOpen({ breaker: name, state, retryAfter }))
+    }
+
+    const admit = Effect.suspend((): Effect.Effect<Ticket, CircuitOpen> => {
+      const now = clock.unsafeCurrentTimeMillis()
+      const state = observe(now)
+      switch (state._tag) {
+        case "Closed":
+          totals.admitted++
+          return Effect.succeed({ generation, trial: false })
+        case "HalfOpen":
+          if (trialsInFlight >= trialCalls) return reject("HalfOpen", "half-open", Duration.millis(openForMillis))
+          trialsInFlight++
+          totals.admitted++
+          return Effect.succeed({ generation, trial: true })
+        case "Open":
+          return reject("Open", "open", Duration.millis(state.until - now))
+        case "Isolated":
+          return reject("Isolated", "isolated", Duration.infinity)
+      }
+    })
+
+    const classify = (exit: Exit.Exit<unknown, E>): Outcome => {
+      if (Exit.isSuccess(exit)) return "success"
+      const failures = Cause.failures(exit.cause)
+      if (Chunk.some(failures, isFailure)) return "failure"
+      if (countDefects && !Chunk.isEmpty(Cause.defects(exit.cause))) return "failure"
+      return Chunk.isEmpty(failures) ? "uncounted" : "success"
+    }
+
+    const settle = (ticket: Ticket, exit: Exit.Exit<unknown, E>) =>
+      Effect.sync(() => {
+        if (ticket.generation !== generation) return
+        const outcome = classify(exit)
+        const now = clock.unsafeCurrentTimeMillis()
+        if (ticket.trial) {
+          trialsInFlight--
+          if (outcome === "failure") open(now)
+          else if (outcome === "success" && ++trialSuccesses >= successesToClose) enter(CircuitState.Closed())
+        } else if (outcome !== "uncounted" && tripwire.record(outcome === "failure", now)) {
+          open(now)
+        }
+      })
+
+    const middleware = <Req, Res, EService extends E, R>(
+      service: Service<Req, Res, EService, R>
+    ): Service<Req, Res, EService | CircuitOpen, R> =>
+    (request) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(admit, (ticket) =>
+          restore(Effect.suspend(() => service(request))).pipe(
+            Effect.onExit((exit) => settle(ticket, exit))
+          ))
+      )
+
+    const changes: Stream.Stream<CircuitState> = Stream.unwrapScoped(
+      Effect.map(PubSub.subscribe(published), (subscription) => {
+        const snapshot = observe(clock.unsafeCurrentTimeMillis())
+        const seen = sequence
+        return Stream.concat(
+          Stream.succeed(snapshot),
+          Stream.fromQueue(subscription).pipe(
+            Stream.filter((change) => change.sequence > seen),
+            Stream.map((change) => change.state)
+          )
+        )
+      })
+    )
+
+    const breaker: CircuitBreaker<E> = {
+      middleware: middleware as CircuitBreaker<E>["middleware"],
+      state: Effect.sync(() => observe(clock.unsafeCurrentTimeMillis())),
+      changes,
+      isolate: Effect.sync(() => {
+        if (current._tag !== "Isolated") enter(CircuitState.Isolated())
+      }),
+      reset: Effect.sync(() => {
+        if (current._tag !== "Closed") return enter(CircuitState.Closed())
+        generation++
+        tripwire.clear()
+      }),
+      stats: Effect.sync(() => {
+        const now = clock.unsafeCurrentTimeMillis()
+        const state = observe(now)
+        const window = tripwire.window(now)
+        return {
+          name,
+          state,
+          consecutiveFailures: tripwire.consecutiveFailures(),
+          windowCalls: window.calls,
+          windowFailures: window.failures,
+          trialsInFlight,
+          trialSuccesses,
+          admitted: totals.admitted,
+          rejected: totals.rejected,
+          transitions: sequence
+        }
+      })
+    }
+    return breaker
+  })

@@ -1,0 +1,363 @@
+/**
+ * rateLimit — at most `limit` calls in any window of length `per`, waiting for a slot (the default) or
+ * refusing at once with `RateLimited { retryAfter }`; optionally one limit per key (client, tenant, …).
+ *
+ * The promise is exact: no window of length `per`, wherever it starts, admits more than `limit` calls.
+ * A continuously refilling token bucket (Tower's RateLimit, Effect's RateLimiter) does not keep it: a full
+ * bucket spent at the end of one window and refilled during the next admits up to 2·limit−1 calls in one
+ * window. Here each of the `limit` tokens comes back exactly `per` after it was spent — a sliding log of
+ * the last `limit` admission instants (GCRA with burst = limit): a call is admitted at `now` unless the
+ * `limit`-th latest admission is less than `per` ago, and `retryAfter` is the time until it is not.
+ *
+ * In wait mode a caller reserves its slot when it arrives — the earliest instant that keeps the window
+ * promise after every earlier admission and reservation, so callers are admitted in arrival order — and
+ * sleeps until then. A caller interrupted while it waits gives its slot back: its reservation leaves the
+ * log and the reservations behind it move earlier (they never move later), so no one waits for a slot
+ * nobody used. A call counts as admitted once it starts; interrupting it after that does not return the
+ * token, which comes back `per` after it was spent like any other. At most `maxWaiting` callers wait; past
+ * that, under `loadShed()`, or when the slot lies at or past the caller's deadline, the call fails at once
+ * with `RateLimited`: a refusal by a rate limit is a "slow down, retry after", whatever made it immediate.
+ * Admission instants are the reserved slots; on a real clock a sleeper wakes a little after its slot.
+ *
+ * With `key`, every key has its own log. Memory stays bounded: a log keeps at most `limit` instants plus
+ * its waiters, at most `maxKeys` keys are remembered, and past that the least recently used key without
+ * waiters is forgotten. The trade-off: a forgotten key
+ * starts fresh, so a client whose key was evicted can get a new burst of `limit` calls sooner than `per`
+ * after its last one. Size `maxKeys` above the number of clients active within one `per`.
+ */
+import { Data, Deferred, Duration, Effect, Exit, FiberId, FiberRef, Metric, MetricLabel, Option } from "effect"
+import type { Scope } from "effect"
+import { currentDeadline } from "./deadline.js"
+import { shedInsteadOfWaiting, withoutShedding } from "./loadShed.js"
+import type { Middleware, Service } from "./Middleware.js"
+
+/** The rate limit refused the call; a token is back, and the call could be admitted, after `retryAfter`. */
+export class RateLimited extends Data.TaggedError("RateLimited")<{
+  readonly retryAfter: Duration.Duration
+}> {
+  override get message() {
+    return `rate limited (retry after ${Duration.format(this.retryAfter)})`
+  }
+}
+
+export interface RateLimitOptions<Req = unknown> {
+  /** Calls admitted in any window of length `per`. */
+  readonly limit: number
+  readonly per: Duration.DurationInput
+  /** `wait` (default): sleep until a slot is free; `reject`: fail at once with `RateLimited`. */
+  readonly onLimit?: "wait" | "reject"
+  /** In wait mode, callers allowed to wait at once (over all keys); past it `RateLimited`. Default 1000. */
+  readonly maxWaiting?: number
+  /** One limit per key of the request; without it, one limit for all calls. */
+  readonly key?: (request: Req) => string
+  /** Keys remembered at once; past it the least recently used idle key is forgotten. Default 10 000. */
+  readonly maxKeys?: number
+  /** Names the limit in metrics (`middleware=<name>`). Default `rate-limit`. */
+  readonly name?: string
+}
+
+/**
+ * A middleware for services whose requests are at least `Req`: what a keyed limit is, since it reads its
+ * key from the request. Apply it to a service directly (or to what `stack(…)` returns); `stack` itself
+ * takes only middleware that accept any request.
+ */
+export type RequestMiddleware<Req, EAdd> = <R extends Req, Res, E, Rq>(
+  service: Service<R, Res, E, Rq>
+) => Service<R, Res, E | EAdd, Rq>
+
+/** Why a call was refused, as the `reason` tag of the rejections counter. */
+export type RateLimitRejection = "rate-limited" | "queue-full" | "shed" | "deadline"
+
+const rateMetrics = {
+  waiting: Metric.gauge("keel_middleware_waiting", { description: "calls queued at a limit" }),
+  keys: Metric.gauge("keel_rate_limit_keys", { description: "keys a rate limit remembers" }),
+  rejections: Metric.counter("keel_middleware_rejections_total", {
+    description: "calls a middleware refused",
+    incremental: true
+  })
+}
+
+/** The metrics of the rate limit named `name`, to read or export them. */
+export const rateLimitMetrics = (name: string) => ({
+  waiting: Metric.tagged(rateMetrics.waiting, "middleware", name),
+  keys: Metric.tagged(rateMetrics.keys, "middleware", name),
+  rejections: (reason: RateLimitRejection) =>
+    rateMetrics.rejections.pipe(Metric.tagged("middleware", name), Metric.tagged("reason", reason))
+})
+
+/** A waiting caller's slot. `at` only ever moves earlier (when a caller ahead gives its slot back). */
+interface Reservation {
+  at: number
+  /** Its call has started: the slot is spent and can no longer be given back. */
+  started: boolean
+  /** Counted in `waiting` (its slot is still in the future). */
+  waiting: boolean
+  /** Completed (and replaced) when `at` moves earlier, to wake the sleeper. */
+  moved: Deferred.Deferred<void>
+}
+
+/**
+ * One key's log: the spent slots (`spent[head..]`, oldest first; only the last `limit`, and only those
+ * less than `per` ago, can still hold a slot back), then the reservations in arrival order. Together they
+ * are sorted by instant.
+ */
+interface Log {
+  spent: Array<number>
+  head: number
+  reserved: Array<Reservation>
+}
+
+const newLog = (): Log => ({ spent: [], head: 0, reserved: [] })
+
+type Decision =
+  | { readonly _tag: "Admitted" }
+  | { readonly _tag: "Refused"; readonly reason: RateLimitRejection; readonly retryAfterMillis: number }
+  | { readonly _tag: "Reserved"; readonly log: Log; readonly reservation: Reservation }
+
+const admitted: Decision = { _tag: "Admitted" }
+
+/** For reservations whose call has started: their slot never moves again. */
+const neverMoves = Deferred.unsafeMake<void>(FiberId.none)
+
+const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
+
+/**
+ * Builds a rate limit; one log (or one per key) shared by every service it wraps, living as long as the
+ * Scope. Without `key` it is a plain `Middleware`; with `key` it wraps services whose requests carry it.
+ */
+export function rateLimit(
+  options: Omit<RateLimitOptions, "key">
+): Effect.Effect<Middleware<RateLimited>, never, Scope.Scope>
+export function rateLimit<Req>(
+  options: RateLimitOptions<Req> & { readonly key: (request: Req) => string }
+): Effect.Effect<RequestMiddleware<Req, RateLimited>, never, Scope.Scope>
+export function rateLimit<Req>(
+  options: RateLimitOptions<Req>
+): Effect.Effect<RequestMiddleware<Req, RateLimited>, never, Scope.Scope> {
+  return Effect.gen(function*() {
+    const limit = options.limit
+    const perMillis = Duration.toMillis(Duration.decode(options.per))
+    const maxWaiting = options.maxWaiting ?? 1000
+    const maxKeys = options.maxKeys ?? 10_000
+    if (
+      !isCount(limit, 1) || !(perMillis > 0) || !Number.isFinite(perMillis) || !isCount(maxWaiting, 0) ||
+      !isCount(maxKeys, 1)
+    ) {
+      return yield* Effect.dieMessage(
+        `rateLimit: limit must be an integer ≥ 1, per a finite positive duration, maxWaiting an integer ≥ 0 and ` +
+          `maxKeys an integer ≥ 1 (got limit ${limit}, per ${Duration.format(Duration.decode(options.per))}, ` +
+          `maxWaiting ${maxWaiting}, maxKeys ${maxKeys})`
+      )
+    }
+    const waitForSlot = (options.onLimit ?? "wait") === "wait"
+    const keyOf = options.key
+    const name = options.name ?? "rate-limit"
+    // One tags array per series: the metric registry caches its key by the array's identity.
+    const tags = [MetricLabel.make("middleware", name)]
+    const rejectionTag = (reason: RateLimitRejection) => [...tags, MetricLabel.make("reason", reason)]
+    const rejectionTags: Record<RateLimitRejection, ReadonlyArray<MetricLabel.MetricLabel>> = {
+      "rate-limited": rejectionTag("rate-limited"),
+      "queue-full": rejectionTag("queue-full"),
+      "shed": rejectionTag("shed"),
+      "deadline": rejectionTag("deadline")
+    }
+
+    const shared = newLog()
+    // Map iteration follows insertion order; a key is re-inserted when used, so the first is the least
+    // recently used.
+    const logs = new Map<string, Log>()
+    let waiting = 0
+
+    const report = () => {
+      rateMetrics.waiting.unsafeUpdate(waiting, tags)
+      rateMetrics.keys.unsafeUpdate(logs.size, tags)
+    }
+    report()
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        logs.clear()
+        rateMetrics.waiting.unsafeUpdate(0, tags)
+        rateMetrics.keys.unsafeUpdate(0, tags)
+      })
+    )
+
+    const logFor = (request: Req): Log => {
+      if (keyOf === undefined) return shared
+      const key = keyOf(request)
+      const known = logs.get(key)
+      if (known !== undefined) {
+        logs.delete(key)
+        logs.set(key, known)
+        return known
+      }
+      const fresh = newLog()
+      logs.set(key, fresh)
+      if (logs.size > maxKeys) evictOneBesides(key)
+      report()
+      return fresh
+    }
+
+    const evictOneBesides = (newest: string) => {
+      let victim: string | undefined
+      for (const [key, log] of logs) {
+        if (key === newest) continue
+        victim ??= key
+        if (log.reserved.length === 0) {
+          victim = key
+          break
+        }
+      }
+      // Only when every key has waiters is one of them forgotten; its waiters still get their slots.
+      if (victim !== undefined) logs.delete(victim)
+    }
+
+    const forgetOld = (log: Log, now: number) => {
+      const spent = log.spent
+      while (
+        log.head < spent.length && (spent.length - log.head > limit || spent[log.head]! <= now - perMillis)
+      ) log.head++
+      if (log.head === spent.length) {
+        log.spent = []
+        log.head = 0
+      } else if (log.head >= 64 && log.head * 2 >= spent.length) {
+        log.spent = spent.slice(log.head)
+        log.head = 0
+      }
+    }
+
+    // The instant `limit` places before the reservation at `index` (spent slots first); undefined when
+    // there is none that can still hold it back.
+    const tokenHolder = (log: Log, index: number): number | undefined => {
+      const before = index - limit
+      if (before >= 0) return log.reserved[before]!.at
+      const position = log.spent.length + before
+      return position >= log.head ? log.spent[position] : undefined
+    }
+
+    // The earliest slot for the reservation at `index`: not before now, and `per` after the token it takes
+    // was spent. Slots never decrease along the log (each token holder is later than the one before), so
+    // callers are admitted in arrival order.
+    const earliestSlot = (log: Log, index: number, now: number) => {
+      const holder = tokenHolder(log, index)
+      return holder === undefined ? now : Math.max(now, holder + perMillis)
+    }
+
+    const stopWaiting = (reservation: Reservation) => {
+      if (reservation.waiting) {
+        reservation.waiting = false
+        waiting--
+      }
+    }
+
+    // Reservations whose slot has come are no longer waiting, even before their sleeper wakes.
+    const countDue = (log: Log, now: number) => {
+      for (const reservation of log.reserved) {
+        if (reservation.at > now) break
+        stopWaiting(reservation)
+      }
+    }
+
+    const moveStartedToSpent = (log: Log) => {
+      while (log.reserved.length > 0 && log.reserved[0]!.started) log.spent.push(log.reserved.shift()!.at)
+    }
+
+    const decide = (request: Req, now: number, shed: boolean, deadline: Option.Option<number>): Decision => {
+      const log = logFor(request)
+      forgetOld(log, now)
+      countDue(log, now)
+      const slot = earliestSlot(log, log.reserved.length, now)
+      if (slot <= now) {
+        if (log.reserved.length === 0) log.spent.push(now)
+        else log.reserved.push({ at: now, started: true, waiting: false, moved: neverMoves })
+        return admitted
+      }
+      const retryAfterMillis = slot - now
+      const refused = (reason: RateLimitRejection): Decision => ({ _tag: "Refused", reason, retryAfterMillis })
+      if (!waitForSlot) return refused("rate-limited")
+      if (shed) return refused("shed")
+      if (Option.isSome(deadline) && slot >= deadline.value) return refused("deadline")
+      if (waiting >= maxWaiting) return refused("queue-full")
+      const reservation: Reservation = {
+        at: slot,
+        started: false,
+        waiting: true,
+        moved: Deferred.unsafeMake(FiberId.none)
+      }
+      log.reserved.push(reservation)
+      waiting++
+      report()
+      return { _tag: "Reserved", log, reservation }
+    }
+
+    const start = (log: Log, reservation: Reservation) => {
+      reservation.started = true
+      stopWaiting(reservation)
+      moveStartedToSpent(log)
+      report()
+    }
+
+    // The caller gave up its slot: drop it and let everyone behind move up to the earliest slot they may
+    // now have.
+    const giveBack = (log: Log, reservation: Reservation, now: number) => {
+      const index = log.reserved.indexOf(reservation)
+      if (index < 0) return
+      log.reserved.splice(index, 1)
+      stopWaiting(reservation)
+      for (let behind = index; behind < log.reserved.length; behind++) {
+        const later = log.reserved[behind]!
+        if (later.started) continue
+        const at = earliestSlot(log, behind, now)
+        if (at < later.at) {
+          later.at = at
+          const moved = later.moved
+          later.moved = Deferred.unsafeMake(FiberId.none)
+          Deferred.unsafeDone(moved, Exit.void)
+        }
+      }
+      moveStartedToSpent(log)
+      report()
+    }
+
+    const sleepUntilSlot = (reservation: Reservation): Effect.Effect<void> =>
+      Effect.clockWith((clock) => {
+        const left = reservation.at - clock.unsafeCurrentTimeMillis()
+        if (left <= 0) return Effect.void
+        return Effect.zipRight(
+          Effect.race(Effect.sleep(Duration.millis(left)), Deferred.await(reservation.moved)),
+          sleepUntilSlot(reservation)
+        )
+      })
+
+    const limited = <A, E, R>(request: Req, call: Effect.Effect<A, E, R>): Effect.Effect<A, E | RateLimited, R> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(FiberRef.get(shedInsteadOfWaiting), (shed) =>
+          Effect.flatMap(FiberRef.get(currentDeadline), (deadline) =>
+            Effect.clockWith((clock): Effect.Effect<A, E | RateLimited, R> => {
+              const decision = decide(request, clock.unsafeCurrentTimeMillis(), shed, deadline)
+              // A waiting limit consumes loadShed's flag; a refusing one never waits and leaves it below.
+              const run = restore(shed && waitForSlot ? withoutShedding(call) : call)
+              switch (decision._tag) {
+                case "Admitted":
+                  return run
+                case "Refused":
+                  rateMetrics.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
+                  return Effect.fail(new RateLimited({ retryAfter: Duration.millis(decision.retryAfterMillis) }))
+                case "Reserved": {
+                  const { log, reservation } = decision
+                  return restore(sleepUntilSlot(reservation)).pipe(
+                    Effect.onInterrupt(() =>
+                      Effect.clockWith((clock) =>
+                        Effect.sync(() => giveBack(log, reservation, clock.unsafeCurrentTimeMillis()))
+                      )
+                    ),
+                    Effect.zipRight(Effect.sync(() => start(log, reservation))),
+                    Effect.zipRight(run)
+                  )
+                }
+              }
+            }))))
+
+    return <R extends Req, Res, E, Rq>(service: Service<R, Res, E, Rq>): Service<R, Res, E | RateLimited, Rq> =>
+    (request) => limited(request, Effect.suspend(() => service(request)))
+  })
+}

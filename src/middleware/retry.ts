@@ -1,0 +1,223 @@
+/**
+ * retry — Tower's RetryLayer with a Backoff schedule, a typed predicate, a retry budget and the caller's
+ * deadline.
+ *
+ * Retrying at every layer of a call graph multiplies load exactly when a dependency is failing: three
+ * layers retrying three times each turn one request into 27 (a retry storm). So, as Tower's `TpsBudget`
+ * and Envoy's retry budgets do, every call through the middleware deposits into a shared budget and every
+ * retry withdraws from it: a retry is allowed while the retries in the last `window` stay within
+ * `minPerSecond · windowSeconds + ratio · calls` in that window. Past it the call stops retrying and fails
+ * with its last error, unchanged. The window slides over ten Clock-driven buckets; the budget forgets a
+ * call one bucket early and a retry one bucket late, so the bound holds for every window of length
+ * `window` that ends at a retry, never by approximation in the caller's disfavour.
+ *
+ * Which failures are retried and how long to wait are the schedule's (a `Backoff.Policy` with its
+ * `retryOn`, by default `Backoff.isRetryable`: `Timeout` and `Unavailable`, never `Invalid`). Defects and
+ * interruptions are never retried. Before waiting a delay the middleware reads the caller's deadline
+ * (`deadline.ts`): if the next attempt could not start before it, the call stops at once with its last
+ * error instead of sleeping into a timeout.
+ */
+import { Cause, Clock, Duration, Effect, Either, Metric, MetricLabel, Option, Schedule, ScheduleDecision, ScheduleIntervals } from "effect"
+import type { Scope } from "effect"
+import * as Backoff from "../Backoff.js"
+import { remaining } from "./deadline.js"
+import type { Middleware, Service } from "./Middleware.js"
+
+export interface RetryBudgetOptions {
+  /** Retries may add at most this fraction of the calls in the window (0.2: at most one retry per 5 calls). */
+  readonly ratio: number
+  /** Retries always allowed, per second of `window`, however few calls there were. */
+  readonly minPerSecond: number
+  /** The sliding window both counts are taken over. */
+  readonly window: Duration.DurationInput
+}
+
+export interface RetryOptions<E> {
+  /**
+   * When to retry and how long to wait first. A `Backoff.Policy` is turned into `Backoff.exponential`; any
+   * other `Schedule` over the failures is used as it is. The schedule is fed the wrapped service's failures,
+   * so a custom `retryOn` must accept every error that service can fail with.
+   */
+  readonly backoff: Backoff.Policy<E> | Schedule.Schedule<unknown, E>
+  /** Shared by every call through this middleware; `false` turns it off. Default `defaultRetryBudget`. */
+  readonly budget?: RetryBudgetOptions | false
+  /** Tags the metrics (`middleware=<name>`). Default `"retry"`. */
+  readonly name?: string
+}
+
+/** Finagle's and Tower's defaults: retries add at most 20 % of calls, plus 10 per second. */
+export const defaultRetryBudget: RetryBudgetOptions = { ratio: 0.2, minPerSecond: 10, window: "10 seconds" }
+
+const retryCounters = {
+  retries: Metric.counter("keel_retry_retries_total", { description: "retries started", incremental: true }),
+  budgetExhausted: Metric.counter("keel_retry_budget_exhausted_total", {
+    description: "calls that stopped retrying because the retry budget refused",
+    incremental: true
+  }),
+  deadlineExhausted: Metric.counter("keel_retry_deadline_exhausted_total", {
+    description: "calls that stopped retrying because the next attempt could not start before the deadline",
+    incremental: true
+  })
+}
+
+/** The metrics of the retry middleware named `name` (tagged `middleware=<name>`). */
+export const retryMetrics = (name: string) => ({
+  retries: Metric.tagged(retryCounters.retries, "middleware", name),
+  budgetExhausted: Metric.tagged(retryCounters.budgetExhausted, "middleware", name),
+  deadlineExhausted: Metric.tagged(retryCounters.deadlineExhausted, "middleware", name)
+})
+
+/**
+ * The retry middleware. Its budget is state shared by every call through the middleware, so it is built
+ * once (in a Scope, like every stateful middleware) and then stacked. Invalid options are a defect.
+ */
+export const retry = <E = unknown>(options: RetryOptions<E>): Effect.Effect<Middleware<never>, never, Scope.Scope> =>
+  Effect.suspend(() => {
+    const name = options.name ?? "retry"
+    const schedule = Schedule.isSchedule(options.backoff)
+      ? options.backoff as Schedule.Schedule<unknown, E>
+      : Backoff.exponential(options.backoff)
+    const budgetOptions = options.budget ?? defaultRetryBudget
+    const budget = budgetOptions === false ? undefined : new RetryBudget(validBudget(budgetOptions))
+    const tags = [MetricLabel.make("middleware", name)]
+
+    const middleware = <Req, Res, EService, R>(service: Service<Req, Res, EService, R>): Service<Req, Res, EService, R> =>
+    (request) => {
+      const attempt = Effect.suspend(() => service(request))
+
+      const stop = (cause: Cause.Cause<EService>, reason: Metric.Metric.Counter<number>) =>
+        Effect.suspend(() => {
+          reason.unsafeUpdate(1, tags)
+          return Effect.failCause(cause)
+        })
+
+      const afterFailure = (cause: Cause.Cause<EService>, state: unknown): Effect.Effect<Res, EService, R> => {
+        const failure = Cause.failureOrCause(cause)
+        if (Either.isRight(failure)) return Effect.failCause(cause)
+        return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.flatMap(schedule.step(now, failure.left as unknown as E, state), ([nextState, _, decision]) => {
+            if (ScheduleDecision.isDone(decision)) return Effect.failCause(cause)
+            const delayMillis = Math.max(0, ScheduleIntervals.start(decision.intervals) - now)
+            return Effect.flatMap(remaining, (left) => {
+              if (Option.isSome(left) && delayMillis >= Duration.toMillis(left.value)) {
+                return stop(cause, retryCounters.deadlineExhausted)
+              }
+              // Refused now is likely refused after the delay too (unless calls arrive or old retries leave the
+              // window meanwhile): the caller learns it without waiting. Only the withdrawal at the attempt
+              // itself counts, so a call interrupted while it waits has spent nothing.
+              if (budget !== undefined && !budget.allows(now)) return stop(cause, retryCounters.budgetExhausted)
+              const retryNow = Effect.clockWith((clock) =>
+                Effect.suspend(() => {
+                  if (budget !== undefined && !budget.withdraw(clock.unsafeCurrentTimeMillis())) {
+                    return stop(cause, retryCounters.budgetExhausted)
+                  }
+                  retryCounters.retries.unsafeUpdate(1, tags)
+                  return attempts(nextState)
+                })
+              )
+              return delayMillis > 0 ? Effect.zipRight(Effect.sleep(Duration.millis(delayMillis)), retryNow) : retryNow
+            })
+          }))
+      }
+
+      const attempts = (state: unknown): Effect.Effect<Res, EService, R> =>
+        Effect.catchAllCause(attempt, (cause) => afterFailure(cause, state))
+
+      return budget === undefined ? attempts(schedule.initial) : Effect.clockWith((clock) =>
+        Effect.suspend(() => {
+          budget.deposit(clock.unsafeCurrentTimeMillis())
+          return attempts(schedule.initial)
+        })
+      )
+    }
+    return Effect.succeed(middleware as Middleware<never>)
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+
+interface ValidBudget {
+  readonly ratio: number
+  readonly minPerSecond: number
+  readonly windowMillis: number
+}
+
+const invalid = (message: string): never => {
+  throw new Cause.IllegalArgumentException(`retry: ${message}`)
+}
+
+const validBudget = (options: RetryBudgetOptions): ValidBudget => {
+  const { minPerSecond, ratio } = options
+  if (!Number.isFinite(ratio) || ratio < 0) invalid(`budget.ratio must be a finite number ≥ 0 (got ${ratio})`)
+  if (!Number.isFinite(minPerSecond) || minPerSecond < 0) {
+    invalid(`budget.minPerSecond must be a finite number ≥ 0 (got ${minPerSecond})`)
+  }
+  let window = Duration.zero
+  try {
+    window = Duration.decode(options.window)
+  } catch {
+    invalid(`budget.window is not a duration (got ${String(options.window)})`)
+  }
+  if (!Duration.isFinite(window) || Duration.toMillis(window) <= 0) {
+    invalid(`budget.window must be positive and finite (got ${Duration.format(window)})`)
+  }
+  return { ratio, minPerSecond, windowMillis: Duration.toMillis(window) }
+}
+
+/** The window is cut in this many buckets; one more is kept so that retries are remembered a bucket late. */
+const buckets = 10
+
+/**
+ * Calls and retries per time bucket, in a ring of `buckets + 1` slots. At an instant in bucket k, calls are
+ * summed over buckets k−9..k (which lie inside the last window) and retries over k−10..k (which cover it):
+ * both errors make the budget stricter, so `retries ≤ reserve + ratio · calls` holds for the exact window.
+ */
+class RetryBudget {
+  private readonly slots = buckets + 1
+  private readonly bucketInSlot = new Array<number>(buckets + 1).fill(-1)
+  private readonly callsInSlot = new Array<number>(buckets + 1).fill(0)
+  private readonly retriesInSlot = new Array<number>(buckets + 1).fill(0)
+  private readonly reserve: number
+
+  constructor(private readonly options: ValidBudget) {
+    this.reserve = options.minPerSecond * options.windowMillis / 1000
+  }
+
+  deposit(now: number): void {
+    this.callsInSlot[this.slotAt(now)]!++
+  }
+
+  allows(now: number): boolean {
+    const bucket = this.bucketAt(now)
+    let calls = 0
+    let retries = 0
+    for (let back = 0; back <= buckets && bucket - back >= 0; back++) {
+      const slot = (bucket - back) % this.slots
+      if (this.bucketInSlot[slot] !== bucket - back) continue
+      retries += this.retriesInSlot[slot]!
+      if (back < buckets) calls += this.callsInSlot[slot]!
+    }
+    return retries + 1 <= this.reserve + this.options.ratio * calls
+  }
+
+  withdraw(now: number): boolean {
+    if (!this.allows(now)) return false
+    this.retriesInSlot[this.slotAt(now)]!++
+    return true
+  }
+
+  // Integer arithmetic where it can be: `now · buckets / window` is exact for whole milliseconds.
+  private bucketAt(now: number): number {
+    return Math.max(0, Math.floor(now * buckets / this.options.windowMillis))
+  }
+
+  private slotAt(now: number): number {
+    const bucket = this.bucketAt(now)
+    const slot = bucket % this.slots
+    if (this.bucketInSlot[slot] !== bucket) {
+      this.bucketInSlot[slot] = bucket
+      this.callsInSlot[slot] = 0
+      this.retriesInSlot[slot] = 0
+    }
+    return slot
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * The middleware core: composition order (outermost first, as ServiceBuilder), tap / filter / fallback,
+ * timeout (interrupts the inner work, finalizers run first) and deadline propagation through nested calls.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
+import { Invalid, Timeout, Unavailable } from "../../../src/Errors.js"
+import { deadline, remaining, within } from "../../../src/middleware/deadline.js"
+import { fallback, filter, stack, tap, type Middleware } from "../../../src/middleware/Middleware.js"
+import { timeout } from "../../../src/middleware/timeout.js"
+
+const tracing = (name: string, trace: Array<string>): Middleware => (service) => (request) =>
+  Effect.sync(() => trace.push(`${name} in`)).pipe(
+    Effect.zipRight(service(request)),
+    Effect.ensuring(Effect.sync(() => trace.push(`${name} out`)))
+  )
+
+describe("stack", () => {
+  it.effect("applies middleware outermost first, in the order written", () =>
+    Effect.gen(function*() {
+      const trace: Array<string> = []
+      const service = stack(tracing("a", trace), tracing("b", trace), tracing("c", trace))((n: number) =>
+        Effect.sync(() => (trace.push("service"), n * 2))
+      )
+      expect(yield* service(21)).toBe(42)
+      expect(trace).toEqual(["a in", "b in", "c in", "service", "c out", "b out", "a out"])
+    }))
+})
+
+describe("tap, filter, fallback", () => {
+  it.effect("tap observes requests, responses and failures without changing them", () =>
+    Effect.gen(function*() {
+      const seen: Array<string> = []
+      const service = tap<number, number, Invalid>({
+        onRequest: (n) => Effect.sync(() => seen.push(`request ${n}`)),
+        onSuccess: (n, out) => Effect.sync(() => seen.push(`ok ${n} → ${out}`)),
+        onFailure: (n, error) => Effect.sync(() => seen.push(`failed ${n}: ${error.reason}`))
+      })((n: number) => (n < 0 ? Effect.fail(new Invalid({ reason: "negative" })) : Effect.succeed(n + 1)))
+      expect(yield* service(1)).toBe(2)
+      expect(yield* Effect.flip(service(-1))).toEqual(new Invalid({ reason: "negative" }))
+      expect(seen).toEqual(["request 1", "ok 1 → 2", "request -1", "failed -1: negative"])
+    }))
+
+  it.effect("filter refuses bad requests with Invalid before the service runs", () =>
+    Effect.gen(function*() {
+      let calls = 0
+      const service = filter((name: string) => (name.length === 0 ? "name must not be empty" : undefined))(
+        (name: string) => Effect.sync(() => (calls++, `hello ${name}`))
+      )
+      expect(yield* service("ada")).toBe("hello ada")
+      expect(yield* Effect.flip(service(""))).toEqual(new Invalid({ reason: "name must not be empty" }))
+      expect(calls).toBe(1)
+    }))
+
+  it.effect("fallback answers the errors it handles and lets the others through", () =>
+    Effect.gen(function*() {
+      const service = fallback(
+        (error: Unavailable | Invalid): error is Unavailable => error._tag === "Unavailable",
+        () => Effect.succeed("cached")
+      )((request: string) =>
+        request === "down"
+          ? Effect.fail(new Unavailable({ reason: "db" }))
+          : request === "bad"
+          ? Effect.fail(new Invalid({ reason: "bad" }))
+          : Effect.succeed("fresh")
+      )
+      expect(yield* service("ok")).toBe("fresh")
+      expect(yield* service("down")).toBe("cached")
+      expect(yield* Effect.flip(service("bad"))).toEqual(new Invalid({ reason: "bad" }))
+    }))
+})
+
+describe("timeout", () => {
+  it.effect("fails with Timeout { after } and interrupts the inner work, whose finalizers run first", () =>
+    Effect.gen(function*() {
+      const events: Array<string> = []
+      const slow = (_: void) =>
+        Effect.sleep("5 seconds").pipe(Effect.onInterrupt(() => Effect.sync(() => events.push("inner cleaned up"))))
+      const call = yield* Effect.fork(timeout("1 second")(slow)(undefined))
+      yield* TestClock.adjust("1 second")
+      const exit = yield* Fiber.await(call)
+      expect(exit).toEqual(Exit.fail(new Timeout({ after: Duration.seconds(1) })))
+      expect(events).toEqual(["inner cleaned up"])
+    }))
+
+  it.effect("still fires when the caller runs uninterruptibly (as some servers run handlers)", () =>
+    Effect.gen(function*() {
+      const call = yield* Effect.fork(
+        Effect.uninterruptible(timeout("1 second")((_: void) => Effect.sleep("1 minute"))(undefined))
+      )
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.await(call)).toEqual(Exit.fail(new Timeout({ after: Duration.seconds(1) })))
+    }))
+
+  it.effect("interrupting the caller interrupts the call it is timing", () =>
+    Effect.gen(function*() {
+      let interrupted = false
+      const call = yield* Effect.fork(
+        timeout("1 minute")((_: void) => Effect.never.pipe(Effect.onInterrupt(() => Effect.sync(() => (interrupted = true)))))(
+          undefined
+        )
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.interrupt(call)
+      expect(interrupted).toBe(true)
+    }))
+
+  it.effect("lets a fast call through untouched", () =>
+    Effect.gen(function*() {
+      const call = yield* Effect.fork(timeout("1 second")((n: number) => Effect.as(Effect.sleep("10 millis"), n))(7))
+      yield* TestClock.adjust("10 millis")
+      expect(yield* Fiber.join(call)).toBe(7)
+    }))
+})
+
+describe("deadline", () => {
+  it.effect("narrows the remaining budget for the call below, never widens it", () =>
+    Effect.gen(function*() {
+      expect(yield* remaining).toEqual(Option.none())
+      const seen = yield* within("10 seconds")(within("3 seconds")(within("20 seconds")(remaining)))
+      expect(seen).toEqual(Option.some(Duration.seconds(3)))
+    }))
+
+  it.effect("a timeout below a sooner deadline fires at the deadline", () =>
+    Effect.gen(function*() {
+      const inner = timeout("10 seconds")((_: void) => Effect.sleep("1 minute"))
+      const call = yield* Effect.fork(deadline("2 seconds")(inner)(undefined))
+      yield* TestClock.adjust("2 seconds")
+      const exit = yield* Fiber.await(call)
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect(yield* Effect.flip(Fiber.join(call))).toBeInstanceOf(Timeout)
+    }))
+
+  it.effect("nested calls see what is left of their caller's budget", () =>
+    Effect.gen(function*() {
+      const budgets: Array<number> = []
+      const downstream = (_: void) =>
+        Effect.map(remaining, (left) => budgets.push(Duration.toMillis(Option.getOrThrow(left))))
+      const upstream = (_: void) => Effect.zipRight(Effect.sleep("1500 millis"), deadline("5 seconds")(downstream)(undefined))
+      const call = yield* Effect.fork(deadline("2 seconds")(upstream)(undefined))
+      yield* TestClock.adjust("1500 millis")
+      yield* Fiber.join(call)
+      expect(budgets).toEqual([500])
+    }))
+})
