@@ -19,7 +19,8 @@ const promised: ReadonlyArray<RegExp> = [
   /d refused: queue full \(capacity 2\)[\s\S]*handed back: b, c/,
   /delays: [\s\S]*ok after 3 calls/,
   /3 fetched; failed: fetch broken \(invalid: 404 for broken\)[\s\S]*cut at the deadline: slow/,
-  /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/
+  /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/,
+  /item 1, item 2, item 3 after 6 calls; breaker Closed/
 ]
 
 afterEach(killLeftovers)

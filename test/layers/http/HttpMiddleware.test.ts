@@ -9,7 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Fiber, Layer, Metric } from "effect"
 import { createServer } from "node:http"
 import { Middleware, Unavailable } from "keel"
-import { rejections, withMiddleware } from "../../../layers/http/HttpMiddleware.js"
+import { rejections, withMiddleware } from "keel/http"
 
 /** Serves `app` for the rest of the scope and returns its base URL. */
 const serve = <E>(app: HttpApp.Default<E, never>) =>
