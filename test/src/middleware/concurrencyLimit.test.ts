@@ -5,41 +5,10 @@
  * written here, not from the module.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Deferred, Duration, Effect, Exit, FastCheck as fc, Fiber, FiberId, Metric, TestClock } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, FastCheck as fc, Fiber, FiberId, Metric } from "effect"
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
 import { Overloaded } from "../../../src/middleware/loadShed.js"
-
-/** Lets every fiber run until it suspends (a hand-over takes a few scheduler hops). */
-const settle = Effect.repeatN(Effect.yieldNow(), 10)
-
-/**
- * How a fiber that must have finished by now ended. One still running is interrupted and fails the test,
- * so a wrong implementation fails it instead of hanging it.
- */
-const exitNow = <A, E>(fiber: Fiber.RuntimeFiber<A, E>) =>
-  Effect.gen(function*() {
-    for (let step = 0; step < 200 && fiber.unsafePoll() === null; step++) yield* Effect.yieldNow()
-    const exit = fiber.unsafePoll()
-    if (exit === null) {
-      yield* Fiber.interrupt(fiber)
-      return expect.fail("the call was still waiting when it should have finished")
-    }
-    return exit
-  })
-
-/** The result of a fiber that must have finished by now (see `exitNow`). */
-const finished = <A, E>(fiber: Fiber.RuntimeFiber<A, E>) => Effect.flatten(exitNow(fiber))
-
-/** Runs `effect`, which must finish without time passing or anyone else acting (see `exitNow`). */
-const atOnce = <A, E>(effect: Effect.Effect<A, E>) => Effect.flatMap(Effect.fork(effect), finished)
-
-/**
- * Moves the TestClock to `target`. TestClock wakes the sleepers one instant at a time and, before each
- * step, waits until every fiber of the test has suspended, so each instant's reactions run at that
- * instant. Each step costs a few real timer ticks, so tests keep their instants few.
- */
-const advanceTo = (target: number) =>
-  Effect.flatMap(Clock.currentTimeMillis, (now) => target > now ? TestClock.setTime(target) : settle)
+import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
 
 interface Call {
   readonly id: number

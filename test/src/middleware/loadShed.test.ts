@@ -4,34 +4,12 @@
  * first waiting limit below it and not to calls the service makes to other services.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Exit, Fiber, FiberRef, Metric, TestClock } from "effect"
+import { Deferred, Duration, Effect, Exit, FiberRef, Metric, TestClock } from "effect"
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
 import { loadShed, Overloaded, shedInsteadOfWaiting } from "../../../src/middleware/loadShed.js"
 import { stack } from "../../../src/middleware/Middleware.js"
 import { RateLimited, rateLimit, rateLimitMetrics } from "../../../src/middleware/rateLimit.js"
-
-const settle = Effect.repeatN(Effect.yieldNow(), 10)
-
-/**
- * How a fiber that must have finished by now ended. One still running is interrupted and fails the test,
- * so a wrong implementation fails it instead of hanging it.
- */
-const exitNow = <A, E>(fiber: Fiber.RuntimeFiber<A, E>) =>
-  Effect.gen(function*() {
-    for (let step = 0; step < 200 && fiber.unsafePoll() === null; step++) yield* Effect.yieldNow()
-    const exit = fiber.unsafePoll()
-    if (exit === null) {
-      yield* Fiber.interrupt(fiber)
-      return expect.fail("the call was still waiting when it should have finished")
-    }
-    return exit
-  })
-
-/** The result of a fiber that must have finished by now (see `exitNow`). */
-const finished = <A, E>(fiber: Fiber.RuntimeFiber<A, E>) => Effect.flatten(exitNow(fiber))
-
-/** Runs `effect`, which must finish without time passing or anyone else acting (see `exitNow`). */
-const atOnce = <A, E>(effect: Effect.Effect<A, E>) => Effect.flatMap(Effect.fork(effect), finished)
+import { atOnce, finished, settle } from "./timing.js"
 
 const reachedLimit = new Overloaded({ reason: "concurrency limit reached" })
 
