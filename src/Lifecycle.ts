@@ -112,7 +112,7 @@ export interface LifecycleService {
   readonly ensureAccepting: Effect.Effect<void, ShuttingDown>
   /** Starts draining programmatically; later calls do nothing. */
   readonly shutdown: (reason: string) => Effect.Effect<void>
-  /** A process signal: the first starts draining, a second one escalates (stop waiting at once). */
+  /** A process signal: the first starts draining (if nothing has), the second escalates (stop waiting at once). */
   readonly signal: (signal: SignalName) => Effect.Effect<void>
   /** Runs work the drain must wait for; refused with `ShuttingDown` once draining. */
   readonly track: <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
@@ -162,6 +162,7 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
     const tracker = yield* Tracker.make
     const reports: Array<DrainReport> = []
     let drainStartedAt: number | undefined
+    let signalsReceived = 0
 
     const begin = (trigger: Trigger): Effect.Effect<boolean> =>
       Effect.suspend(() => {
@@ -201,9 +202,16 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
       ensureAccepting: Effect.flatMap(pollDeferred(draining), (trigger) =>
         Option.isNone(trigger) ? Effect.void : new ShuttingDown({ reason: describeTrigger(trigger.value) })),
       shutdown: (reason) => Effect.asVoid(begin({ _tag: "Requested", reason })),
+      // The second signal escalates, whatever started the drain: after `shutdown(reason)` the first
+      // signal (an orchestrator's usual SIGTERM) only confirms it.
       signal: (signal) =>
-        Effect.flatMap(begin({ _tag: "Signal", signal }), (started) =>
-          started ? Effect.void : Effect.asVoid(Deferred.succeed(forced, { _tag: "Escalated", signal }))),
+        Effect.suspend(() => {
+          signalsReceived++
+          return Effect.flatMap(begin({ _tag: "Signal", signal }), (started) =>
+            started || signalsReceived < 2
+              ? Effect.void
+              : Effect.asVoid(Deferred.succeed(forced, { _tag: "Escalated", signal })))
+        }),
       track: tracker.track,
       reportDrain: (report) => Effect.sync(() => void reports.push(report)),
       tracker,
@@ -247,8 +255,15 @@ const timed = <A>(effect: Effect.Effect<A>) =>
  */
 export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<RunResult<A, E>, never, R | Lifecycle> =>
   Effect.gen(function*() {
+    // Not a child of this fiber: a child would be awaited when `run` returns, and a program stuck in a
+    // finalizer past the deadline and grace must not hold the run. Interrupting `run` still stops it.
+    const programFiber = yield* Effect.forkDaemon(program)
+    return yield* drive(programFiber).pipe(Effect.onInterrupt(() => Fiber.interruptFork(programFiber)))
+  })
+
+const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunResult<A, E>, never, Lifecycle> =>
+  Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const programFiber = yield* Effect.fork(program)
     yield* Effect.raceFirst(Effect.asVoid(Fiber.await(programFiber)), Effect.asVoid(lifecycle.awaitDraining))
     const draining = yield* lifecycle.pollDraining
     if (Option.isNone(draining)) {
@@ -268,7 +283,7 @@ export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<Run
       phases.push({ phase: "preStop", durationMs })
     }
 
-    const [settlement, inFlightMs] = yield* timed(lifecycle.tracker.settle(stopWaiting))
+    const [settlement, inFlightMs] = yield* timed(lifecycle.tracker.settle(stopWaiting, lifecycle.forceGrace))
     phases.push({ phase: "inFlight", durationMs: inFlightMs })
     if (settlement.finished + settlement.interrupted.length > 0) {
       yield* lifecycle.reportDrain({
@@ -281,7 +296,7 @@ export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<Run
     }
 
     // Interrupting the program closes its Scopes: Layer finalizers run in reverse dependency order.
-    const stopper = yield* Effect.fork(Fiber.interrupt(programFiber))
+    const stopper = yield* Effect.forkDaemon(Fiber.interrupt(programFiber))
     const [finalizersDone, finalizersMs] = yield* timed(Effect.raceFirst(
       Effect.as(Fiber.await(stopper), true),
       Effect.as(Effect.zipRight(stopWaiting, Effect.sleep(lifecycle.forceGrace)), false)

@@ -7,7 +7,7 @@
  * when the deadline comes first, interrupts what is left and names it. This is Tokio's
  * `TaskTracker::close/wait` plus the deadline its users write by hand around it.
  */
-import { Deferred, Effect, Exit, Fiber, FiberId } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, FiberId } from "effect"
 import { ShuttingDown } from "./Errors.js"
 
 export interface Settlement {
@@ -27,8 +27,11 @@ export interface Tracker {
   readonly inFlight: Effect.Effect<ReadonlyArray<string>>
   /** Completes once the tracker is closed and nothing is in flight. */
   readonly wait: Effect.Effect<void>
-  /** Waits like `wait`, but when `deadline` completes first, interrupts what is left and lists it. */
-  readonly settle: (deadline: Effect.Effect<unknown>) => Effect.Effect<Settlement>
+  /**
+   * Waits like `wait`, but when `deadline` completes first, interrupts what is left and lists it; waits at
+   * most `grace` more for the interrupted work to end (work in an uninterruptible region may not).
+   */
+  readonly settle: (deadline: Effect.Effect<unknown>, grace?: Duration.DurationInput) => Effect.Effect<Settlement>
 }
 
 interface Entry {
@@ -70,7 +73,7 @@ export const make: Effect.Effect<Tracker> = Effect.sync(() => {
     return Deferred.await(waiter)
   })
 
-  const settle = (deadline: Effect.Effect<unknown>): Effect.Effect<Settlement> =>
+  const settle = (deadline: Effect.Effect<unknown>, grace: Duration.DurationInput = Duration.infinity): Effect.Effect<Settlement> =>
     Effect.suspend(() => {
       const pendingAtStart = running.size
       let interrupted: ReadonlyArray<string> = []
@@ -79,7 +82,7 @@ export const make: Effect.Effect<Tracker> = Effect.sync(() => {
           const left = [...running.values()]
           interrupted = left.map((entry) => entry.label)
           return Effect.forEach(left, (entry) => Fiber.interruptFork(entry.fiber), { discard: true }).pipe(
-            Effect.zipRight(wait)
+            Effect.zipRight(Effect.raceFirst(wait, Effect.sleep(grace)))
           )
         }))
       return Effect.raceFirst(wait, cutAtDeadline).pipe(

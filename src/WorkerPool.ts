@@ -73,7 +73,10 @@ export interface Options<A, E, R> {
   /** Retries failed attempts (typed failures and timeouts, never defects) on this schedule. */
   readonly retry?: Schedule.Schedule<unknown, E | Timeout>
   readonly onShutdown?: ShutdownPolicy
-  /** Receives every failed or evicted job. Default: a warning log with the rendered cause. */
+  /**
+   * Receives every failed or evicted job. Default: a warning log with the rendered cause. Sinks run in the
+   * worker, which waits for them: keep them short (hand slow storage to a queue of its own).
+   */
   readonly deadLetter?: (letter: DeadLetter<A>) => Effect.Effect<void>
   /** Receives the jobs a drain did not finish, once, at its end. Default: a warning log listing them. */
   readonly handBack?: (jobs: ReadonlyArray<Unfinished<A>>) => Effect.Effect<void>
@@ -397,10 +400,12 @@ export const make = <A, E = never, R = never>(
             Effect.zipRight(takeAllQueued(reason))
           ))
 
+    // The Lifecycle's deadline while it drains; otherwise (the pool closed on its own, or after the run
+    // ended) a deadline of the same length from now.
     const deadline = Effect.flatMap(lifecycle.phase, (phase) =>
-      phase === "running"
-        ? Effect.raceFirst(Effect.asVoid(lifecycle.awaitForced), Effect.sleep(lifecycle.drainTimeout))
-        : Effect.asVoid(lifecycle.awaitForced))
+      phase === "draining"
+        ? Effect.asVoid(lifecycle.awaitForced)
+        : Effect.raceFirst(Effect.asVoid(lifecycle.awaitForced), Effect.sleep(lifecycle.drainTimeout)))
 
     const drain: Effect.Effect<DrainResult<A>> = Effect.gen(function*() {
       yield* closeIntake(`worker pool ${name} is shutting down`)

@@ -4,9 +4,10 @@
  * A Keel stack wraps services; an HTTP app is one (request in, response out), so `withMiddleware` runs
  * the app as a service under the stack and turns the stack's typed rejections into the answers HTTP
  * clients understand: `Timeout` → 504, `RateLimited` → 429 and `Overloaded` / `CircuitOpen` → 503, each
- * with `Retry-After` when the error knows how long to wait, and `Invalid` or a Schema `ParseError` of the
- * request → 400 with the reason. Every such answer is counted in `keel_http_rejections_total` (tagged by
- * status and error). Other errors pass through untouched to the app's own error handling. Errors are
+ * with `Retry-After` when the error knows how long to wait, and `Invalid` → 400 with the reason (decode a
+ * request into `Invalid` where it is read: a Schema `ParseError` may as well come from the server's own
+ * data, which is no client's fault). Every such answer is counted in `keel_http_rejections_total` (tagged
+ * by status and error). Other errors pass through untouched to the app's own error handling. Errors are
  * recognised by their `_tag`, so the adapter needs no import of the middleware modules themselves.
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
@@ -14,18 +15,15 @@ import type { HttpApp } from "@effect/platform"
 import { Duration, Effect, Metric, Option } from "effect"
 import type { Middleware } from "keel"
 
-/** The rejections this adapter answers, by tag (`ParseError`: a Schema decode of the request failed). */
-export type Rejection = {
-  readonly _tag: "Timeout" | "RateLimited" | "Overloaded" | "CircuitOpen" | "Invalid" | "ParseError"
-}
+/** The rejections this adapter answers, by tag. */
+export type Rejection = { readonly _tag: "Timeout" | "RateLimited" | "Overloaded" | "CircuitOpen" | "Invalid" }
 
 const statusByTag: Record<Rejection["_tag"], number> = {
   Timeout: 504,
   RateLimited: 429,
   Overloaded: 503,
   CircuitOpen: 503,
-  Invalid: 400,
-  ParseError: 400
+  Invalid: 400
 }
 
 export const rejections = Metric.counter("keel_http_rejections_total", {

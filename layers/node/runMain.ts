@@ -54,7 +54,11 @@ export const runToExitCode = <A, E>(
   )
 
 export const runMain = <A, E>(program: Effect.Effect<A, E, Lifecycle.Lifecycle>, options: RunMainOptions = {}): void => {
+  // A program that only waits (for a signal, on a Deferred) leaves Node nothing to do; this keeps the
+  // process up until the program has ended.
+  const keepAlive = setInterval(() => {}, 2 ** 31 - 1)
   Effect.runFork(runToExitCode(program, options)).addObserver((exit) => {
+    clearInterval(keepAlive)
     if (Exit.isFailure(exit)) process.stderr.write(`${Cause.pretty(exit.cause)}\n`)
     process.exit(Exit.isSuccess(exit) ? exit.value : 1)
   })

@@ -158,6 +158,40 @@ describe("Lifecycle.run", () => {
       }).pipe(withLifecycle({ drainTimeout: "30 seconds" })))
   }
 
+  it.effect("after a programmatic shutdown, the first signal only confirms it; the second escalates", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const program = Effect.zipRight(Effect.fork(Lifecycle.track("long job", Effect.sleep("1 hour"))), Effect.never)
+      const running = yield* runInBackground(program)
+      yield* Lifecycle.shutdown("deploy")
+      yield* lifecycle.signal("SIGTERM")
+      yield* TestClock.adjust("1 second")
+      expect(Option.isNone(yield* lifecycle.pollForced)).toBe(true)
+      yield* lifecycle.signal("SIGTERM")
+      const result = yield* Fiber.join(running)
+      expect(Option.getOrThrow(result.report).outcome).toBe("escalated")
+      expect(Lifecycle.exitCode(result)).toBe(143)
+    }).pipe(withLifecycle({ drainTimeout: "30 seconds" })))
+
+  it.effect("work tracked in an uninterruptible region cannot hold the drain past the deadline and grace", () =>
+    Effect.gen(function*() {
+      const stuck = Lifecycle.track("stuck", Effect.uninterruptible(Effect.sleep("1 minute")))
+      const running = yield* runInBackground(Effect.zipRight(Effect.fork(stuck), Effect.never))
+      yield* Lifecycle.shutdown("deploy")
+      yield* TestClock.adjust("14 seconds")
+      const report = Option.getOrThrow((yield* Fiber.join(running)).report)
+      expect(report.outcome).toBe("forced")
+      expect(report.unfinished).toEqual(["stuck"])
+      // The in-flight phase ends at deadline + grace; the program's interruption, still waiting on the
+      // stuck work, is abandoned one grace later.
+      expect(report.phases.map((timing) => [timing.phase, timing.durationMs])).toEqual([
+        ["inFlight", 12_000],
+        ["finalizers", 2_000]
+      ])
+      expect(report.finalizersAbandoned).toBe(true)
+      yield* TestClock.adjust("1 minute") // lets the stuck work end, so nothing outlives the test
+    }).pipe(withLifecycle({ drainTimeout: "10 seconds", forceGrace: "2 seconds" })))
+
   it.effect("Layer finalizers run after draining starts, in reverse dependency order", () =>
     Effect.gen(function*() {
       const released: Array<string> = []

@@ -233,6 +233,24 @@ describe("WorkerPool shutdown", () => {
       expect(finished).toEqual([1, 2])
     }).pipe(withLifecycle))
 
+  it.effect("a pool that outlives the run still drains within the drain timeout", () =>
+    Effect.gen(function*() {
+      const handedBack: Array<WorkerPool.Unfinished<number>> = []
+      const closing = yield* Effect.gen(function*() {
+        const pool = yield* WorkerPool.make<number>({
+          capacity: 1,
+          workers: 1,
+          handler: () => Effect.never,
+          handBack: (jobs) => Effect.sync(() => handedBack.push(...jobs))
+        })
+        yield* pool.submit(1)
+        yield* Lifecycle.run(Effect.void) // the run ends by itself: the phase is now "stopped"
+      }).pipe(Effect.scoped, Effect.fork)
+      yield* TestClock.adjust("10 seconds")
+      yield* Fiber.join(closing)
+      expect(handedBack.map((item) => [item.job.payload, item.reason])).toEqual([[1, "interrupted"]])
+    }).pipe(withLifecycle))
+
   it.effect("rejects a pool without workers or capacity as a defect at construction", () =>
     Effect.gen(function*() {
       const exit = yield* Effect.exit(
