@@ -14,9 +14,10 @@
  * waiting for a slot never start. `close` / `wait` / `waitFor` are TaskTracker's, with the deadline its
  * users otherwise write by hand.
  */
-import { Cause, Chunk, Deferred, Effect, Exit, Fiber, FiberId, FiberMap, Option, Runtime } from "effect"
+import { Cause, Chunk, Effect, Exit, Fiber, FiberId, FiberMap, Option, Runtime } from "effect"
 import type { Context, Duration, Scope } from "effect"
 import { joinTask, ShuttingDown } from "./Errors.js"
+import * as Waiters from "./Waiters.js"
 import type { TaskFailed, TaskPanicked } from "./Errors.js"
 import type { Settlement } from "./Tracker.js"
 
@@ -171,23 +172,8 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
     let closedReason: string | undefined
     let failedFast = false
     let nextId = 0
-    let waiters: Array<Deferred.Deferred<void>> = []
-
-    const wakeWaiters = () => {
-      for (const waiter of waiters) Deferred.unsafeDone(waiter, Exit.void)
-      waiters = []
-    }
-
-    const until = (condition: () => boolean): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        if (condition()) return Effect.void
-        const waiter = Deferred.unsafeMake<void>(FiberId.none)
-        waiters.push(waiter)
-        return Deferred.await(waiter).pipe(
-          Effect.onInterrupt(() => Effect.sync(() => void (waiters = waiters.filter((other) => other !== waiter)))),
-          Effect.zipRight(until(condition))
-        )
-      })
+    const waiters = Waiters.make()
+    const until = waiters.until
 
     const tripFailFast = (culprit: Entry<A, E>, interruptor: FiberId.FiberId) => {
       failedFast = true
@@ -205,7 +191,7 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
       if (mode === "failFast" && !failedFast && (end._tag === "Failed" || end._tag === "Panicked")) {
         tripFailFast(entry, fiber.id())
       }
-      wakeWaiters()
+      waiters.wake()
     }
 
     const spawn = <R>(label: string, effect: Effect.Effect<A, E, R>): Effect.Effect<Task<A, E>, ShuttingDown, R> =>
@@ -237,7 +223,7 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
     const close = (reason?: string) =>
       Effect.sync(() => {
         closedReason ??= reason ?? `task group ${name} is closed`
-        wakeWaiters()
+        waiters.wake()
       })
     // Registered after the FiberMap, so it runs first: spawns are refused before the tasks are interrupted.
     yield* Effect.addFinalizer(() => close(`task group ${name} is closing with its scope`))

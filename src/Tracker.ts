@@ -7,8 +7,9 @@
  * when the deadline comes first, interrupts what is left and names it. This is Tokio's
  * `TaskTracker::close/wait` plus the deadline its users write by hand around it.
  */
-import { Deferred, Duration, Effect, Exit, Fiber, FiberId } from "effect"
+import { Duration, Effect, Fiber } from "effect"
 import { ShuttingDown } from "./Errors.js"
+import * as Waiters from "./Waiters.js"
 
 export interface Settlement {
   /** Tracked work that completed on its own after the tracker closed. */
@@ -43,13 +44,7 @@ export const make: Effect.Effect<Tracker> = Effect.sync(() => {
   let closedReason: string | undefined
   let nextId = 0
   const running = new Map<number, Entry>()
-  let waiters: Array<Deferred.Deferred<void>> = []
-
-  const wakeWaiters = () => {
-    if (closedReason === undefined || running.size > 0) return
-    for (const waiter of waiters) Deferred.unsafeDone(waiter, Exit.void)
-    waiters = []
-  }
+  const waiters = Waiters.make()
 
   const track = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) =>
     Effect.uninterruptibleMask((restore) =>
@@ -60,18 +55,13 @@ export const make: Effect.Effect<Tracker> = Effect.sync(() => {
         return restore(effect).pipe(
           Effect.ensuring(Effect.sync(() => {
             running.delete(id)
-            wakeWaiters()
+            waiters.wake()
           }))
         )
       })
     )
 
-  const wait = Effect.suspend(() => {
-    if (closedReason !== undefined && running.size === 0) return Effect.void
-    const waiter = Deferred.unsafeMake<void>(FiberId.none)
-    waiters.push(waiter)
-    return Deferred.await(waiter)
-  })
+  const wait = waiters.until(() => closedReason !== undefined && running.size === 0)
 
   const settle = (deadline: Effect.Effect<unknown>, grace: Duration.DurationInput = Duration.infinity): Effect.Effect<Settlement> =>
     Effect.suspend(() => {
@@ -95,7 +85,7 @@ export const make: Effect.Effect<Tracker> = Effect.sync(() => {
     close: (reason) =>
       Effect.sync(() => {
         closedReason ??= reason
-        wakeWaiters()
+        waiters.wake()
       }),
     isClosed: Effect.sync(() => closedReason !== undefined),
     inFlight: Effect.sync(() => [...running.values()].map((entry) => entry.label)),

@@ -13,10 +13,11 @@
  * with `ShuttingDown`; the drain finishes in-flight jobs and then drains the queue or hands it back, all
  * within the Lifecycle's one deadline, after which what is left is interrupted and listed.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
 import type { Schedule, Scope } from "effect"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
+import * as Waiters from "./Waiters.js"
 
 /** How a full queue treats a new job: wait for room, refuse the new job, or evict the oldest queued one. */
 export type Strategy = "suspend" | "dropNewest" | "dropOldest"
@@ -209,15 +210,10 @@ export const make = <A, E = never, R = never>(
     let closedReason: string | undefined
     let draining = false
     let sequence = 0
-    let idleWaiters: Array<Deferred.Deferred<void>> = []
+    const idleWaiters = Waiters.make()
 
     const depth = () => Math.max(0, Math.min(capacity, Option.getOrElse(queue.unsafeSize(), () => 0)))
     const isIdle = () => count.settled === count.accepted
-    const wakeIdleWaiters = () => {
-      if (idleWaiters.length === 0 || !isIdle()) return
-      for (const waiter of idleWaiters) Deferred.unsafeDone(waiter, Exit.void)
-      idleWaiters = []
-    }
 
     // The one place an outcome is decided: counters, metrics, sinks.
     const settle = (outcome: Outcome<A>): Effect.Effect<void> => {
@@ -244,7 +240,7 @@ export const make = <A, E = never, R = never>(
           else sink = handBackSink([outcome.unfinished])
           break
       }
-      wakeIdleWaiters()
+      if (isIdle()) idleWaiters.wake()
       const observed = options.onOutcome === undefined ? sink : Effect.zipRight(sink, options.onOutcome(outcome))
       return observed === Effect.void ? observed : Effect.catchAllCause(
         observed,
@@ -385,12 +381,7 @@ export const make = <A, E = never, R = never>(
 
     const closeIntake = (reason: string) => Effect.sync(() => void (closedReason ??= reason))
 
-    const awaitIdle = Effect.suspend(() => {
-      if (isIdle()) return Effect.void
-      const waiter = Deferred.unsafeMake<void>(FiberId.none)
-      idleWaiters.push(waiter)
-      return Deferred.await(waiter)
-    })
+    const awaitIdle = idleWaiters.until(isIdle)
 
     // Takes every queued job (moving suspended producers' jobs in as room appears) and settles it unfinished.
     const takeAllQueued = (reason: Unfinished<A>["reason"]): Effect.Effect<void> =>

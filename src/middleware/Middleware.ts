@@ -8,8 +8,17 @@
  * through `a`, then `b`, then `c`, then the service. Middleware that hold state (a token bucket, a breaker)
  * are built by an Effect in a Scope and then used like the rest.
  */
-import { Effect } from "effect"
+import { Effect, Metric } from "effect"
 import { Invalid } from "../Errors.js"
+
+/** Calls a middleware refused, for every middleware: tagged `middleware=<name>` and `reason`. */
+export const middlewareRejections = Metric.counter("keel_middleware_rejections_total", {
+  description: "calls a middleware refused",
+  incremental: true
+})
+
+/** Calls waiting at a limit (a concurrency limit's queue, a rate limit's sleepers), tagged `middleware=<name>`. */
+export const middlewareWaiting = Metric.gauge("keel_middleware_waiting", { description: "calls queued at a limit" })
 
 /** A request in, an Effect of a response out. */
 export type Service<Req, Res, E = never, R = never> = (request: Req) => Effect.Effect<Res, E, R>

@@ -25,7 +25,7 @@
  */
 import { Cause, Chunk, Data, Duration, Effect, Exit, Metric, MetricLabel, PubSub, Stream } from "effect"
 import type { Scope } from "effect"
-import type { Middleware, Service } from "./Middleware.js"
+import { middlewareRejections, type Middleware, type Service } from "./Middleware.js"
 
 /** How the closed breaker decides to open. */
 export type CircuitPolicy =
@@ -149,11 +149,7 @@ const breakerMetrics = {
     description: "circuit breaker state: 0 closed, 1 half-open, 2 open, 3 isolated"
   }),
   transitions: Metric.counter("keel_circuit_transitions_total", { incremental: true }),
-  // Shared with the other middleware: the same name, description and type make it one metric.
-  rejections: Metric.counter("keel_middleware_rejections_total", {
-    description: "calls a middleware refused",
-    incremental: true
-  })
+  rejections: middlewareRejections
 }
 
 /**

@@ -14,7 +14,7 @@
 import { Deferred, Effect, Exit, FiberRef, Metric, MetricLabel } from "effect"
 import type { Scope } from "effect"
 import { Overloaded, shedInsteadOfWaiting, withoutShedding } from "./loadShed.js"
-import type { Middleware, Service } from "./Middleware.js"
+import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 
 export interface ConcurrencyLimitOptions {
   /** Callers allowed to queue for a permit; past it a call fails with `Overloaded`. Default 1000. */
@@ -25,11 +25,8 @@ export interface ConcurrencyLimitOptions {
 
 const limitMetrics = {
   inFlight: Metric.gauge("keel_middleware_in_flight", { description: "calls holding a permit of a limit" }),
-  waiting: Metric.gauge("keel_middleware_waiting", { description: "calls queued at a limit" }),
-  rejections: Metric.counter("keel_middleware_rejections_total", {
-    description: "calls a middleware refused",
-    incremental: true
-  })
+  waiting: middlewareWaiting,
+  rejections: middlewareRejections
 }
 
 /** Why a call was refused, as the `reason` tag of the rejections counter. */

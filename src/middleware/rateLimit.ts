@@ -29,7 +29,7 @@ import { Data, Deferred, Duration, Effect, Exit, FiberId, FiberRef, Metric, Metr
 import type { Scope } from "effect"
 import { currentDeadline } from "./deadline.js"
 import { shedInsteadOfWaiting, withoutShedding } from "./loadShed.js"
-import type { Middleware, Service } from "./Middleware.js"
+import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 
 /** The rate limit refused the call; a token is back, and the call could be admitted, after `retryAfter`. */
 export class RateLimited extends Data.TaggedError("RateLimited")<{
@@ -69,12 +69,9 @@ export type RequestMiddleware<Req, EAdd> = <R extends Req, Res, E, Rq>(
 export type RateLimitRejection = "rate-limited" | "queue-full" | "shed" | "deadline"
 
 const rateMetrics = {
-  waiting: Metric.gauge("keel_middleware_waiting", { description: "calls queued at a limit" }),
+  waiting: middlewareWaiting,
   keys: Metric.gauge("keel_rate_limit_keys", { description: "keys a rate limit remembers" }),
-  rejections: Metric.counter("keel_middleware_rejections_total", {
-    description: "calls a middleware refused",
-    incremental: true
-  })
+  rejections: middlewareRejections
 }
 
 /** The metrics of the rate limit named `name`, to read or export them. */
