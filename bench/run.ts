@@ -10,7 +10,8 @@ const benchmarks = [
   { file: "throughput.ts", nodeFlags: ["--expose-gc"] },
   { file: "memory.ts", nodeFlags: ["--expose-gc"] },
   { file: "shutdown-latency.ts", nodeFlags: [] },
-  { file: "middleware.ts", nodeFlags: ["--expose-gc"] }
+  { file: "middleware.ts", nodeFlags: ["--expose-gc"] },
+  { file: "http.ts", nodeFlags: [] }
 ]
 
 const startedAt = performance.now()

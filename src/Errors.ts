@@ -55,6 +55,18 @@ export class Unavailable extends Data.TaggedError("Unavailable")<{
   }
 }
 
+/** An input (a request body, a frame) is over its size limit; it was refused before being read whole. */
+export class TooLarge extends Data.TaggedError("TooLarge")<{
+  /** What was too large, e.g. `request body`. */
+  readonly what: string
+  /** The limit, in bytes. */
+  readonly limit: number
+}> {
+  override get message() {
+    return `${this.what} over the limit of ${this.limit} bytes`
+  }
+}
+
 /** The input is wrong; retrying the same input cannot help. */
 export class Invalid extends Data.TaggedError("Invalid")<{
   readonly reason: string

@@ -56,7 +56,7 @@ export interface Unfinished<A> {
 }
 
 export type Outcome<A> =
-  | { readonly _tag: "Completed"; readonly job: Job<A>; readonly attempts: number }
+  | { readonly _tag: "Completed"; readonly job: Job<A>; readonly attempts: number; readonly result: unknown }
   | { readonly _tag: "Failed"; readonly letter: DeadLetter<A> }
   | { readonly _tag: "Unfinished"; readonly unfinished: Unfinished<A> }
 
@@ -191,6 +191,8 @@ export const make = <A, E = never, R = never>(
     const handBackSink = options.handBack ?? logHandBack
     // One tags array for every update: the metric registry caches its key by this array's identity.
     const tags = [MetricLabel.make("pool", name)]
+    // Every series exists from the start, so a scrape shows 0 rather than nothing.
+    for (const metric of Object.values(poolMetrics)) metric.unsafeUpdate(0, tags)
     const queue = yield* Queue.bounded<Job<A>>(capacity)
 
     // `accepted` includes offers still suspended on a full queue (`suspendedOffers`), so that `awaitIdle`
@@ -344,7 +346,7 @@ export const make = <A, E = never, R = never>(
 
     const outcomeOf = (job: Job<A>, exit: Exit.Exit<unknown, unknown>, attempts: number): Outcome<A> =>
       Exit.isSuccess(exit)
-        ? { _tag: "Completed", job, attempts }
+        ? { _tag: "Completed", job, attempts, result: exit.value }
         : interruptedBy(exit.cause)
         ? { _tag: "Unfinished", unfinished: { job, reason: "interrupted", attempts } }
         : { _tag: "Failed", letter: { job, cause: exit.cause, attempts } }
@@ -364,7 +366,7 @@ export const make = <A, E = never, R = never>(
         running.set(slot, job)
         poolMetrics.inFlight.unsafeUpdate(running.size, tags)
         return Effect.matchCauseEffect(Effect.interruptible(runAttempts(job, slot)), {
-          onSuccess: () => finish(job, Exit.void),
+          onSuccess: (result) => finish(job, Exit.succeed(result)),
           onFailure: (cause) => finish(job, Exit.failCause(cause))
         })
       })

@@ -4,9 +4,9 @@
  * A Keel stack wraps services; an HTTP app is one (request in, response out), so `withMiddleware` runs
  * the app as a service under the stack and turns the stack's typed rejections into the answers HTTP
  * clients understand: `Timeout` → 504, `RateLimited` → 429 and `Overloaded` / `CircuitOpen` → 503, each
- * with `Retry-After` when the error knows how long to wait, and `Invalid` → 400 with the reason (decode a
- * request into `Invalid` where it is read: a Schema `ParseError` may as well come from the server's own
- * data, which is no client's fault). Every such answer is counted in `keel_http_rejections_total` (tagged
+ * with `Retry-After` when the error knows how long to wait, `Invalid` → 400 with the reason and `TooLarge`
+ * → 413 (decode a request into `Invalid` where it is read, as `Body.json` does: a Schema `ParseError` may
+ * as well come from the server's own data, which is no client's fault). Every such answer is counted in `keel_http_rejections_total` (tagged
  * by status and error). Other errors pass through untouched to the app's own error handling. Errors are
  * recognised by their `_tag`, so the adapter needs no import of the middleware modules themselves.
  */
@@ -16,14 +16,17 @@ import { Duration, Effect, Metric, Option } from "effect"
 import type { Middleware } from "keel"
 
 /** The rejections this adapter answers, by tag. */
-export type Rejection = { readonly _tag: "Timeout" | "RateLimited" | "Overloaded" | "CircuitOpen" | "Invalid" }
+export type Rejection = {
+  readonly _tag: "Timeout" | "RateLimited" | "Overloaded" | "CircuitOpen" | "Invalid" | "TooLarge"
+}
 
 const statusByTag: Record<Rejection["_tag"], number> = {
   Timeout: 504,
   RateLimited: 429,
   Overloaded: 503,
   CircuitOpen: 503,
-  Invalid: 400
+  Invalid: 400,
+  TooLarge: 413
 }
 
 export const rejections = Metric.counter("keel_http_rejections_total", {
@@ -58,10 +61,17 @@ export const rejectionResponse = (error: unknown): Option.Option<HttpServerRespo
   return Option.some(HttpServerResponse.unsafeJson({ error: error._tag, message }, { status, headers }))
 }
 
-/** Runs `app` under `middleware` and answers Keel's rejections with their HTTP status. */
-export const withMiddleware = <EAdd, RAdd>(middleware: Middleware.Middleware<EAdd, RAdd>) =>
+/**
+ * Runs `app` under `middleware` and answers Keel's rejections with their HTTP status. Request-typed
+ * middleware (a keyed `rateLimit` reading the client from the request) fits as well as generic middleware.
+ */
+export const withMiddleware = <EAdd, RAdd = never>(
+  middleware:
+    | Middleware.Middleware<EAdd, RAdd>
+    | Middleware.RequestMiddleware<HttpServerRequest.HttpServerRequest, EAdd>
+) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<Exclude<E | EAdd, Rejection>, Exclude<R | RAdd, never>> => {
-  const service = middleware((request: HttpServerRequest.HttpServerRequest) =>
+  const service = (middleware as Middleware.Middleware<EAdd, RAdd>)((request: HttpServerRequest.HttpServerRequest) =>
     Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
   )
   return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>

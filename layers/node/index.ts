@@ -1,6 +1,7 @@
 /**
- * Keel on Node: `import { runMain } from "keel/node"`. Signals, process exit codes and (later) servers
+ * Keel on Node: `import { runMain, HttpServer } from "keel/node"`. Signals, process exit codes and servers
  * with draining live here, so that `keel` itself stays platform-agnostic.
  */
 export { runMain, runToExitCode, type RunMainOptions } from "./runMain.js"
 export * as Signals from "./Signals.js"
+export * as HttpServer from "./HttpServer.js"

@@ -1,0 +1,55 @@
+/**
+ * The job server: `npm start`. An HTTP job service composed from Keel's public API.
+ *
+ * Layers, in dependency order: the JobStore (embedded, bounded), the simulated downstream with its client
+ * stack, the worker pool, and the draining HTTP server serving the app. On SIGTERM or SIGINT readiness
+ * turns 503, the pre-stop delay passes, the server stops accepting and finishes its requests while the
+ * pool drains its jobs, then the shutdown report is logged and the process exits with Lifecycle's code.
+ */
+import { HttpServer } from "@effect/platform"
+import { Duration, Effect, Layer, Logger, Random } from "effect"
+import { MemoryJobStore } from "keel/memory"
+import { HttpServer as DrainingHttpServer, runMain } from "keel/node"
+import * as App from "./app.js"
+import { settings } from "./config.js"
+import * as Downstream from "./downstream.js"
+import * as Jobs from "./jobs.js"
+
+const program = Effect.gen(function*() {
+  const config = yield* settings
+  const services = Jobs.layer(config).pipe(
+    Layer.provideMerge(Downstream.layer(config)),
+    Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity }))
+  )
+  const server = Layer.scopedDiscard(Effect.gen(function*() {
+    const app = yield* App.make(config)
+    yield* HttpServer.serve(app).pipe(Layer.build)
+    const { address } = yield* DrainingHttpServer.DrainingHttpServer
+    yield* Effect.logInfo(
+      `job server listening on http://${address.host}:${address.port} ` +
+        `(${config.workers} workers, queue ${config.queueCapacity}, drain deadline ${Duration.format(config.drainTimeout)})`
+    )
+  })).pipe(
+    Layer.provide(DrainingHttpServer.layer({
+      port: config.port,
+      host: config.host,
+      maxBodySize: config.maxBodyBytes
+    })),
+    Layer.provide(services)
+  )
+  const seeded = config.seed._tag === "Some" ? Layer.setRandom(Random.make(config.seed.value)) : Layer.empty
+  yield* Layer.launch(Layer.provide(server, seeded)).pipe(Logger.withMinimumLogLevel(config.logLevel))
+})
+
+const lifecycleOptions = Effect.map(settings, (config) => ({
+  drainTimeout: config.drainTimeout,
+  preStopDelay: config.preStopDelay
+}))
+
+Effect.runPromise(Effect.either(lifecycleOptions)).then((options) => {
+  if (options._tag === "Left") {
+    process.stderr.write(`job-server: ${options.left}\n`)
+    process.exit(2)
+  }
+  runMain(program, options.right)
+})

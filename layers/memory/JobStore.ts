@@ -1,0 +1,142 @@
+/**
+ * The embedded JobStore: job records in a Map inside the process. It survives nothing beyond the process —
+ * after a restart every record (and every idempotency key) is gone — which is the right default for one
+ * process and for tests, not for jobs that must be looked up across restarts.
+ *
+ * It is bounded by `capacity`. A full store makes room by evicting the record that *finished* earliest
+ * (not the one created earliest: a long-running job is still wanted by whoever polls it), so terminal
+ * records are linked into a list in the order they became terminal, and eviction unlinks its head in O(1)
+ * (a JS Set or Map would not do: finding its first entry after many deletes scans the holes they left).
+ * When no record is terminal, there is nothing safe to forget and `create` fails with `StoreFull`. Each
+ * operation is one synchronous block (the Clock read included), so under JS's single thread each is atomic.
+ */
+import { Effect, Layer, Option } from "effect"
+import {
+  isTerminal,
+  type JobRecord,
+  type JobState,
+  JobStore,
+  type JobStoreService,
+  StoreFull
+} from "../../services/JobStore.js"
+
+export interface Options {
+  /** The most records held at once; a positive integer. */
+  readonly capacity: number
+}
+
+type StateTag = JobState["_tag"]
+type Created = Effect.Effect.Success<ReturnType<JobStoreService["create"]>>
+
+export const make = (options: Options): Effect.Effect<JobStoreService> =>
+  Effect.suspend(() => {
+    const { capacity } = options
+    if (!Number.isSafeInteger(capacity) || capacity <= 0) {
+      return Effect.dieMessage(`MemoryJobStore: capacity must be a positive integer, got ${capacity}`)
+    }
+    return Effect.sync(() => unsafeMake(capacity))
+  })
+
+export const layer = (options: Options): Layer.Layer<JobStore> => Layer.effect(JobStore, make(options))
+
+/** A stored record, linked into the "finished" list once its state is terminal. */
+interface Slot {
+  record: JobRecord
+  finishedBefore: Slot | undefined
+  finishedAfter: Slot | undefined
+}
+
+const unsafeMake = (capacity: number): JobStoreService => {
+  const slots = new Map<string, Slot>()
+  const idByKey = new Map<string, string>()
+  /** Terminal records, oldest first, in the order they became terminal: eviction takes the first. */
+  let firstFinished: Slot | undefined
+  let lastFinished: Slot | undefined
+  const counts: Record<StateTag, number> = { Queued: 0, Running: 0, Completed: 0, Failed: 0, Unfinished: 0 }
+
+  const appendFinished = (slot: Slot) => {
+    slot.finishedBefore = lastFinished
+    slot.finishedAfter = undefined
+    if (lastFinished === undefined) firstFinished = slot
+    else lastFinished.finishedAfter = slot
+    lastFinished = slot
+  }
+
+  const unlinkFinished = (slot: Slot) => {
+    if (slot.finishedBefore === undefined) firstFinished = slot.finishedAfter
+    else slot.finishedBefore.finishedAfter = slot.finishedAfter
+    if (slot.finishedAfter === undefined) lastFinished = slot.finishedBefore
+    else slot.finishedAfter.finishedBefore = slot.finishedBefore
+    slot.finishedBefore = slot.finishedAfter = undefined
+  }
+
+  const forget = (slot: Slot) => {
+    const { record } = slot
+    slots.delete(record.id)
+    if (isTerminal(record.state)) unlinkFinished(slot)
+    counts[record.state._tag]--
+    if (record.idempotencyKey !== undefined && idByKey.get(record.idempotencyKey) === record.id) {
+      idByKey.delete(record.idempotencyKey)
+    }
+  }
+
+  const create: JobStoreService["create"] = (job) =>
+    Effect.clockWith((clock) =>
+      Effect.suspend((): Effect.Effect<Created, StoreFull> => {
+        const idempotencyKey = job.idempotencyKey
+        if (idempotencyKey !== undefined) {
+          const heldBy = idByKey.get(idempotencyKey)
+          if (heldBy !== undefined) return Effect.succeed({ record: slots.get(heldBy)!.record, created: false })
+        }
+        if (slots.has(job.id)) {
+          return Effect.dieMessage(`MemoryJobStore: a job with id ${JSON.stringify(job.id)} is already stored`)
+        }
+        if (slots.size >= capacity) {
+          if (firstFinished === undefined) return Effect.fail(new StoreFull({ capacity }))
+          forget(firstFinished)
+        }
+        const now = clock.unsafeCurrentTimeMillis()
+        const record: JobRecord = {
+          id: job.id,
+          kind: job.kind,
+          idempotencyKey,
+          state: { _tag: "Queued" },
+          createdAt: now,
+          updatedAt: now
+        }
+        slots.set(record.id, { record, finishedBefore: undefined, finishedAfter: undefined })
+        if (idempotencyKey !== undefined) idByKey.set(idempotencyKey, record.id)
+        counts.Queued++
+        return Effect.succeed({ record, created: true })
+      })
+    )
+
+  const update: JobStoreService["update"] = (id, state) =>
+    Effect.clockWith((clock) =>
+      Effect.sync(() => {
+        const slot = slots.get(id)
+        if (slot === undefined || isTerminal(slot.record.state)) return
+        counts[slot.record.state._tag]--
+        counts[state._tag]++
+        slot.record = { ...slot.record, state, updatedAt: clock.unsafeCurrentTimeMillis() }
+        if (isTerminal(state)) appendFinished(slot)
+      })
+    )
+
+  const remove: JobStoreService["remove"] = (id) =>
+    Effect.sync(() => {
+      const slot = slots.get(id)
+      if (slot !== undefined) forget(slot)
+    })
+
+  const get: JobStoreService["get"] = (id) =>
+    Effect.sync(() => Option.map(Option.fromNullable(slots.get(id)), (slot) => slot.record))
+
+  const stats: JobStoreService["stats"] = Effect.sync(() => ({
+    size: slots.size,
+    capacity,
+    byState: { ...counts }
+  }))
+
+  return { create, update, remove, get, stats }
+}

@@ -1,0 +1,450 @@
+/**
+ * An HTTP server for Node that drains instead of dropping requests, and runs each request lean.
+ *
+ * Effect's NodeHttpServer has no drain: on Scope close it removes its request handler and closes the
+ * listener, so a second request on a kept-alive connection is never answered and shutdown waits until
+ * that client gives up. This server is driven by Keel's Lifecycle instead. When draining starts (after
+ * the pre-stop delay, so load balancers see readiness fail first) it stops accepting connections and
+ * closes idle keep-alive sockets; requests already in flight complete. From the first instant of the
+ * drain every response carries `Connection: close`, and a request that arrives on a kept-alive connection
+ * during the drain is still handled by the app and answered, never left hanging. The server's Scope closes once every connection has ended; at the Lifecycle's
+ * deadline the connections still open are destroyed and listed in the shutdown report.
+ *
+ * Each request runs as one fiber started synchronously (`immediate`): an app that answers without
+ * suspending is answered within the same tick, and a buffered body is written straight to the socket.
+ * No tracing span is opened per request (the platform server opens one even with no tracer installed).
+ * It provides `HttpServer.HttpServer`, so `HttpServer.serve(app)` and `HttpRouter` apps run on it
+ * unchanged. Bodies are read with a limit (`maxBodySize`): past it, reading fails with a
+ * `RequestError` whose cause is `TooLarge`; the rest is discarded unread and the connection closed after
+ * the answer.
+ */
+import { Cookies, HttpIncomingMessage, HttpServer, HttpServerError, HttpServerRequest, UrlParams } from "@effect/platform"
+import type { FileSystem, Headers, HttpApp, HttpMethod, HttpServerResponse, Multipart, Path, Socket } from "@effect/platform"
+import * as NodeMultipart from "@effect/platform-node/NodeMultipart"
+import * as NodeStream from "@effect/platform-node/NodeStream"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Inspectable, Layer, Option, Runtime } from "effect"
+import type { Scope, Stream } from "effect"
+import { Lifecycle, TooLarge } from "keel"
+import * as Http from "node:http"
+import * as Net from "node:net"
+import { Readable } from "node:stream"
+import { pipeline } from "node:stream/promises"
+
+export interface Options {
+  /** Default 0 (a free port, see `address`). */
+  readonly port?: number
+  /** Default `127.0.0.1`. */
+  readonly host?: string
+  /** Names the server in the shutdown report. Default `http`. */
+  readonly name?: string
+  /** Largest request body read, in bytes. Default 1 MiB. */
+  readonly maxBodySize?: number
+  /** Connections held at once; Node closes connections past it at once. Default: no limit. */
+  readonly maxConnections?: number
+  /** How long an idle keep-alive connection stays open. Default 5 seconds (Node's). */
+  readonly keepAliveTimeout?: Duration.DurationInput
+  /** Longest time to receive a whole request. Default 60 seconds. */
+  readonly requestTimeout?: Duration.DurationInput
+}
+
+export interface Stats {
+  readonly accepting: boolean
+  readonly connections: number
+  readonly inFlight: number
+  /** Responses completed since the start. */
+  readonly served: number
+}
+
+/** The running server: where it listens and what it holds. */
+export interface DrainingServer {
+  readonly address: { readonly host: string; readonly port: number }
+  readonly stats: Effect.Effect<Stats>
+}
+
+export class DrainingHttpServer
+  extends Context.Tag("keel/node/DrainingHttpServer")<DrainingHttpServer, DrainingServer>()
+{}
+
+const defaultMaxBodySize = 1024 * 1024
+
+/** One request as @effect/platform sees it, read straight from Node's IncomingMessage. */
+class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.HttpServerRequest {
+  readonly [HttpServerRequest.TypeId]: HttpServerRequest.TypeId = HttpServerRequest.TypeId
+  readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
+  private cachedBody: Effect.Effect<Buffer, HttpServerError.RequestError> | undefined
+  private cachedCookies: Record<string, string> | undefined
+
+  constructor(
+    readonly source: Http.IncomingMessage,
+    readonly maxBodySize: number,
+    readonly url: string = source.url ?? "/",
+    private readonly headersOverride?: Headers.Headers,
+    private readonly remoteAddressOverride?: string
+  ) {
+    super()
+  }
+
+  get originalUrl(): string {
+    return this.source.url ?? "/"
+  }
+
+  get method(): HttpMethod.HttpMethod {
+    return (this.source.method ?? "GET").toUpperCase() as HttpMethod.HttpMethod
+  }
+
+  get headers(): Headers.Headers {
+    return this.headersOverride ?? (this.source.headers as Headers.Headers)
+  }
+
+  get cookies(): Record<string, string> {
+    return this.cachedCookies ??= Cookies.parseHeader(this.headers["cookie"] ?? "")
+  }
+
+  get remoteAddress(): Option.Option<string> {
+    return Option.fromNullable(this.remoteAddressOverride ?? this.source.socket.remoteAddress)
+  }
+
+  private readError(cause: unknown): HttpServerError.RequestError {
+    return new HttpServerError.RequestError({ request: this, reason: "Decode", cause })
+  }
+
+  private tooLarge(): HttpServerError.RequestError {
+    this.bodyRefused = true
+    return new HttpServerError.RequestError({
+      request: this,
+      reason: "Decode",
+      cause: new TooLarge({ what: "request body", limit: this.maxBodySize }),
+      description: `request body over the limit of ${this.maxBodySize} bytes`
+    })
+  }
+
+  /**
+   * Set once the body was refused as too large: the rest of it is discarded unread and the response
+   * closes the connection (answering before the client has sent everything, without resetting it).
+   */
+  bodyRefused = false
+
+  /**
+   * The whole body, at most `maxBodySize` bytes: a declared length over it is refused before reading, an
+   * undeclared one as soon as the bytes read pass it.
+   */
+  private readBody(): Effect.Effect<Buffer, HttpServerError.RequestError> {
+    if (Number(this.source.headers["content-length"] ?? 0) > this.maxBodySize) {
+      return Effect.suspend(() => {
+        this.source.resume()
+        return Effect.fail(this.tooLarge())
+      })
+    }
+    return Effect.async<Buffer, HttpServerError.RequestError>((resume) => {
+      const source = this.source
+      const chunks: Array<Buffer> = []
+      let size = 0
+      const stopListening = () => {
+        source.off("data", onData)
+        source.off("end", onEnd)
+        source.off("error", onError)
+      }
+      const onData = (chunk: Buffer) => {
+        size += chunk.length
+        if (size <= this.maxBodySize) return void chunks.push(chunk)
+        stopListening()
+        source.resume()
+        resume(Effect.fail(this.tooLarge()))
+      }
+      const onEnd = () => {
+        stopListening()
+        resume(Effect.succeed(Buffer.concat(chunks, size)))
+      }
+      const onError = (error: Error) => {
+        stopListening()
+        resume(Effect.fail(this.readError(error)))
+      }
+      source.on("data", onData)
+      source.on("end", onEnd)
+      source.on("error", onError)
+      return Effect.sync(stopListening)
+    })
+  }
+
+  private body(): Effect.Effect<Buffer, HttpServerError.RequestError> {
+    return this.cachedBody ??= Effect.runSync(Effect.cached(this.readBody()))
+  }
+
+  get text(): Effect.Effect<string, HttpServerError.RequestError> {
+    return Effect.map(this.body(), (bytes) => bytes.toString("utf8"))
+  }
+
+  get json(): Effect.Effect<unknown, HttpServerError.RequestError> {
+    return Effect.flatMap(this.text, (text) =>
+      Effect.try({
+        try: () => text === "" ? null : JSON.parse(text) as unknown,
+        catch: (cause) => this.readError(cause)
+      }))
+  }
+
+  get urlParamsBody(): Effect.Effect<UrlParams.UrlParams, HttpServerError.RequestError> {
+    return Effect.map(this.text, (text) => UrlParams.fromInput(new URLSearchParams(text)))
+  }
+
+  get arrayBuffer(): Effect.Effect<ArrayBuffer, HttpServerError.RequestError> {
+    return Effect.map(this.body(), (bytes) => bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer)
+  }
+
+  get stream(): Stream.Stream<Uint8Array, HttpServerError.RequestError> {
+    return NodeStream.fromReadable<HttpServerError.RequestError, Uint8Array>(() => this.source, (error) => this.readError(error))
+  }
+
+  get multipart(): Effect.Effect<
+    Multipart.Persisted,
+    Multipart.MultipartError,
+    Scope.Scope | FileSystem.FileSystem | Path.Path
+  > {
+    return NodeMultipart.persisted(this.source, this.source.headers)
+  }
+
+  get multipartStream(): Stream.Stream<Multipart.Part, Multipart.MultipartError> {
+    return NodeMultipart.stream(this.source, this.source.headers)
+  }
+
+  get upgrade(): Effect.Effect<Socket.Socket, HttpServerError.RequestError> {
+    return Effect.fail(
+      new HttpServerError.RequestError({ request: this, reason: "Decode", description: "upgrades are not served" })
+    )
+  }
+
+  modify(options: { readonly url?: string; readonly headers?: Headers.Headers; readonly remoteAddress?: string }) {
+    return new NodeServerRequest(
+      this.source,
+      this.maxBodySize,
+      options.url ?? this.url,
+      options.headers ?? this.headersOverride,
+      options.remoteAddress ?? this.remoteAddressOverride
+    )
+  }
+
+  toJSON(): unknown {
+    return { _id: "@effect/platform/HttpServerRequest", method: this.method, url: this.originalUrl }
+  }
+}
+
+/** Writes a response to Node; buffered bodies synchronously, streamed ones with backpressure. */
+const writeResponse = (
+  nodeRequest: Http.IncomingMessage,
+  nodeResponse: Http.ServerResponse,
+  response: HttpServerResponse.HttpServerResponse,
+  closeConnection: boolean
+): Effect.Effect<void, unknown> => {
+  if (nodeResponse.writableEnded || nodeResponse.headersSent) return Effect.void
+  let headers: Record<string, string | Array<string>> = response.headers
+  if (!Cookies.isEmpty(response.cookies)) {
+    headers = { ...headers, "set-cookie": Cookies.toSetCookieHeaders(response.cookies) }
+  }
+  if (closeConnection) headers = { ...headers, connection: "close" }
+  nodeResponse.writeHead(response.status, headers)
+  const body = response.body
+  if (nodeRequest.method === "HEAD") {
+    nodeResponse.end()
+    return Effect.void
+  }
+  switch (body._tag) {
+    case "Empty":
+      nodeResponse.end()
+      return Effect.void
+    case "Uint8Array":
+      nodeResponse.end(body.body)
+      return Effect.void
+    case "Raw":
+      if (body.body instanceof Readable) {
+        return Effect.tryPromise((signal) => pipeline(body.body as Readable, nodeResponse, { signal }))
+      }
+      nodeResponse.end(body.body as string | Uint8Array)
+      return Effect.void
+    case "Stream":
+      return Effect.flatMap(
+        NodeStream.toReadable(body.stream),
+        (readable) => Effect.tryPromise((signal) => pipeline(readable, nodeResponse, { signal }))
+      )
+    case "FormData": {
+      const encoded = new Response(body.formData)
+      nodeResponse.setHeader("content-type", encoded.headers.get("content-type") ?? "multipart/form-data")
+      return Effect.tryPromise((signal) =>
+        pipeline(Readable.fromWeb(encoded.body as import("node:stream/web").ReadableStream), nodeResponse, { signal })
+      )
+    }
+  }
+}
+
+interface ActiveRequest {
+  readonly method: string
+  readonly url: string
+  readonly startedAt: number
+}
+
+/**
+ * Starts the server in the current Scope. Requires `Lifecycle`: its draining stops intake (after the
+ * pre-stop delay) and its deadline bounds the drain.
+ */
+export const make = (options: Options = {}): Effect.Effect<
+  DrainingServer & { readonly server: HttpServer.HttpServer },
+  HttpServerError.ServeError,
+  Scope.Scope | Lifecycle.Lifecycle
+> =>
+  Effect.gen(function*() {
+    const lifecycle = yield* Lifecycle.Lifecycle
+    const clock = yield* Clock.clockWith(Effect.succeed)
+    const name = options.name ?? "http"
+    const maxBodySize = options.maxBodySize ?? defaultMaxBodySize
+    const server = Http.createServer({
+      keepAliveTimeout: Duration.toMillis(options.keepAliveTimeout ?? Duration.seconds(5)),
+      requestTimeout: Duration.toMillis(options.requestTimeout ?? Duration.seconds(60))
+    })
+    if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections
+
+    const sockets = new Set<Net.Socket>()
+    const active = new Set<ActiveRequest>()
+    let served = 0
+    let accepting = true
+    // From the first instant of draining every response asks its client to reconnect elsewhere.
+    let closeConnections = false
+    let servedWhenDrainBegan = 0
+    const closed = yield* Deferred.make<void>()
+
+    server.on("connection", (socket: Net.Socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+    })
+
+    yield* Effect.async<void, HttpServerError.ServeError>((resume) => {
+      const onError = (cause: Error) => resume(Effect.fail(new HttpServerError.ServeError({ cause })))
+      server.once("error", onError)
+      server.listen({ port: options.port ?? 0, host: options.host ?? "127.0.0.1" }, () => {
+        server.off("error", onError)
+        resume(Effect.void)
+      })
+    })
+    const bound = server.address()
+    const address = typeof bound === "object" && bound !== null
+      ? { host: bound.address, port: bound.port }
+      : { host: options.host ?? "127.0.0.1", port: options.port ?? 0 }
+
+    /**
+     * Stops accepting connections and closes the idle ones; busy ones close after their response. Node's
+     * own `server.close()` would end idle sockets at once, before reading requests already sent on them
+     * but still in the socket buffer — the client would see its request reset. So the listener closes now
+     * and the idle sockets after one full turn of the event loop, once such requests have been read (they
+     * are answered, with `Connection: close`).
+     */
+    const stopAccepting = Effect.sync(() => {
+      if (!accepting) return
+      accepting = false
+      closeConnections = true
+      servedWhenDrainBegan = served
+      Net.Server.prototype.close.call(server, () => Deferred.unsafeDone(closed, Exit.void))
+      setImmediate(() => setImmediate(() => server.closeIdleConnections()))
+    })
+
+    yield* lifecycle.awaitDraining.pipe(
+      Effect.zipRight(Effect.sync(() => {
+        closeConnections = true
+      })),
+      Effect.zipRight(Effect.raceFirst(Effect.sleep(lifecycle.preStopDelay), Effect.asVoid(lifecycle.awaitForced))),
+      Effect.zipRight(stopAccepting),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
+
+    /** Waits for every connection to end; at the deadline, ends the rest and reports them. Runs once. */
+    const drain = yield* Effect.cached(Effect.gen(function*() {
+      yield* stopAccepting
+      const startedAt = clock.unsafeCurrentTimeMillis()
+      // Finalizers run uninterruptibly and a race's loser must be interruptible to be stopped.
+      const forced = yield* Effect.raceFirst(
+        Effect.interruptible(Effect.as(Deferred.await(closed), false)),
+        Effect.interruptible(Effect.as(lifecycle.awaitForced, true))
+      )
+      const now = clock.unsafeCurrentTimeMillis()
+      const cut = [...active].map((request) =>
+        `${name}: ${request.method} ${request.url} (running ${now - request.startedAt} ms)`
+      )
+      const openConnections = sockets.size
+      if (forced) server.closeAllConnections()
+      const finished = served - servedWhenDrainBegan
+      if (finished > 0 || openConnections > 0 || forced) {
+        yield* lifecycle.reportDrain({
+          component: name,
+          durationMs: now - startedAt,
+          finished,
+          forced: forced ? openConnections : 0,
+          unfinished: forced
+            ? [...cut, ...(openConnections > cut.length ? [`${name}: ${openConnections - cut.length} idle connection(s)`] : [])]
+            : []
+        })
+      }
+    }))
+    yield* Effect.addFinalizer(() => drain)
+
+    const serve = (app: HttpApp.Default<unknown>, middleware?: (app: HttpApp.Default<unknown>) => HttpApp.Default<unknown>) =>
+      Effect.gen(function*() {
+        const runtime = yield* Effect.runtime<never>()
+        const served_ = middleware === undefined ? app : middleware(app)
+        const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
+          const request = new NodeServerRequest(nodeRequest, maxBodySize)
+          const entry: ActiveRequest = {
+            method: request.method,
+            url: request.originalUrl,
+            startedAt: clock.unsafeCurrentTimeMillis()
+          }
+          active.add(entry)
+          const respond = Effect.matchCauseEffect(served_, {
+            onSuccess: (response) =>
+              writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused),
+            onFailure: (cause) =>
+              Effect.flatMap(HttpServerError.causeResponse(cause), ([response, rest]) =>
+                Effect.zipRight(
+                  Cause.isInterruptedOnly(cause) || Cause.isEmpty(rest)
+                    ? Effect.void
+                    : Effect.logError(`${request.method} ${request.url} failed`, rest),
+                  writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused)
+                ))
+          })
+          const requestRuntime = Runtime.make({
+            context: Context.add(runtime.context, HttpServerRequest.HttpServerRequest, request),
+            runtimeFlags: runtime.runtimeFlags,
+            fiberRefs: runtime.fiberRefs
+          })
+          const fiber = Runtime.runFork(requestRuntime)(respond, { immediate: true })
+          const finish = () => {
+            active.delete(entry)
+            served++
+          }
+          if (fiber.unsafePoll() !== null) {
+            finish()
+            return
+          }
+          fiber.addObserver(finish)
+          nodeResponse.once("close", () => {
+            if (!nodeResponse.writableEnded) fiber.unsafeInterruptAsFork(HttpServerError.clientAbortFiberId)
+          })
+        }
+        server.on("request", handler)
+        // The handler stays until the server has drained: a request on a kept-alive connection is answered.
+        yield* Effect.addFinalizer(() => Effect.zipRight(drain, Effect.sync(() => server.off("request", handler))))
+      })
+
+    const platformServer = HttpServer.make({
+      address: { _tag: "TcpAddress", hostname: address.host, port: address.port },
+      serve: serve as (app: HttpApp.Default<unknown>) => Effect.Effect<void, never, Scope.Scope>
+    })
+    return {
+      server: platformServer,
+      address,
+      stats: Effect.sync(() => ({ accepting, connections: sockets.size, inFlight: active.size, served }))
+    }
+  })
+
+/** `HttpServer.HttpServer` (for `HttpServer.serve(app)`) plus `DrainingHttpServer` for its address and stats. */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<HttpServer.HttpServer | DrainingHttpServer, HttpServerError.ServeError, Lifecycle.Lifecycle> =>
+  Layer.scopedContext(Effect.map(make(options), ({ server, ...draining }) =>
+    Context.make(HttpServer.HttpServer, server).pipe(Context.add(DrainingHttpServer, draining))))
