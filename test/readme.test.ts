@@ -20,7 +20,8 @@ const promised: ReadonlyArray<RegExp> = [
   /delays: [\s\S]*ok after 3 calls/,
   /3 fetched; failed: fetch broken \(invalid: 404 for broken\)[\s\S]*cut at the deadline: slow/,
   /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/,
-  /item 1, item 2, item 3 after 6 calls; breaker Closed/
+  /item 1, item 2, item 3 after 6 calls; breaker Closed/,
+  /statuses 200 400 413[\s\S]*shutdown clean: trigger shutdown requested: demo over/
 ]
 
 afterEach(killLeftovers)

@@ -14,7 +14,7 @@ import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { Effect, Option, Schema } from "effect"
 import { Lifecycle, Middleware } from "keel"
-import type { Invalid, Timeout, TooLarge } from "keel"
+import type { Invalid, QueueFull, ShuttingDown, Timeout, TooLarge } from "keel"
 import { Body, HttpMetrics, Prometheus, withMiddleware } from "keel/http"
 import { JobStore } from "keel/services"
 import type { Settings } from "./config.js"
@@ -55,9 +55,7 @@ const submitJob = Effect.gen(function*() {
   return json({ id, state: "queued" }, 202, { location: `/jobs/${id}` })
 }).pipe(
   Effect.catchTags({
-    QueueFull: (error) => Effect.succeed(errorResponse(503, "QueueFull", error.message, { "retry-after": "1" })),
-    StoreFull: (error) => Effect.succeed(errorResponse(503, "StoreFull", error.message, { "retry-after": "1" })),
-    ShuttingDown: (error) => Effect.succeed(errorResponse(503, "ShuttingDown", error.message))
+    StoreFull: (error) => Effect.succeed(errorResponse(503, "StoreFull", error.message, { "retry-after": "1" }))
   })
 )
 
@@ -99,7 +97,7 @@ const configureDownstream = Effect.gen(function*() {
   return yield* downstreamState
 })
 
-type Handler<E = Invalid | TooLarge> = HttpApp.Default<E, JobStore.JobStore | Jobs | Downstream | Lifecycle.Lifecycle>
+type Handler<E = Invalid | TooLarge | QueueFull | ShuttingDown> = HttpApp.Default<E, JobStore.JobStore | Jobs | Downstream | Lifecycle.Lifecycle>
 
 interface Route {
   readonly path: string

@@ -2,13 +2,14 @@
  * Keel middleware on an @effect/platform HTTP app.
  *
  * A Keel stack wraps services; an HTTP app is one (request in, response out), so `withMiddleware` runs
- * the app as a service under the stack and turns the stack's typed rejections into the answers HTTP
- * clients understand: `Timeout` → 504, `RateLimited` → 429 and `Overloaded` / `CircuitOpen` → 503, each
- * with `Retry-After` when the error knows how long to wait, `Invalid` → 400 with the reason and `TooLarge`
- * → 413 (decode a request into `Invalid` where it is read, as `Body.json` does: a Schema `ParseError` may
- * as well come from the server's own data, which is no client's fault). Every such answer is counted in `keel_http_rejections_total` (tagged
- * by status and error). Other errors pass through untouched to the app's own error handling. Errors are
- * recognised by their `_tag`, so the adapter needs no import of the middleware modules themselves.
+ * the app as a service under the stack and turns Keel's typed rejections into the answers HTTP clients
+ * understand: `Timeout` → 504, `RateLimited` → 429, `Overloaded` / `CircuitOpen` / `QueueFull` /
+ * `ShuttingDown` → 503, each with `Retry-After` when the wait is known, `Invalid` → 400 with the reason and
+ * `TooLarge` → 413. Decode a request into `Invalid` where it is read, as `Body.json` does: a Schema
+ * `ParseError` may as well come from the server's own data, which is no client's fault. Every such answer
+ * is counted in `keel_http_rejections_total` (tagged by status and error). Other errors pass through
+ * untouched to the app's own error handling. Errors are recognised by their `_tag`, so the adapter needs
+ * no import of the middleware modules themselves.
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
@@ -17,7 +18,15 @@ import type { Middleware } from "keel"
 
 /** The rejections this adapter answers, by tag. */
 export type Rejection = {
-  readonly _tag: "Timeout" | "RateLimited" | "Overloaded" | "CircuitOpen" | "Invalid" | "TooLarge"
+  readonly _tag:
+    | "Timeout"
+    | "RateLimited"
+    | "Overloaded"
+    | "CircuitOpen"
+    | "QueueFull"
+    | "ShuttingDown"
+    | "Invalid"
+    | "TooLarge"
 }
 
 const statusByTag: Record<Rejection["_tag"], number> = {
@@ -25,6 +34,8 @@ const statusByTag: Record<Rejection["_tag"], number> = {
   RateLimited: 429,
   Overloaded: 503,
   CircuitOpen: 503,
+  QueueFull: 503,
+  ShuttingDown: 503,
   Invalid: 400,
   TooLarge: 413
 }
@@ -40,11 +51,14 @@ const isRejection = (error: unknown): error is Rejection & Record<string, unknow
 
 /**
  * Whole seconds to wait, rounded up, as `Retry-After` wants them. A shed call (`Overloaded` without a
- * known wait) is told to come back in a second; an isolated breaker (an infinite wait) sends no header.
+ * known wait) or a full queue is told to come back in a second; an isolated breaker (an infinite wait)
+ * and a server shutting down (come back elsewhere) send no header.
  */
 const retryAfterSeconds = (error: Rejection & Record<string, unknown>): Option.Option<string> => {
   const retryAfter = error["retryAfter"]
-  if (!Duration.isDuration(retryAfter)) return error._tag === "Overloaded" ? Option.some("1") : Option.none()
+  if (!Duration.isDuration(retryAfter)) {
+    return error._tag === "Overloaded" || error._tag === "QueueFull" ? Option.some("1") : Option.none()
+  }
   if (!Duration.isFinite(retryAfter)) return Option.none()
   return Option.some(String(Math.max(1, Math.ceil(Duration.toMillis(retryAfter) / 1000))))
 }

@@ -5,7 +5,8 @@
  * listener, so a second request on a kept-alive connection is never answered and shutdown waits until
  * that client gives up. This server is driven by Keel's Lifecycle instead. When draining starts (after
  * the pre-stop delay, so load balancers see readiness fail first) it stops accepting connections and
- * closes idle keep-alive sockets; requests already in flight complete. From the first instant of the
+ * closes idle keep-alive sockets (a socket used in the last 250 ms gets that long to deliver the request
+ * its client may be sending); requests already in flight complete. From the first instant of the
  * drain every response carries `Connection: close`, and a request that arrives on a kept-alive connection
  * during the drain is still handled by the app and answered, never left hanging. The server's Scope closes once every connection has ended; at the Lifecycle's
  * deadline the connections still open are destroyed and listed in the shutdown report.
@@ -301,6 +302,9 @@ export const make = (options: Options = {}): Effect.Effect<
     if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections
 
     const sockets = new Set<Net.Socket>()
+    // Requests open on each socket, and when each was last seen active (for the idle sweep of a drain).
+    const busy = new WeakMap<Net.Socket, number>()
+    const lastSeen = new WeakMap<Net.Socket, { readonly at: number; readonly bytesRead: number }>()
     const active = new Set<ActiveRequest>()
     let served = 0
     let accepting = true
@@ -328,19 +332,33 @@ export const make = (options: Options = {}): Effect.Effect<
       : { host: options.host ?? "127.0.0.1", port: options.port ?? 0 }
 
     /**
-     * Stops accepting connections and closes the idle ones; busy ones close after their response. Node's
-     * own `server.close()` would end idle sockets at once, before reading requests already sent on them
-     * but still in the socket buffer — the client would see its request reset. So the listener closes now
-     * and the idle sockets after one full turn of the event loop, once such requests have been read (they
-     * are answered, with `Connection: close`).
+     * Stops accepting connections and closes the idle ones; busy ones close after their response. An idle
+     * keep-alive socket may be carrying the client's next request already (sent, not yet read), and
+     * closing it would reset that request: Node's own `server.close()` does so. Here a socket is closed
+     * once it has been quiet (no request, no byte read) for `idleGrace`: at once for the sockets idle
+     * that long when the drain starts, within `idleGrace` for those just used, whose client is likely
+     * sending again (that request is answered, with `Connection: close`).
      */
+    const idleGraceMs = 250
+    const sweepIdle = () => {
+      const now = clock.unsafeCurrentTimeMillis()
+      for (const socket of sockets) {
+        const seen = lastSeen.get(socket)
+        if (seen === undefined || socket.bytesRead !== seen.bytesRead || (busy.get(socket) ?? 0) > 0) {
+          lastSeen.set(socket, { at: now, bytesRead: socket.bytesRead })
+        } else if (now - seen.at >= idleGraceMs) {
+          socket.destroy()
+        }
+      }
+      if (sockets.size > 0) setTimeout(sweepIdle, idleGraceMs / 5).unref()
+    }
     const stopAccepting = Effect.sync(() => {
       if (!accepting) return
       accepting = false
       closeConnections = true
       servedWhenDrainBegan = served
       Net.Server.prototype.close.call(server, () => Deferred.unsafeDone(closed, Exit.void))
-      setImmediate(() => setImmediate(() => server.closeIdleConnections()))
+      sweepIdle()
     })
 
     yield* lifecycle.awaitDraining.pipe(
@@ -395,6 +413,8 @@ export const make = (options: Options = {}): Effect.Effect<
             startedAt: clock.unsafeCurrentTimeMillis()
           }
           active.add(entry)
+          const socket = nodeRequest.socket
+          busy.set(socket, (busy.get(socket) ?? 0) + 1)
           const respond = Effect.matchCauseEffect(served_, {
             onSuccess: (response) =>
               writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused),
@@ -416,6 +436,8 @@ export const make = (options: Options = {}): Effect.Effect<
           const finish = () => {
             active.delete(entry)
             served++
+            busy.set(socket, (busy.get(socket) ?? 1) - 1)
+            lastSeen.set(socket, { at: clock.unsafeCurrentTimeMillis(), bytesRead: socket.bytesRead })
           }
           if (fiber.unsafePoll() !== null) {
             finish()
