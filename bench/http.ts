@@ -33,7 +33,7 @@ import { SourceMap } from "node:module"
 import type { SourceMapPayload } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { benchPath, finish, median, ms, perSecond, ratio, section, verdict } from "./lib.js"
+import { benchPath, finish, median, ms, perSecond, ratio, section, spawnTs, verdict } from "./lib.js"
 import type { Row } from "./lib.js"
 
 const seconds = Number(process.env["BENCH_HTTP_SECONDS"] ?? 5)
@@ -51,20 +51,6 @@ const latency = (milliseconds: number): string => `${Number(milliseconds.toPreci
 
 // ---------------------------------------------------------------------------------------------------------------
 // Server processes
-
-/**
- * Like lib.ts's `spawnTs`, with extra environment variables for the child (which spawnTs cannot pass yet):
- * Node on a TypeScript file through tsx's loader, from the project root, output piped.
- */
-const spawnTsWithEnv = (
-  file: string,
-  options: { readonly env?: Readonly<Record<string, string>>; readonly nodeFlags?: ReadonlyArray<string> }
-): ChildProcess =>
-  spawn(process.execPath, [...(options.nodeFlags ?? []), "--import", "tsx", file], {
-    stdio: ["ignore", "pipe", "pipe"],
-    cwd: projectRoot,
-    env: { ...process.env, ...options.env }
-  })
 
 interface Server {
   readonly name: string
@@ -91,7 +77,7 @@ process.on("exit", () => {
 
 const startServer = (spec: ServerSpec, nodeFlags: ReadonlyArray<string> = []): Promise<Server> =>
   new Promise((resolve, reject) => {
-    const child = spawnTsWithEnv(join(projectRoot, spec.file), { env: spec.env ?? {}, nodeFlags })
+    const child = spawnTs(join(projectRoot, spec.file), { env: spec.env ?? {}, nodeFlags, stdio: ["ignore", "pipe", "pipe"] })
     running.add(child)
     child.once("exit", () => running.delete(child))
     let output = ""

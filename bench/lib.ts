@@ -59,11 +59,18 @@ const projectRoot = benchPath("..")
 /** Spawns this Node binary on a TypeScript file through tsx's loader, so signals and exit codes reach it directly. */
 export const spawnTs = (
   file: string,
-  options: { readonly args?: ReadonlyArray<string>; readonly nodeFlags?: ReadonlyArray<string>; readonly stdio: StdioOptions }
+  options: {
+    readonly args?: ReadonlyArray<string>
+    readonly nodeFlags?: ReadonlyArray<string>
+    readonly stdio: StdioOptions
+    /** Added to this process's environment. */
+    readonly env?: Readonly<Record<string, string>>
+  }
 ): ChildProcess =>
   spawn(process.execPath, [...(options.nodeFlags ?? []), "--import", "tsx", file, ...(options.args ?? [])], {
     stdio: options.stdio,
-    cwd: projectRoot // where `--import tsx` is resolved
+    cwd: projectRoot, // where `--import tsx` is resolved
+    env: { ...process.env, ...options.env }
   })
 
 /** Ends a benchmark: prints its rows, and sends them to bench/run.ts when it is the parent. */

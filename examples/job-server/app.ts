@@ -113,16 +113,11 @@ const routes: ReadonlyArray<Route> = [
   { path: "/admin/downstream", methods: { GET: downstreamState, PUT: configureDownstream } }
 ]
 
-/** The route pattern a path belongs to, if any. */
-const routeOf = (path: string): string | undefined => {
-  if (path === "/jobs" || path === "/healthz" || path === "/readyz" || path === "/metrics" || path === "/admin/downstream") {
-    return path
-  }
-  if (path.startsWith("/jobs/") && path.length > "/jobs/".length && !path.includes("/", "/jobs/".length)) {
-    return "/jobs/:id"
-  }
-  return undefined
-}
+/** The route pattern of a path with an id in it (`/jobs/abc` → `/jobs/:id`); other paths are their own. */
+const patternOf = (path: string): string =>
+  path.startsWith("/jobs/") && path.length > "/jobs/".length && path.indexOf("/", "/jobs/".length) === -1
+    ? "/jobs/:id"
+    : path
 
 /** Who a client is for the per-client rate limit: its `x-client-id` header, else its address. */
 const clientOf = (request: HttpServerRequest.HttpServerRequest) =>
@@ -158,10 +153,9 @@ export const make = (settings: Settings) =>
         Effect.succeed(errorResponse(404, "NotFound", `no route for ${request.method} ${request.url}`))
       )
     const app: Handler<never> = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-      const path = request.url.split("?")[0] ?? "/"
-      const route = routeOf(path)
-      const methods = route === undefined ? undefined : table.get(route)
-      if (route === undefined || methods === undefined) return notFound(request)
+      const route = patternOf(request.url.split("?")[0] ?? "/")
+      const methods = table.get(route)
+      if (methods === undefined) return notFound(request)
       const handler = methods[request.method]
       if (handler !== undefined) return handler
       const allowed = Object.keys(methods).join(", ")

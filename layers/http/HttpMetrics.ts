@@ -7,8 +7,7 @@
  */
 import { HttpServerError, HttpServerRequest } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Effect, Metric, MetricBoundaries } from "effect"
-import type { MetricLabel } from "effect"
+import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
 
 export const requests = Metric.counter("keel_http_requests_total", {
   description: "HTTP requests answered, by route, method and status",
@@ -21,39 +20,23 @@ export const duration = Metric.histogram(
   "HTTP request latency in seconds, by route"
 )
 
-// Tagging a metric builds a new key each time: one per series, made once.
-const requestSeries = new Map<string, Metric.Metric.Counter<number>>()
-const durationSeries = new Map<string, Metric.Metric.Histogram<number>>()
+// One label array per series, made once: the registry caches a series' hook by the array's identity,
+// where tagging the metric on every request would build a new key each time.
+const labelSets = new Map<string, Array<MetricLabel.MetricLabel>>()
 
-const requestsFor = (route: string, method: string, status: number) => {
-  const key = `${route} ${method} ${status}`
-  let series = requestSeries.get(key)
-  if (series === undefined) {
-    series = requests.pipe(
-      Metric.tagged("route", route),
-      Metric.tagged("method", method),
-      Metric.tagged("status", String(status))
-    ) as Metric.Metric.Counter<number>
-    requestSeries.set(key, series)
+const labels = (...pairs: ReadonlyArray<readonly [string, string]>): Array<MetricLabel.MetricLabel> => {
+  const key = pairs.map(([name, value]) => `${name}=${value}`).join(",")
+  let set = labelSets.get(key)
+  if (set === undefined) {
+    set = pairs.map(([name, value]) => MetricLabel.make(name, value))
+    labelSets.set(key, set)
   }
-  return series
+  return set
 }
-
-const durationFor = (route: string) => {
-  let series = durationSeries.get(route)
-  if (series === undefined) {
-    series = Metric.tagged(duration, "route", route)
-    durationSeries.set(route, series)
-  }
-  return series
-}
-
-// Updates pass the same (empty) extra-tags array each time: the registry caches a series' hook by its identity.
-const noExtraTags: Array<MetricLabel.MetricLabel> = []
 
 const record = (route: string, method: string, status: number, startedNanos: bigint, now: bigint) => {
-  requestsFor(route, method, status).unsafeUpdate(1, noExtraTags)
-  durationFor(route).unsafeUpdate(Number(now - startedNanos) / 1e9, noExtraTags)
+  requests.unsafeUpdate(1, labels(["route", route], ["method", method], ["status", String(status)]))
+  duration.unsafeUpdate(Number(now - startedNanos) / 1e9, labels(["route", route]))
 }
 
 /** Counts and times `app` as the route `route`. */

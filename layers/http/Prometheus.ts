@@ -35,15 +35,15 @@ interface Family {
   readonly series: Array<Series>
 }
 
-const sanitizeMetricName = (name: string): string => {
-  const replaced = name.replace(/[^a-zA-Z0-9_:]/g, "_")
+/** Replaces the characters `invalid` matches with `_`, and prefixes `_` to a name that is empty or starts with a digit. */
+const sanitize = (name: string, invalid: RegExp): string => {
+  const replaced = name.replace(invalid, "_")
   return replaced === "" || /^[0-9]/.test(replaced) ? `_${replaced}` : replaced
 }
 
-const sanitizeLabelName = (name: string): string => {
-  const replaced = name.replace(/[^a-zA-Z0-9_]/g, "_")
-  return replaced === "" || /^[0-9]/.test(replaced) ? `_${replaced}` : replaced
-}
+const sanitizeMetricName = (name: string): string => sanitize(name, /[^a-zA-Z0-9_:]/g)
+
+const sanitizeLabelName = (name: string): string => sanitize(name, /[^a-zA-Z0-9_]/g)
 
 const escapeLabelValue = (value: string): string =>
   value.replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n")

@@ -276,8 +276,8 @@ const writeResponse = (
 }
 
 interface ActiveRequest {
-  readonly method: string
-  readonly url: string
+  readonly request: NodeServerRequest
+  readonly socket: Net.Socket
   readonly startedAt: number
 }
 
@@ -302,9 +302,8 @@ export const make = (options: Options = {}): Effect.Effect<
     if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections
 
     const sockets = new Set<Net.Socket>()
-    // Requests open on each socket, and when each was last seen active (for the idle sweep of a drain).
-    const busy = new WeakMap<Net.Socket, number>()
-    const lastSeen = new WeakMap<Net.Socket, { readonly at: number; readonly bytesRead: number }>()
+    // When each socket last connected or finished a response: how long it has been idle, for the drain.
+    const lastActive = new WeakMap<Net.Socket, number>()
     const active = new Set<ActiveRequest>()
     let served = 0
     let accepting = true
@@ -315,6 +314,7 @@ export const make = (options: Options = {}): Effect.Effect<
 
     server.on("connection", (socket: Net.Socket) => {
       sockets.add(socket)
+      lastActive.set(socket, clock.unsafeCurrentTimeMillis())
       socket.once("close", () => sockets.delete(socket))
     })
 
@@ -340,15 +340,16 @@ export const make = (options: Options = {}): Effect.Effect<
      * sending again (that request is answered, with `Connection: close`).
      */
     const idleGraceMs = 250
+    // Bytes read by each socket at the previous sweep: a change means a request is arriving.
+    const bytesReadAtSweep = new WeakMap<Net.Socket, number>()
     const sweepIdle = () => {
       const now = clock.unsafeCurrentTimeMillis()
+      const busy = new Set([...active].map((entry) => entry.socket))
       for (const socket of sockets) {
-        const seen = lastSeen.get(socket)
-        if (seen === undefined || socket.bytesRead !== seen.bytesRead || (busy.get(socket) ?? 0) > 0) {
-          lastSeen.set(socket, { at: now, bytesRead: socket.bytesRead })
-        } else if (now - seen.at >= idleGraceMs) {
-          socket.destroy()
-        }
+        const reading = bytesReadAtSweep.has(socket) && bytesReadAtSweep.get(socket) !== socket.bytesRead
+        bytesReadAtSweep.set(socket, socket.bytesRead)
+        if (busy.has(socket) || reading) lastActive.set(socket, now)
+        else if (now - (lastActive.get(socket) ?? now) >= idleGraceMs) socket.destroy()
       }
       if (sockets.size > 0) setTimeout(sweepIdle, idleGraceMs / 5).unref()
     }
@@ -381,50 +382,49 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.interruptible(Effect.as(lifecycle.awaitForced, true))
       )
       const now = clock.unsafeCurrentTimeMillis()
-      const cut = [...active].map((request) =>
-        `${name}: ${request.method} ${request.url} (running ${now - request.startedAt} ms)`
-      )
       const openConnections = sockets.size
-      if (forced) server.closeAllConnections()
       const finished = served - servedWhenDrainBegan
-      if (finished > 0 || openConnections > 0 || forced) {
-        yield* lifecycle.reportDrain({
-          component: name,
-          durationMs: now - startedAt,
-          finished,
-          forced: forced ? openConnections : 0,
-          unfinished: forced
-            ? [...cut, ...(openConnections > cut.length ? [`${name}: ${openConnections - cut.length} idle connection(s)`] : [])]
-            : []
-        })
+      if (!forced) {
+        if (finished > 0) {
+          yield* lifecycle.reportDrain({ component: name, durationMs: now - startedAt, finished, forced: 0, unfinished: [] })
+        }
+        return
       }
+      const cut = [...active].map(({ request, startedAt }) =>
+        `${name}: ${request.method} ${request.url} (running ${now - startedAt} ms)`
+      )
+      const idle = openConnections - active.size
+      server.closeAllConnections()
+      yield* lifecycle.reportDrain({
+        component: name,
+        durationMs: now - startedAt,
+        finished,
+        forced: openConnections,
+        unfinished: idle > 0 ? [...cut, `${name}: ${idle} idle connection(s)`] : cut
+      })
     }))
     yield* Effect.addFinalizer(() => drain)
 
     const serve = (app: HttpApp.Default<unknown>, middleware?: (app: HttpApp.Default<unknown>) => HttpApp.Default<unknown>) =>
       Effect.gen(function*() {
         const runtime = yield* Effect.runtime<never>()
-        const served_ = middleware === undefined ? app : middleware(app)
+        const handled = middleware === undefined ? app : middleware(app)
         const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
           const request = new NodeServerRequest(nodeRequest, maxBodySize)
-          const entry: ActiveRequest = {
-            method: request.method,
-            url: request.originalUrl,
-            startedAt: clock.unsafeCurrentTimeMillis()
-          }
-          active.add(entry)
           const socket = nodeRequest.socket
-          busy.set(socket, (busy.get(socket) ?? 0) + 1)
-          const respond = Effect.matchCauseEffect(served_, {
-            onSuccess: (response) =>
-              writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused),
+          const entry: ActiveRequest = { request, socket, startedAt: clock.unsafeCurrentTimeMillis() }
+          active.add(entry)
+          const write = (response: HttpServerResponse.HttpServerResponse) =>
+            writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused)
+          const respond = Effect.matchCauseEffect(handled, {
+            onSuccess: write,
             onFailure: (cause) =>
               Effect.flatMap(HttpServerError.causeResponse(cause), ([response, rest]) =>
                 Effect.zipRight(
                   Cause.isInterruptedOnly(cause) || Cause.isEmpty(rest)
                     ? Effect.void
                     : Effect.logError(`${request.method} ${request.url} failed`, rest),
-                  writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused)
+                  write(response)
                 ))
           })
           const requestRuntime = Runtime.make({
@@ -436,8 +436,7 @@ export const make = (options: Options = {}): Effect.Effect<
           const finish = () => {
             active.delete(entry)
             served++
-            busy.set(socket, (busy.get(socket) ?? 1) - 1)
-            lastSeen.set(socket, { at: clock.unsafeCurrentTimeMillis(), bytesRead: socket.bytesRead })
+            lastActive.set(socket, clock.unsafeCurrentTimeMillis())
           }
           if (fiber.unsafePoll() !== null) {
             finish()

@@ -37,22 +37,41 @@ const submit = async (server: Server, body: unknown, headers: Record<string, str
   return { status: response.status, headers: response.headers, body: await response.json() as Record<string, unknown> }
 }
 
-/** POST /jobs on a connection of its own, closed after the answer. */
-const postOnNewConnection = (server: Server, body: unknown) =>
-  new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
-    const request = Http.request(
-      { host: "127.0.0.1", port: server.port, path: "/jobs", method: "POST", agent: false, headers: { "content-type": "application/json" } },
-      (response) => {
-        let text = ""
-        response.on("data", (chunk) => (text += chunk))
-        response.on("end", () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }))
-        response.on("error", reject)
-      }
-    )
+interface NodeAnswer {
+  readonly status: number
+  readonly connection: string | undefined
+  readonly socket: unknown
+  readonly body: string
+}
+
+/** One request through node:http (an `agent` keeps its connection alive, `agent: false` opens one of its own). */
+const nodeRequest = (options: Http.RequestOptions, body?: string) =>
+  new Promise<NodeAnswer>((resolve, reject) => {
+    const request = Http.request({ host: "127.0.0.1", ...options }, (response) => {
+      let text = ""
+      response.on("data", (chunk) => (text += chunk))
+      response.on("end", () =>
+        resolve({
+          status: response.statusCode ?? 0,
+          connection: response.headers.connection,
+          socket: request.socket,
+          body: text
+        }))
+      response.on("error", reject)
+    })
     request.on("error", reject)
-    request.setTimeout(10_000, () => request.destroy(new Error("submission timed out")))
-    request.end(JSON.stringify(body))
+    request.setTimeout(10_000, () => request.destroy(new Error(`${options.path} timed out`)))
+    request.end(body)
   })
+
+/** POST /jobs on a connection of its own, closed after the answer. */
+const postOnNewConnection = async (server: Server, body: unknown) => {
+  const answer = await nodeRequest(
+    { port: server.port, path: "/jobs", method: "POST", agent: false, headers: { "content-type": "application/json" } },
+    JSON.stringify(body)
+  )
+  return { status: answer.status, body: JSON.parse(answer.body) as Record<string, unknown> }
+}
 
 const jobState = async (server: Server, id: string) =>
   await (await fetch(`${server.base}/jobs/${id}`)).json() as Record<string, unknown>
@@ -275,24 +294,7 @@ describe("job server", () => {
   it("readiness turns 503 at SIGTERM and a request on a kept-alive connection during the drain is answered with Connection: close", async () => {
     const server = await start({ PRE_STOP_DELAY: "1500 millis" })
     const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
-    const get = (path: string) =>
-      new Promise<{ status: number; connection: string | undefined; socket: unknown; body: string }>(
-        (resolve, reject) => {
-          const request = Http.get({ host: "127.0.0.1", port: server.port, path, agent }, (response) => {
-            let body = ""
-            response.on("data", (chunk) => (body += chunk))
-            response.on("end", () =>
-              resolve({
-                status: response.statusCode ?? 0,
-                connection: response.headers.connection,
-                socket: request.socket,
-                body
-              }))
-          })
-          request.on("error", reject)
-          request.setTimeout(5000, () => request.destroy(new Error(`${path} timed out`)))
-        }
-      )
+    const get = (path: string) => nodeRequest({ port: server.port, path, agent })
     const before = await get("/readyz")
     expect(before).toMatchObject({ status: 200, connection: "keep-alive" })
     server.run.signal("SIGTERM")
