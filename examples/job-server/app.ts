@@ -12,7 +12,7 @@
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Effect, Option, Schema } from "effect"
+import { Context, Effect, Option, Schema } from "effect"
 import { Lifecycle, Middleware } from "keel"
 import type { Invalid, QueueFull, ShuttingDown, Timeout, TooLarge } from "keel"
 import { Body, HttpMetrics, Prometheus, withMiddleware } from "keel/http"
@@ -152,8 +152,10 @@ export const make = (settings: Settings) =>
       HttpMetrics.measured("unmatched")(
         Effect.succeed(errorResponse(404, "NotFound", `no route for ${request.method} ${request.url}`))
       )
-    const app: Handler<never> = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-      const route = patternOf(request.url.split("?")[0] ?? "/")
+    const app: Handler<never> = Effect.withFiberRuntime((fiber) => {
+      const request = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest)
+      const query = request.url.indexOf("?")
+      const route = patternOf(query < 0 ? request.url : request.url.slice(0, query))
       const methods = table.get(route)
       if (methods === undefined) return notFound(request)
       const handler = methods[request.method]

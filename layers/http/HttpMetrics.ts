@@ -7,7 +7,7 @@
  */
 import { HttpServerError, HttpServerRequest } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
+import { Clock, Context, Effect, Exit, Metric, MetricBoundaries, MetricLabel } from "effect"
 
 export const requests = Metric.counter("keel_http_requests_total", {
   description: "HTTP requests answered, by route, method and status",
@@ -20,39 +20,37 @@ export const duration = Metric.histogram(
   "HTTP request latency in seconds, by route"
 )
 
-// One label array per series, made once: the registry caches a series' hook by the array's identity,
-// where tagging the metric on every request would build a new key each time.
-const labelSets = new Map<string, Array<MetricLabel.MetricLabel>>()
-
-const labels = (...pairs: ReadonlyArray<readonly [string, string]>): Array<MetricLabel.MetricLabel> => {
-  const key = pairs.map(([name, value]) => `${name}=${value}`).join(",")
-  let set = labelSets.get(key)
-  if (set === undefined) {
-    set = pairs.map(([name, value]) => MetricLabel.make(name, value))
-    labelSets.set(key, set)
-  }
-  return set
-}
-
-const record = (route: string, method: string, status: number, startedNanos: bigint, now: bigint) => {
-  requests.unsafeUpdate(1, labels(["route", route], ["method", method], ["status", String(status)]))
-  duration.unsafeUpdate(Number(now - startedNanos) / 1e9, labels(["route", route]))
-}
-
 /** Counts and times `app` as the route `route`. */
-export const measured = (route: string) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-    Effect.clockWith((clock) => {
+export const measured = (route: string) => {
+  // One label array per series, made once: the registry caches a series' hook by the array's identity,
+  // where tagging the metric on every request would build a new key each time.
+  const routeLabels = [MetricLabel.make("route", route)]
+  const requestLabels = new Map<string, Array<MetricLabel.MetricLabel>>()
+  const record = (method: string, status: number, startedNanos: bigint, clock: Clock.Clock) => {
+    const key = `${method} ${status}`
+    let labels = requestLabels.get(key)
+    if (labels === undefined) {
+      labels = [...routeLabels, MetricLabel.make("method", method), MetricLabel.make("status", String(status))]
+      requestLabels.set(key, labels)
+    }
+    requests.unsafeUpdate(1, labels)
+    duration.unsafeUpdate(Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e9, routeLabels)
+  }
+  return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+    Effect.withFiberRuntime((fiber) => {
+      const method = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest).method
+      const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
       const startedNanos = clock.unsafeCurrentTimeNanos()
-      return Effect.matchCauseEffect(app, {
-        onSuccess: (response) => {
-          record(route, request.method, response.status, startedNanos, clock.unsafeCurrentTimeNanos())
-          return Effect.succeed(response)
-        },
-        onFailure: (cause) =>
-          Effect.flatMap(HttpServerError.causeResponse(cause), ([response]) => {
-            record(route, request.method, response.status, startedNanos, clock.unsafeCurrentTimeNanos())
-            return Effect.failCause(cause)
-          })
+      return Effect.flatMap(Effect.exit(app), (exit) => {
+        if (Exit.isSuccess(exit)) {
+          record(method, exit.value.status, startedNanos, clock)
+          return exit
+        }
+        // The status the server will answer this failure with.
+        return Effect.flatMap(HttpServerError.causeResponse(exit.cause), ([response]) => {
+          record(method, response.status, startedNanos, clock)
+          return exit
+        })
       })
-    }))
+    })
+}

@@ -13,7 +13,8 @@
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Duration, Effect, Metric, Option } from "effect"
+import { Context, Duration, Effect, Metric, MetricLabel, Option } from "effect"
+import type { Fiber } from "effect"
 import type { Middleware } from "keel"
 
 /** The rejections this adapter answers, by tag. */
@@ -75,6 +76,21 @@ export const rejectionResponse = (error: unknown): Option.Option<HttpServerRespo
   return Option.some(HttpServerResponse.unsafeJson({ error: error._tag, message }, { status, headers }))
 }
 
+const servedRequest = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
+  Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest)
+
+const labelsByRejection = new Map<string, Array<MetricLabel.MetricLabel>>()
+/** One label array per series (the registry caches series by the array's identity). */
+const rejectionLabels = (status: number, error: string) => {
+  const key = `${status} ${error}`
+  let labels = labelsByRejection.get(key)
+  if (labels === undefined) {
+    labels = [MetricLabel.make("status", String(status)), MetricLabel.make("error", error)]
+    labelsByRejection.set(key, labels)
+  }
+  return labels
+}
+
 /**
  * Runs `app` under `middleware` and answers Keel's rejections with their HTTP status. Request-typed
  * middleware (a keyed `rateLimit` reading the client from the request) fits as well as generic middleware.
@@ -85,23 +101,25 @@ export const withMiddleware = <EAdd, RAdd = never>(
     | Middleware.RequestMiddleware<HttpServerRequest.HttpServerRequest, EAdd>
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<Exclude<E | EAdd, Rejection>, Exclude<R | RAdd, never>> => {
+  // The request is in the context already unless a middleware replaced it; providing it again would cost
+  // a context switch per request.
   const service = (middleware as Middleware.Middleware<EAdd, RAdd>)((request: HttpServerRequest.HttpServerRequest) =>
-    Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
+    Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse, E, R | HttpServerRequest.HttpServerRequest>((fiber) =>
+      servedRequest(fiber) === request ? app : Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
+    )
   )
-  return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-    Effect.catchAll(service(request), (error) =>
+  return Effect.withFiberRuntime<
+    HttpServerResponse.HttpServerResponse,
+    Exclude<E | EAdd, Rejection>,
+    Exclude<R | RAdd, never> | HttpServerRequest.HttpServerRequest
+  >((fiber) =>
+    Effect.catchAll(service(servedRequest(fiber)), (error) =>
       Option.match(rejectionResponse(error), {
         onNone: () => Effect.fail(error as Exclude<E | EAdd, Rejection>),
-        onSome: (response) =>
-          Effect.as(
-            Metric.update(
-              rejections.pipe(
-                Metric.tagged("status", String(response.status)),
-                Metric.tagged("error", (error as Rejection)._tag)
-              ),
-              1
-            ),
-            response
-          )
-      })))
+        onSome: (response) => {
+          rejections.unsafeUpdate(1, rejectionLabels(response.status, (error as Rejection)._tag))
+          return Effect.succeed(response)
+        }
+      }))
+  )
 }

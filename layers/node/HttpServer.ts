@@ -23,7 +23,8 @@ import { Cookies, HttpIncomingMessage, HttpServer, HttpServerError, HttpServerRe
 import type { FileSystem, Headers, HttpApp, HttpMethod, HttpServerResponse, Multipart, Path, Socket } from "@effect/platform"
 import * as NodeMultipart from "@effect/platform-node/NodeMultipart"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Inspectable, Layer, Option, Runtime } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Inspectable, Layer, Option, Runtime, RuntimeFlags } from "effect"
+import type { Fiber } from "effect"
 import type { Scope, Stream } from "effect"
 import { Lifecycle, TooLarge } from "keel"
 import * as Http from "node:http"
@@ -77,7 +78,11 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
 
   constructor(
     readonly source: Http.IncomingMessage,
+    /** Where the answer goes; shared by the copies `modify` makes. */
+    readonly response: Http.ServerResponse,
     readonly maxBodySize: number,
+    /** When the server received it, for the drain report. */
+    readonly startedAt: number,
     readonly url: string = source.url ?? "/",
     private readonly headersOverride?: Headers.Headers,
     private readonly remoteAddressOverride?: string
@@ -89,8 +94,9 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
     return this.source.url ?? "/"
   }
 
+  // Node's parser gives the method in upper case already.
   get method(): HttpMethod.HttpMethod {
-    return (this.source.method ?? "GET").toUpperCase() as HttpMethod.HttpMethod
+    return (this.source.method ?? "GET") as HttpMethod.HttpMethod
   }
 
   get headers(): Headers.Headers {
@@ -216,7 +222,9 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
   modify(options: { readonly url?: string; readonly headers?: Headers.Headers; readonly remoteAddress?: string }) {
     return new NodeServerRequest(
       this.source,
+      this.response,
       this.maxBodySize,
+      this.startedAt,
       options.url ?? this.url,
       options.headers ?? this.headersOverride,
       options.remoteAddress ?? this.remoteAddressOverride
@@ -228,38 +236,56 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
   }
 }
 
-/** Writes a response to Node; buffered bodies synchronously, streamed ones with backpressure. */
-const writeResponse = (
-  nodeRequest: Http.IncomingMessage,
+/** Writes the status line and headers. */
+const writeHead = (
   nodeResponse: Http.ServerResponse,
   response: HttpServerResponse.HttpServerResponse,
   closeConnection: boolean
-): Effect.Effect<void, unknown> => {
-  if (nodeResponse.writableEnded || nodeResponse.headersSent) return Effect.void
+) => {
   let headers: Record<string, string | Array<string>> = response.headers
   if (!Cookies.isEmpty(response.cookies)) {
     headers = { ...headers, "set-cookie": Cookies.toSetCookieHeaders(response.cookies) }
   }
   if (closeConnection) headers = { ...headers, connection: "close" }
   nodeResponse.writeHead(response.status, headers)
+}
+
+/**
+ * Writes a response whose body is in memory, at once; false (and nothing written) for one that must be
+ * streamed.
+ */
+const writeBuffered = (
+  request: NodeServerRequest,
+  response: HttpServerResponse.HttpServerResponse,
+  closeConnection: boolean
+): boolean => {
+  const nodeResponse = request.response
   const body = response.body
-  if (nodeRequest.method === "HEAD") {
-    nodeResponse.end()
-    return Effect.void
-  }
+  const inMemory = body._tag === "Empty" || body._tag === "Uint8Array" ||
+    (body._tag === "Raw" && !(body.body instanceof Readable))
+  if (!inMemory && request.source.method !== "HEAD") return false
+  if (nodeResponse.writableEnded || nodeResponse.headersSent) return true
+  writeHead(nodeResponse, response, closeConnection)
+  if (request.source.method === "HEAD" || body._tag === "Empty") nodeResponse.end()
+  else if (body._tag === "Uint8Array") nodeResponse.end(body.body)
+  else if (body._tag === "Raw") nodeResponse.end(body.body as string | Uint8Array)
+  return true
+}
+
+/** Writes any response to Node: buffered bodies at once, streamed ones with backpressure. */
+const writeResponse = (
+  request: NodeServerRequest,
+  response: HttpServerResponse.HttpServerResponse,
+  closeConnection: boolean
+): Effect.Effect<void, unknown> => {
+  if (writeBuffered(request, response, closeConnection)) return Effect.void
+  const nodeResponse = request.response
+  if (nodeResponse.writableEnded || nodeResponse.headersSent) return Effect.void
+  writeHead(nodeResponse, response, closeConnection)
+  const body = response.body
   switch (body._tag) {
-    case "Empty":
-      nodeResponse.end()
-      return Effect.void
-    case "Uint8Array":
-      nodeResponse.end(body.body)
-      return Effect.void
     case "Raw":
-      if (body.body instanceof Readable) {
-        return Effect.tryPromise((signal) => pipeline(body.body as Readable, nodeResponse, { signal }))
-      }
-      nodeResponse.end(body.body as string | Uint8Array)
-      return Effect.void
+      return Effect.tryPromise((signal) => pipeline(body.body as Readable, nodeResponse, { signal }))
     case "Stream":
       return Effect.flatMap(
         NodeStream.toReadable(body.stream),
@@ -272,13 +298,9 @@ const writeResponse = (
         pipeline(Readable.fromWeb(encoded.body as import("node:stream/web").ReadableStream), nodeResponse, { signal })
       )
     }
+    default:
+      return Effect.void
   }
-}
-
-interface ActiveRequest {
-  readonly request: NodeServerRequest
-  readonly socket: Net.Socket
-  readonly startedAt: number
 }
 
 /**
@@ -301,10 +323,10 @@ export const make = (options: Options = {}): Effect.Effect<
     })
     if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections
 
-    const sockets = new Set<Net.Socket>()
-    // When each socket last connected or finished a response: how long it has been idle, for the drain.
-    const lastActive = new WeakMap<Net.Socket, number>()
-    const active = new Set<ActiveRequest>()
+    // Every open connection, with when it last connected or finished a response: how long it has been idle,
+    // for the drain.
+    const lastActive = new Map<Net.Socket, number>()
+    const active = new Set<NodeServerRequest>()
     let served = 0
     let accepting = true
     // From the first instant of draining every response asks its client to reconnect elsewhere.
@@ -313,9 +335,8 @@ export const make = (options: Options = {}): Effect.Effect<
     const closed = yield* Deferred.make<void>()
 
     server.on("connection", (socket: Net.Socket) => {
-      sockets.add(socket)
       lastActive.set(socket, clock.unsafeCurrentTimeMillis())
-      socket.once("close", () => sockets.delete(socket))
+      socket.once("close", () => lastActive.delete(socket))
     })
 
     yield* Effect.async<void, HttpServerError.ServeError>((resume) => {
@@ -344,14 +365,14 @@ export const make = (options: Options = {}): Effect.Effect<
     const bytesReadAtSweep = new WeakMap<Net.Socket, number>()
     const sweepIdle = () => {
       const now = clock.unsafeCurrentTimeMillis()
-      const busy = new Set([...active].map((entry) => entry.socket))
-      for (const socket of sockets) {
+      const busy = new Set([...active].map((request) => request.source.socket))
+      for (const socket of lastActive.keys()) {
         const reading = bytesReadAtSweep.has(socket) && bytesReadAtSweep.get(socket) !== socket.bytesRead
         bytesReadAtSweep.set(socket, socket.bytesRead)
         if (busy.has(socket) || reading) lastActive.set(socket, now)
         else if (now - (lastActive.get(socket) ?? now) >= idleGraceMs) socket.destroy()
       }
-      if (sockets.size > 0) setTimeout(sweepIdle, idleGraceMs / 5).unref()
+      if (lastActive.size > 0) setTimeout(sweepIdle, idleGraceMs / 5).unref()
     }
     const stopAccepting = Effect.sync(() => {
       if (!accepting) return
@@ -382,7 +403,7 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.interruptible(Effect.as(lifecycle.awaitForced, true))
       )
       const now = clock.unsafeCurrentTimeMillis()
-      const openConnections = sockets.size
+      const openConnections = lastActive.size
       const finished = served - servedWhenDrainBegan
       if (!forced) {
         if (finished > 0) {
@@ -390,8 +411,8 @@ export const make = (options: Options = {}): Effect.Effect<
         }
         return
       }
-      const cut = [...active].map(({ request, startedAt }) =>
-        `${name}: ${request.method} ${request.url} (running ${now - startedAt} ms)`
+      const cut = [...active].map((request) =>
+        `${name}: ${request.method} ${request.url} (running ${now - request.startedAt} ms)`
       )
       const idle = openConnections - active.size
       server.closeAllConnections()
@@ -405,46 +426,72 @@ export const make = (options: Options = {}): Effect.Effect<
     }))
     yield* Effect.addFinalizer(() => drain)
 
+    const finished = (request: NodeServerRequest) => {
+      active.delete(request)
+      served++
+      const socket = request.source.socket
+      if (lastActive.has(socket)) lastActive.set(socket, clock.unsafeCurrentTimeMillis())
+    }
+    /**
+     * Writes what the app's fiber ended with. A buffered response is written at once (undefined returned); a
+     * streamed body, or a failure's response, is written by a fiber of its own, returned.
+     */
+    const answer = (
+      request: NodeServerRequest,
+      exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>,
+      runtime: Runtime.Runtime<never>
+    ): Fiber.RuntimeFiber<void, unknown> | undefined => {
+      const closeConnection = closeConnections || request.bodyRefused
+      if (Exit.isSuccess(exit) && writeBuffered(request, exit.value, closeConnection)) {
+        finished(request)
+        return undefined
+      }
+      const writing = Runtime.runFork(runtime)(
+        Exit.isSuccess(exit) ? writeResponse(request, exit.value, closeConnection) : writeFailure(request, exit.cause)
+      )
+      writing.addObserver(() => finished(request))
+      return writing
+    }
+    const writeFailure = (request: NodeServerRequest, cause: Cause.Cause<unknown>) =>
+      Effect.flatMap(HttpServerError.causeResponse(cause), ([response, rest]) =>
+        Effect.zipRight(
+          Cause.isInterruptedOnly(cause) || Cause.isEmpty(rest)
+            ? Effect.void
+            : Effect.logError(`${request.method} ${request.url} failed`, rest),
+          Effect.suspend(() => writeResponse(request, response, closeConnections || request.bodyRefused))
+        ))
+
     const serve = (app: HttpApp.Default<unknown>, middleware?: (app: HttpApp.Default<unknown>) => HttpApp.Default<unknown>) =>
       Effect.gen(function*() {
         const runtime = yield* Effect.runtime<never>()
-        const handled = middleware === undefined ? app : middleware(app)
+        // Request fibers are not counted in Effect's fiber metrics (effect_fiber_*): one per request would
+        // cost five metric updates each and drown the rest; HttpMetrics counts requests.
+        const requestFlags = RuntimeFlags.disable(runtime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
+        const handled = (middleware === undefined ? app : middleware(app)) as Effect.Effect<
+          HttpServerResponse.HttpServerResponse,
+          unknown
+        >
         const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
-          const request = new NodeServerRequest(nodeRequest, maxBodySize)
-          const socket = nodeRequest.socket
-          const entry: ActiveRequest = { request, socket, startedAt: clock.unsafeCurrentTimeMillis() }
-          active.add(entry)
-          const write = (response: HttpServerResponse.HttpServerResponse) =>
-            writeResponse(nodeRequest, nodeResponse, response, closeConnections || request.bodyRefused)
-          const respond = Effect.matchCauseEffect(handled, {
-            onSuccess: write,
-            onFailure: (cause) =>
-              Effect.flatMap(HttpServerError.causeResponse(cause), ([response, rest]) =>
-                Effect.zipRight(
-                  Cause.isInterruptedOnly(cause) || Cause.isEmpty(rest)
-                    ? Effect.void
-                    : Effect.logError(`${request.method} ${request.url} failed`, rest),
-                  write(response)
-                ))
-          })
+          const request = new NodeServerRequest(nodeRequest, nodeResponse, maxBodySize, clock.unsafeCurrentTimeMillis())
+          active.add(request)
           const requestRuntime = Runtime.make({
             context: Context.add(runtime.context, HttpServerRequest.HttpServerRequest, request),
-            runtimeFlags: runtime.runtimeFlags,
+            runtimeFlags: requestFlags,
             fiberRefs: runtime.fiberRefs
           })
-          const fiber = Runtime.runFork(requestRuntime)(respond, { immediate: true })
-          const finish = () => {
-            active.delete(entry)
-            served++
-            lastActive.set(socket, clock.unsafeCurrentTimeMillis())
+          const fiber = Runtime.runFork(requestRuntime)(handled, { immediate: true })
+          const exit = fiber.unsafePoll()
+          const writing = exit === null ? undefined : answer(request, exit, requestRuntime)
+          // Answered within this tick: the common case, with no fiber left to watch.
+          if (exit !== null && writing === undefined) return
+          let current: Fiber.RuntimeFiber<unknown, unknown> = writing ?? fiber
+          if (exit === null) {
+            fiber.addObserver((exit) => {
+              current = answer(request, exit, requestRuntime) ?? current
+            })
           }
-          if (fiber.unsafePoll() !== null) {
-            finish()
-            return
-          }
-          fiber.addObserver(finish)
           nodeResponse.once("close", () => {
-            if (!nodeResponse.writableEnded) fiber.unsafeInterruptAsFork(HttpServerError.clientAbortFiberId)
+            if (!nodeResponse.writableEnded) current.unsafeInterruptAsFork(HttpServerError.clientAbortFiberId)
           })
         }
         server.on("request", handler)
@@ -459,7 +506,7 @@ export const make = (options: Options = {}): Effect.Effect<
     return {
       server: platformServer,
       address,
-      stats: Effect.sync(() => ({ accepting, connections: sockets.size, inFlight: active.size, served }))
+      stats: Effect.sync(() => ({ accepting, connections: lastActive.size, inFlight: active.size, served }))
     }
   })
 

@@ -11,9 +11,9 @@
  *
  * Under `loadShed()` a call that would have to queue fails at once with `Overloaded` instead.
  */
-import { Deferred, Effect, Exit, FiberRef, Metric, MetricLabel } from "effect"
-import type { Scope } from "effect"
-import { Overloaded, shedInsteadOfWaiting, withoutShedding } from "./loadShed.js"
+import { Deferred, Effect, Exit, Metric, MetricLabel } from "effect"
+import type { Cause, Scope } from "effect"
+import { Overloaded, takeShedding, withShedding } from "./loadShed.js"
 import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 
 export interface ConcurrencyLimitOptions {
@@ -69,11 +69,10 @@ export const concurrencyLimit = (
     let inFlight = 0
     const waiters = new Set<Deferred.Deferred<void>>()
 
-    const report = () => {
-      limitMetrics.inFlight.unsafeUpdate(inFlight, tags)
-      limitMetrics.waiting.unsafeUpdate(waiters.size, tags)
-    }
-    report()
+    const reportInFlight = () => limitMetrics.inFlight.unsafeUpdate(inFlight, tags)
+    const reportWaiting = () => limitMetrics.waiting.unsafeUpdate(waiters.size, tags)
+    reportInFlight()
+    reportWaiting()
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
         limitMetrics.inFlight.unsafeUpdate(0, tags)
@@ -85,12 +84,26 @@ export const concurrencyLimit = (
       const oldest = waiters.values().next()
       if (oldest.done) {
         inFlight--
+        reportInFlight()
       } else {
         waiters.delete(oldest.value)
+        reportWaiting()
         Deferred.unsafeDone(oldest.value, Exit.void)
       }
-      report()
     }
+    // The admitted call's way out, however it ends; the handlers are made once, so a call allocates none.
+    const releaseOnExit = {
+      onSuccess: (value: unknown) => {
+        release()
+        return Effect.succeed(value)
+      },
+      onFailure: (cause: Cause.Cause<unknown>) => {
+        release()
+        return Effect.failCause(cause)
+      }
+    }
+    const holdingPermit = <A, E, R>(call: Effect.Effect<A, E, R>) =>
+      Effect.matchCauseEffect(call, releaseOnExit) as Effect.Effect<A, E, R>
 
     const refuse = (reason: ConcurrencyLimitRejection) => {
       limitMetrics.rejections.unsafeUpdate(1, rejectionTags[reason])
@@ -101,33 +114,41 @@ export const concurrencyLimit = (
       )
     }
 
-    const limited = <A, E, R>(call: Effect.Effect<A, E, R>): Effect.Effect<A, E | Overloaded, R> =>
+    // `call` makes the admitted call's Effect once it is admitted. A service that throws while making it
+    // holds no permit: on the spot the throw comes before the permit is counted, after a wait it is a defect
+    // of the call, which releases the permit it was handed.
+    // `shedding`: the twin loadShed() uses, refusing where it would wait; a pending shedding request in fiber
+    // context asks the same of either.
+    const limited = <A, E, R>(
+      shedding: boolean,
+      call: () => Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | Overloaded, R> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(FiberRef.get(shedInsteadOfWaiting), (shed) =>
-          Effect.fiberIdWith((fiberId): Effect.Effect<A, E | Overloaded, R> => {
-            const holding = Effect.ensuring(
-              restore(shed ? withoutShedding(call) : call),
-              Effect.sync(release)
-            )
-            if (inFlight < max) {
-              inFlight++
-              report()
-              return holding
-            }
-            if (shed) return refuse("shed")
-            if (waiters.size >= maxWaiting) return refuse("queue-full")
-            const turn = Deferred.unsafeMake<void>(fiberId)
-            waiters.add(turn)
-            report()
-            const awaitTurn = Effect.onInterrupt(restore(Deferred.await(turn)), () =>
-              Effect.sync(() => {
-                // Still queued: just leave. Already handed a permit: pass it on.
-                if (waiters.delete(turn)) report()
-                else release()
-              }))
-            return Effect.zipRight(awaitTurn, holding)
-          })))
+        Effect.withFiberRuntime((fiber): Effect.Effect<A, E | Overloaded, R> => {
+          const shed = takeShedding(fiber) || shedding
+          if (inFlight < max) {
+            const holding = holdingPermit(restore(call()))
+            inFlight++
+            reportInFlight()
+            return holding
+          }
+          if (shed) return refuse("shed")
+          if (waiters.size >= maxWaiting) return refuse("queue-full")
+          const turn = Deferred.unsafeMake<void>(fiber.id())
+          waiters.add(turn)
+          reportWaiting()
+          const awaitTurn = Effect.onInterrupt(restore(Deferred.await(turn)), () =>
+            Effect.sync(() => {
+              // Still queued: just leave. Already handed a permit: pass it on.
+              if (waiters.delete(turn)) reportWaiting()
+              else release()
+            }))
+          return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(call))))
+        }))
 
-    return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> => (request) =>
-      limited(Effect.suspend(() => service(request)))
+    return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>
+      withShedding<Service<Req, Res, E | Overloaded, R>>(
+        (request) => limited(false, () => service(request)),
+        (request) => limited(true, () => service(request))
+      )
   })

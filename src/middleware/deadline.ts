@@ -7,7 +7,8 @@
  * `hedge` read `remaining` so that nested calls never outlive their caller. Past the deadline the call is
  * interrupted and fails with `Timeout { after: budget }`.
  */
-import { Clock, Duration, Effect, FiberRef, Option } from "effect"
+import { Clock, Context, Duration, Effect, FiberRef, Option } from "effect"
+import type { Fiber } from "effect"
 import { Timeout } from "../Errors.js"
 import type { Middleware, Service } from "./Middleware.js"
 import { failAfter } from "./timeout.js"
@@ -15,13 +16,17 @@ import { failAfter } from "./timeout.js"
 /** The instant (Clock milliseconds) by which the current call must end; none when no caller set one. */
 export const currentDeadline: FiberRef.FiberRef<Option.Option<number>> = FiberRef.unsafeMake(Option.none())
 
+/** Time left before the deadline of the call `fiber` is running; none when there is no deadline. */
+export const remainingFor = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Option.Option<Duration.Duration> => {
+  const deadline = fiber.getFiberRef(currentDeadline)
+  if (Option.isNone(deadline)) return Option.none()
+  const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+  return Option.some(Duration.millis(Math.max(0, deadline.value - now)))
+}
+
 /** Time left before the current deadline; none when there is no deadline. */
-export const remaining: Effect.Effect<Option.Option<Duration.Duration>> = Effect.flatMap(
-  FiberRef.get(currentDeadline),
-  (deadline) =>
-    Option.isNone(deadline)
-      ? Effect.succeedNone
-      : Effect.map(Clock.currentTimeMillis, (now) => Option.some(Duration.millis(Math.max(0, deadline.value - now))))
+export const remaining: Effect.Effect<Option.Option<Duration.Duration>> = Effect.withFiberRuntime((fiber) =>
+  Effect.succeed(remainingFor(fiber))
 )
 
 /** Runs `effect` with the deadline narrowed to `budget` from now (a caller's sooner deadline stays). */

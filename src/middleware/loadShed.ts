@@ -3,13 +3,24 @@
  *
  * Tower's LoadShed asks the inner service `poll_ready` and fails the call when it is not ready. An Effect
  * service has no readiness separate from its call (waiting *is* the Effect suspending), so readiness is
- * turned around: `loadShed()` sets `shedInsteadOfWaiting` for the call below it, and a limit that would
- * make the caller wait (`concurrencyLimit`, `rateLimit` in wait mode) reads it and refuses at once instead.
- * The limit that honours the flag clears it for the call it admits, so shedding applies to the first
- * waiting limit below `loadShed()` and never leaks into calls the service itself makes to other services
- * (whose own limits should still queue). To shed at two limits of one stack, put a `loadShed()` above each.
+ * turned around: `loadShed()` leaves a shedding request in fiber context for the call below it, and a limit
+ * that would make the caller wait (`concurrencyLimit`, `rateLimit` in wait mode) takes it and refuses at
+ * once instead of waiting. The first such limit takes the request whether it waits or not, so shedding
+ * applies to the first waiting limit below `loadShed()` and never leaks into calls the service itself makes
+ * to other services (whose own limits should still queue). To shed at two limits of one stack, put a
+ * `loadShed()` above each.
+ *
+ * The request is a small mutable record in a FiberRef rather than a boolean: taking it is a field write,
+ * where resetting a boolean for the admitted call would cost a scoped FiberRef change (`Effect.locally`)
+ * on every call through the limit.
+ *
+ * When `loadShed()` wraps a limit directly (`stack(loadShed(), limit, …)`, the usual place) nothing is put
+ * in fiber context at all: the limits attach to the services they return a shedding twin (`withShedding`),
+ * the same limit refusing where it would wait, and `loadShed()` returns that twin. The FiberRef path
+ * remains for a limit further below (under a `timeout`, a refusing `rateLimit`, or any other middleware).
  */
 import { Data, Duration, Effect, FiberRef } from "effect"
+import type { Fiber } from "effect"
 import type { Middleware, Service } from "./Middleware.js"
 
 /** A limit refused the call instead of letting it wait; retry later, not before `retryAfter` when given. */
@@ -24,12 +35,40 @@ export class Overloaded extends Data.TaggedError("Overloaded")<{
   }
 }
 
-/** True while the caller asked the next limit below to refuse rather than wait. */
-export const shedInsteadOfWaiting: FiberRef.FiberRef<boolean> = FiberRef.unsafeMake(false)
+/** One `loadShed()` call's request to the next waiting limit below; `taken` once a limit has seen it. */
+interface SheddingRequest {
+  taken: boolean
+}
 
-/** Runs `effect` with shedding turned off: what a limit does to the call it has admitted. */
-export const withoutShedding = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.locally(effect, shedInsteadOfWaiting, false)
+const sheddingRequest: FiberRef.FiberRef<SheddingRequest | undefined> = FiberRef.unsafeMake<
+  SheddingRequest | undefined
+>(undefined)
+
+/**
+ * For a limit that would make callers wait: whether the running call asked it to refuse instead. The
+ * request is taken, so limits further below (and calls the admitted service makes) wait as usual.
+ */
+export const takeShedding = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
+  const request = fiber.getFiberRef(sheddingRequest)
+  if (request === undefined || request.taken) return false
+  request.taken = true
+  return true
+}
+
+const sheddingTwin = Symbol.for("keel/middleware/sheddingTwin")
+
+/** A service as a limit returns it, carrying its twin that refuses instead of waiting. */
+type WithSheddingTwin<S> = S & { readonly [sheddingTwin]?: S }
+
+/** Attaches to `service` (a limit's wrapped service) the twin `loadShed()` uses in its place. */
+export const withShedding = <S extends Service<never, unknown, unknown, unknown>>(service: S, shedding: S): S =>
+  Object.assign(service, { [sheddingTwin]: shedding })
+
+/** Whether a shedding request is pending for the running call (for tests and diagnostics). */
+export const isShedding: Effect.Effect<boolean> = Effect.map(
+  FiberRef.get(sheddingRequest),
+  (request) => request !== undefined && !request.taken
+)
 
 /**
  * The load-shedding middleware: the first limit below that would make the call wait fails it at once
@@ -37,4 +76,25 @@ export const withoutShedding = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect
  */
 export const loadShed = (): Middleware<Overloaded> =>
 <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>
-(request) => Effect.locally(service(request), shedInsteadOfWaiting, true)
+  (service as WithSheddingTwin<Service<Req, Res, E, R>>)[sheddingTwin] ?? shedBelow(service)
+
+/** The FiberRef path: a shedding request the first waiting limit below takes. */
+const shedBelow = <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>
+(request) =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.withFiberRuntime((fiber) => {
+      const outer = fiber.getFiberRef(sheddingRequest)
+      const shedding: SheddingRequest = { taken: false }
+      return Effect.zipRight(
+        FiberRef.set(sheddingRequest, shedding),
+        Effect.ensuring(
+          restore(service(request)),
+          // Taken on the way out too, so a fiber the call forked cannot take it after the call.
+          Effect.suspend(() => {
+            shedding.taken = true
+            return FiberRef.set(sheddingRequest, outer)
+          })
+        )
+      )
+    })
+  )

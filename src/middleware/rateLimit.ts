@@ -25,10 +25,10 @@
  * starts fresh, so a client whose key was evicted can get a new burst of `limit` calls sooner than `per`
  * after its last one. Size `maxKeys` above the number of clients active within one `per`.
  */
-import { Data, Deferred, Duration, Effect, Exit, FiberId, FiberRef, Metric, MetricLabel, Option } from "effect"
+import { Clock, Context, Data, Deferred, Duration, Effect, Exit, FiberId, Metric, MetricLabel, Option } from "effect"
 import type { Scope } from "effect"
 import { currentDeadline } from "./deadline.js"
-import { shedInsteadOfWaiting, withoutShedding } from "./loadShed.js"
+import { takeShedding, withShedding } from "./loadShed.js"
 import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 
 /** The rate limit refused the call; a token is back, and the call could be admitted, after `retryAfter`. */
@@ -325,36 +325,48 @@ export function rateLimit<Req>(
         )
       })
 
-    const limited = <A, E, R>(request: Req, call: Effect.Effect<A, E, R>): Effect.Effect<A, E | RateLimited, R> =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(FiberRef.get(shedInsteadOfWaiting), (shed) =>
-          Effect.flatMap(FiberRef.get(currentDeadline), (deadline) =>
-            Effect.clockWith((clock): Effect.Effect<A, E | RateLimited, R> => {
-              const decision = decide(request, clock.unsafeCurrentTimeMillis(), shed, deadline)
-              // A waiting limit consumes loadShed's flag; a refusing one never waits and leaves it below.
-              const run = restore(shed && waitForSlot ? withoutShedding(call) : call)
-              switch (decision._tag) {
-                case "Admitted":
-                  return run
-                case "Refused":
-                  rateMetrics.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
-                  return Effect.fail(new RateLimited({ retryAfter: Duration.millis(decision.retryAfterMillis) }))
-                case "Reserved": {
-                  const { log, reservation } = decision
-                  return restore(sleepUntilSlot(reservation)).pipe(
-                    Effect.onInterrupt(() =>
-                      Effect.clockWith((clock) =>
-                        Effect.sync(() => giveBack(log, reservation, clock.unsafeCurrentTimeMillis()))
-                      )
-                    ),
-                    Effect.zipRight(Effect.sync(() => start(log, reservation))),
-                    Effect.zipRight(run)
+    // Deciding is synchronous; only a caller that has to wait runs in a masked region (to give back its
+    // reservation if interrupted while waiting), so an admitted call costs no more than the decision.
+    // `shedding`: the twin loadShed() uses, refusing where it would wait. A waiting limit takes a pending
+    // shedding request from fiber context as well; a refusing one never waits and leaves it to those below.
+    const limited = <A, E, R>(
+      shedding: boolean,
+      request: Req,
+      call: () => Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | RateLimited, R> =>
+      Effect.withFiberRuntime((fiber): Effect.Effect<A, E | RateLimited, R> => {
+        const shed = waitForSlot && (takeShedding(fiber) || shedding)
+        const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+        const decision = decide(request, clock.unsafeCurrentTimeMillis(), shed, fiber.getFiberRef(currentDeadline))
+        switch (decision._tag) {
+          case "Admitted":
+            return call()
+          case "Refused":
+            rateMetrics.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
+            return Effect.fail(new RateLimited({ retryAfter: Duration.millis(decision.retryAfterMillis) }))
+          case "Reserved": {
+            const { log, reservation } = decision
+            return Effect.uninterruptibleMask((restore) =>
+              restore(sleepUntilSlot(reservation)).pipe(
+                Effect.onInterrupt(() =>
+                  Effect.clockWith((clock) =>
+                    Effect.sync(() => giveBack(log, reservation, clock.unsafeCurrentTimeMillis()))
                   )
-                }
-              }
-            }))))
+                ),
+                Effect.zipRight(Effect.sync(() => start(log, reservation))),
+                Effect.zipRight(restore(Effect.suspend(call)))
+              )
+            )
+          }
+        }
+      })
 
-    return <R extends Req, Res, E, Rq>(service: Service<R, Res, E, Rq>): Service<R, Res, E | RateLimited, Rq> =>
-    (request) => limited(request, Effect.suspend(() => service(request)))
+    return <R extends Req, Res, E, Rq>(service: Service<R, Res, E, Rq>): Service<R, Res, E | RateLimited, Rq> => {
+      const limitedService: Service<R, Res, E | RateLimited, Rq> = (request) =>
+        limited(false, request, () => service(request))
+      // A refusing limit never waits: loadShed() passes through it to the limit below.
+      if (!waitForSlot) return limitedService
+      return withShedding(limitedService, (request) => limited(true, request, () => service(request)))
+    }
   })
 }

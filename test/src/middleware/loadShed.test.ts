@@ -4,9 +4,9 @@
  * first waiting limit below it and not to calls the service makes to other services.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Exit, FiberRef, Metric, TestClock } from "effect"
+import { Deferred, Duration, Effect, Exit, Metric, TestClock } from "effect"
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
-import { loadShed, Overloaded, shedInsteadOfWaiting } from "../../../src/middleware/loadShed.js"
+import { isShedding, loadShed, Overloaded } from "../../../src/middleware/loadShed.js"
 import { stack } from "../../../src/middleware/Middleware.js"
 import { RateLimited, rateLimit, rateLimitMetrics } from "../../../src/middleware/rateLimit.js"
 import { atOnce, finished, settle } from "./timing.js"
@@ -71,7 +71,7 @@ describe("loadShed", () => {
       yield* settle
       const seen: Array<boolean> = []
       const front = stack(loadShed(), yield* concurrencyLimit(5))((id: string) =>
-        Effect.zipRight(Effect.flatMap(FiberRef.get(shedInsteadOfWaiting), (shed) => Effect.sync(() => seen.push(shed))), downstream(id))
+        Effect.zipRight(Effect.flatMap(isShedding, (shed) => Effect.sync(() => seen.push(shed))), downstream(id))
       )
       // The downstream limit is full, yet the call waits there: the front limit consumed the shedding.
       const call = yield* Effect.fork(front("through"))
