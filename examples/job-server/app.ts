@@ -121,7 +121,7 @@ const patternOf = (path: string): string =>
 
 /** Who a client is for the per-client rate limit: its `x-client-id` header, else its address. */
 const clientOf = (request: HttpServerRequest.HttpServerRequest) =>
-  request.headers["x-client-id"] ?? Option.getOrElse(request.remoteAddress, () => "unknown")
+  request.headers["x-client-id"] ?? Option.getOrUndefined(request.remoteAddress) ?? "unknown"
 
 /** Builds the app; its middleware state (rate-limit keys, permits) lives as long as the Scope. */
 export const make = (settings: Settings) =>

@@ -12,8 +12,10 @@
  * deadline the connections still open are destroyed and listed in the shutdown report.
  *
  * Each request runs as one fiber started synchronously (`immediate`): an app that answers without
- * suspending is answered within the same tick, and a buffered body is written straight to the socket.
- * No tracing span is opened per request (the platform server opens one even with no tracer installed).
+ * suspending is answered within the same tick, its buffered body written by the request handler itself
+ * once the fiber has ended (a streamed body, or the response to a failure, is written by a fiber of its
+ * own). No tracing span is opened per request (the platform server opens one even with no tracer
+ * installed), and request fibers are left out of Effect's fiber metrics.
  * It provides `HttpServer.HttpServer`, so `HttpServer.serve(app)` and `HttpRouter` apps run on it
  * unchanged. Bodies are read with a limit (`maxBodySize`): past it, reading fails with a
  * `RequestError` whose cause is `TooLarge`; the rest is discarded unread and the connection closed after

@@ -12,11 +12,15 @@
  * than through `Effect.locally`, which undoes them anyway) stay with it and are not merged back into the
  * caller. Merging them, as `Fiber.join` does, would cost more than the rest of the middleware together.
  */
-import { Duration, Effect, Fiber, Option, Runtime } from "effect"
+import { Duration, Effect, Fiber, Option, Runtime, RuntimeFlags } from "effect"
 import type { Context } from "effect"
 import { Timeout } from "../Errors.js"
 import { remainingFor } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"
+
+// The call's fiber is interruptible whatever the caller's region, and is not counted in Effect's fiber
+// metrics (effect_fiber_*): it is the call itself, not a task of the caller's.
+const callFlags = RuntimeFlags.disable(Runtime.defaultRuntime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
 
 /**
  * Runs `effect` for `caller`, interrupting it after `limit` (waiting for its finalizers) and failing with
@@ -32,7 +36,7 @@ const runFor = <A, E, R, E2>(
   const runtime = Runtime.make({
     context: caller.currentContext as Context.Context<R>,
     fiberRefs: caller.getFiberRefs(),
-    runtimeFlags: Runtime.defaultRuntime.runtimeFlags
+    runtimeFlags: callFlags
   })
   const call = Runtime.runFork(runtime)(effect)
   const ended = call.unsafePoll()

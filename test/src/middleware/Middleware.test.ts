@@ -3,7 +3,7 @@
  * timeout (interrupts the inner work, finalizers run first) and deadline propagation through nested calls.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
+import { Duration, Effect, Exit, Fiber, FiberRef, Option, Runtime, TestClock } from "effect"
 import { Invalid, Timeout, Unavailable } from "../../../src/Errors.js"
 import { deadline, remaining, within } from "../../../src/middleware/deadline.js"
 import { fallback, filter, stack, tap, type Middleware } from "../../../src/middleware/Middleware.js"
@@ -103,6 +103,22 @@ describe("timeout", () => {
       yield* TestClock.adjust("1 second")
       yield* Fiber.interrupt(call)
       expect(interrupted).toBe(true)
+    }))
+
+  it.effect("a call that ends at once is answered without suspending the caller, failures included", () =>
+    Effect.gen(function*() {
+      const service = timeout("1 second")((n: number) => n > 0 ? Effect.succeed(n) : Effect.fail("negative"))
+      // A fiber that has ended when runFork returns never suspended.
+      expect(Runtime.runFork(Runtime.defaultRuntime)(service(3)).unsafePoll()).toEqual(Exit.succeed(3))
+      expect(Runtime.runFork(Runtime.defaultRuntime)(service(-1)).unsafePoll()).toEqual(Exit.fail("negative"))
+    }))
+
+  it.effect("the call runs in a fiber of its own: FiberRef changes it makes stay there", () =>
+    Effect.gen(function*() {
+      const ref = FiberRef.unsafeMake("caller")
+      const service = timeout("1 second")((_: void) => Effect.zipRight(FiberRef.set(ref, "call"), FiberRef.get(ref)))
+      expect(yield* service(undefined)).toBe("call")
+      expect(yield* FiberRef.get(ref)).toBe("caller")
     }))
 
   it.effect("lets a fast call through untouched", () =>

@@ -8,6 +8,7 @@ import { Deferred, Duration, Effect, Exit, Metric, TestClock } from "effect"
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
 import { isShedding, loadShed, Overloaded } from "../../../src/middleware/loadShed.js"
 import { stack } from "../../../src/middleware/Middleware.js"
+import { timeout } from "../../../src/middleware/timeout.js"
 import { RateLimited, rateLimit, rateLimitMetrics } from "../../../src/middleware/rateLimit.js"
 import { atOnce, finished, settle } from "./timing.js"
 
@@ -81,6 +82,30 @@ describe("loadShed", () => {
       yield* Deferred.succeed(downstreamGate, undefined)
       expect(yield* finished(busy)).toBe("busy")
       expect(yield* finished(call)).toBe("through")
+    }))
+
+  it.scoped("sheds at a limit below another middleware too (the request crosses the timeout's own fiber)", () =>
+    Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      const service = stack(loadShed(), timeout("1 minute"), yield* concurrencyLimit(1))((id: string) =>
+        Effect.as(Deferred.await(gate), id)
+      )
+      const holding = yield* Effect.fork(service("first"))
+      yield* settle
+      expect(yield* atOnce(Effect.flip(service("second")))).toEqual(reachedLimit)
+      // Without loadShed the same composition waits.
+      const waits = stack(timeout("1 minute"), yield* concurrencyLimit(1))((id: string) =>
+        Effect.as(Deferred.await(gate), id)
+      )
+      const first = yield* Effect.fork(waits("first"))
+      yield* settle
+      const waiting = yield* Effect.fork(waits("second"))
+      yield* settle
+      expect(waiting.unsafePoll()).toBeNull()
+      yield* Deferred.succeed(gate, undefined)
+      yield* Effect.forEach([holding, first, waiting], finished)
+      // The request was taken by the limit: after the call nothing is left pending.
+      expect(yield* isShedding).toBe(false)
     }))
 
   it.scoped("passes through a rate limit that refuses anyway, to shed at the concurrency limit below", () =>

@@ -1,0 +1,198 @@
+/**
+ * The draining HTTP server's request path on a real server (127.0.0.1, a port the OS picks) and real
+ * clients (fetch, node:http): buffered and streamed responses, HEAD, suspending apps, defects, bodies over
+ * the limit, the stats it keeps, and a client that goes away while the app is still working.
+ */
+import { HttpServer, HttpServerError, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { HttpApp } from "@effect/platform"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Equal, HashSet, Layer, Schedule, Stream } from "effect"
+import type { FiberId } from "effect"
+import { Lifecycle } from "keel"
+import { HttpServer as DrainingHttpServer } from "keel/node"
+import * as Http from "node:http"
+
+/** Serves `app` on the draining server for the rest of the scope. */
+const serve = <E>(app: HttpApp.Default<E, never>, options: DrainingHttpServer.Options = {}) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(
+      HttpServer.serve(app).pipe(
+        Layer.provideMerge(DrainingHttpServer.layer(options)),
+        Layer.provideMerge(Lifecycle.layer({ drainTimeout: "5 seconds" }))
+      )
+    )
+    const server = Context.get(context, DrainingHttpServer.DrainingHttpServer)
+    return { url: `http://127.0.0.1:${server.address.port}`, server }
+  })
+
+const request = (url: string, init: RequestInit = {}) =>
+  Effect.promise(async () => {
+    const response = await fetch(url, { ...init, signal: AbortSignal.timeout(10_000) })
+    return { status: response.status, headers: response.headers, body: await response.text() }
+  })
+
+/** Retries `check` until it holds, for at most two seconds. */
+const eventually = <A>(read: Effect.Effect<A>, check: (value: A) => boolean) =>
+  read.pipe(
+    Effect.filterOrFail(check),
+    Effect.retry({ schedule: Schedule.spaced("10 millis"), times: 200 }),
+    Effect.timeout("2 seconds"),
+    Effect.orDie
+  )
+
+const encoder = new TextEncoder()
+
+describe("DrainingHttpServer", () => {
+  it.scopedLive("a buffered response keeps its status, headers and body", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve(Effect.succeed(
+        HttpServerResponse.text("created", { status: 201, headers: { "x-request-kind": "buffered" } })
+      ))
+      const response = yield* request(url)
+      expect(response.status).toBe(201)
+      expect(response.body).toBe("created")
+      expect(response.headers.get("content-type")).toMatch(/^text\/plain/)
+      expect(response.headers.get("x-request-kind")).toBe("buffered")
+
+      const json = yield* serve(Effect.succeed(
+        HttpServerResponse.unsafeJson({ id: 7, tags: ["a", "b"] }, { status: 202, headers: { "x-id": "7" } })
+      ))
+      const jsonResponse = yield* request(json.url)
+      expect(jsonResponse.status).toBe(202)
+      expect(jsonResponse.headers.get("content-type")).toBe("application/json")
+      expect(jsonResponse.headers.get("x-id")).toBe("7")
+      expect(JSON.parse(jsonResponse.body)).toEqual({ id: 7, tags: ["a", "b"] })
+    }))
+
+  it.scopedLive("a streamed body arrives complete", () =>
+    Effect.gen(function*() {
+      const chunks = ["first,", "second,", "third,", "fourth"]
+      const body = Stream.fromIterable(chunks).pipe(
+        Stream.tap(() => Effect.sleep("2 millis")),
+        Stream.map((chunk) => encoder.encode(chunk))
+      )
+      const { url } = yield* serve(Effect.succeed(
+        HttpServerResponse.stream(body, { status: 200, contentType: "text/plain", headers: { "x-streamed": "yes" } })
+      ))
+      const response = yield* request(url)
+      expect(response.status).toBe(200)
+      expect(response.headers.get("x-streamed")).toBe("yes")
+      expect(response.body).toBe(chunks.join(""))
+    }))
+
+  it.scopedLive("HEAD gets the headers and no body, for buffered and streamed responses", () =>
+    Effect.gen(function*() {
+      const buffered = yield* serve(Effect.succeed(
+        HttpServerResponse.text("not sent", { headers: { "x-head": "buffered" } })
+      ))
+      const head = yield* request(buffered.url, { method: "HEAD" })
+      expect(head.status).toBe(200)
+      expect(head.headers.get("x-head")).toBe("buffered")
+      expect(head.headers.get("content-type")).toMatch(/^text\/plain/)
+      expect(head.body).toBe("")
+
+      const streamed = yield* serve(Effect.succeed(
+        HttpServerResponse.stream(Stream.make(encoder.encode("not sent either")), { headers: { "x-head": "streamed" } })
+      ))
+      const streamedHead = yield* request(streamed.url, { method: "HEAD" })
+      expect(streamedHead.status).toBe(200)
+      expect(streamedHead.headers.get("x-head")).toBe("streamed")
+      expect(streamedHead.body).toBe("")
+    }))
+
+  it.scopedLive("an app that suspends before answering is answered", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve(
+        Effect.as(Effect.sleep("20 millis"), HttpServerResponse.text("after a nap", { status: 203 }))
+      )
+      const response = yield* request(url)
+      expect(response.status).toBe(203)
+      expect(response.body).toBe("after a nap")
+    }))
+
+  it.scopedLive("a defect answers 500 and the next request is still served", () =>
+    Effect.gen(function*() {
+      const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
+        req.url === "/boom"
+          ? Effect.die(new Error("boom"))
+          : Effect.succeed(HttpServerResponse.text("still here")))
+      const { url } = yield* serve(app)
+      const failed = yield* request(`${url}/boom`)
+      expect(failed.status).toBe(500)
+      expect(failed.body).toBe("")
+      const next = yield* request(`${url}/fine`)
+      expect(next.status).toBe(200)
+      expect(next.body).toBe("still here")
+    }))
+
+  it.scopedLive("a body over maxBodySize fails the read with a RequestError: 400 with connection: close", () =>
+    Effect.gen(function*() {
+      let failure: unknown
+      const app = Effect.gen(function*() {
+        const req = yield* HttpServerRequest.HttpServerRequest
+        const text = yield* Effect.tapError(req.text, (error) => Effect.sync(() => (failure = error)))
+        return HttpServerResponse.text(`read ${text.length}`)
+      })
+      const { url } = yield* serve(app, { maxBodySize: 16 })
+
+      const small = yield* request(url, { method: "POST", body: "0123456789" })
+      expect(small.status).toBe(200)
+      expect(small.body).toBe("read 10")
+
+      const large = yield* request(url, { method: "POST", body: "x".repeat(100) })
+      expect(large.status).toBe(400)
+      expect(large.headers.get("connection")).toBe("close")
+      expect(failure).toBeInstanceOf(HttpServerError.RequestError)
+    }))
+
+  it.scopedLive("stats count served responses and show inFlight while a request runs", () =>
+    Effect.gen(function*() {
+      const release = yield* Deferred.make<void>()
+      yield* Effect.addFinalizer(() => Deferred.succeed(release, undefined))
+      const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
+        req.url === "/wait"
+          ? Effect.as(Deferred.await(release), HttpServerResponse.text("released"))
+          : Effect.succeed(HttpServerResponse.text("quick")))
+      const { url, server } = yield* serve(app)
+      expect(yield* server.stats).toMatchObject({ accepting: true, inFlight: 0, served: 0 })
+
+      expect((yield* request(url)).status).toBe(200)
+      expect((yield* request(url)).status).toBe(200)
+      const afterTwo = yield* eventually(server.stats, (stats) => stats.served === 2)
+      expect(afterTwo.inFlight).toBe(0)
+
+      const waiting = yield* Effect.fork(request(`${url}/wait`))
+      const busy = yield* eventually(server.stats, (stats) => stats.inFlight === 1)
+      expect(busy.served).toBe(2)
+      expect(busy.connections).toBeGreaterThanOrEqual(1)
+      yield* Deferred.succeed(release, undefined)
+      expect((yield* waiting).body).toBe("released")
+      const done = yield* eventually(server.stats, (stats) => stats.served === 3 && stats.inFlight === 0)
+      expect(done).toMatchObject({ inFlight: 0, served: 3 })
+    }))
+
+  it.scopedLive("a client that aborts interrupts the request's fiber", () =>
+    Effect.gen(function*() {
+      const started = yield* Deferred.make<void>()
+      const interruptedBy = yield* Deferred.make<ReadonlyArray<FiberId.FiberId>>()
+      const never = yield* Deferred.make<void>()
+      const app = Deferred.succeed(started, undefined).pipe(
+        Effect.zipRight(Deferred.await(never)),
+        Effect.as(HttpServerResponse.text("never sent")),
+        Effect.onInterrupt((interruptors) => Deferred.succeed(interruptedBy, [...HashSet.values(interruptors)]))
+      )
+      const { server, url } = yield* serve(app)
+
+      const client = Http.request(`${url}/slow`)
+      client.on("error", () => {}) // the abort below makes the request fail; that is expected
+      client.end()
+      yield* Deferred.await(started).pipe(Effect.timeout("5 seconds"), Effect.orDie)
+      client.destroy()
+
+      const interruptors = yield* Deferred.await(interruptedBy).pipe(Effect.timeout("5 seconds"), Effect.orDie)
+      expect(interruptors.some((id) => Equal.equals(id, HttpServerError.clientAbortFiberId))).toBe(true)
+      const after = yield* eventually(server.stats, (stats) => stats.inFlight === 0)
+      expect(after.inFlight).toBe(0)
+      expect(after.served).toBe(1)
+    }))
+})
