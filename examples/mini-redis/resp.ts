@@ -17,13 +17,13 @@ import { Data } from "effect"
 export type Frame =
   | { readonly _tag: "Simple"; readonly value: string }
   | { readonly _tag: "Error"; readonly message: string }
-  | { readonly _tag: "Integer"; readonly value: number }
+  | { readonly _tag: "Integer"; readonly value: number | bigint }
   | { readonly _tag: "Bulk"; readonly value: Buffer | null }
   | { readonly _tag: "Array"; readonly items: ReadonlyArray<Frame> | null }
 
 export const simple = (value: string): Frame => ({ _tag: "Simple", value })
 export const error = (message: string): Frame => ({ _tag: "Error", message })
-export const integer = (value: number): Frame => ({ _tag: "Integer", value })
+export const integer = (value: number | bigint): Frame => ({ _tag: "Integer", value })
 export const bulk = (value: Buffer | string | null): Frame => ({
   _tag: "Bulk",
   value: typeof value === "string" ? Buffer.from(value) : value

@@ -3,8 +3,8 @@
  *
  * Operations are synchronous and take the current time (Clock milliseconds) from the caller, which reads
  * the Clock once per batch of pipelined commands, so the store itself needs no Effect and expiry follows
- * `TestClock` in tests. Expiry works as in Redis: lazily (a key past its deadline is gone the moment it is
- * touched) and actively (`purgeExpired` removes keys past their deadline, a bounded number per call, so a
+ * `TestClock` in tests. Expiry works as in Redis: a key lives until its deadline, that instant included, and
+ * is gone lazily (a key past its deadline is gone the moment it is touched) and actively (`purgeExpired` removes keys past their deadline, a bounded number per call, so a
  * server can run it on a tick without ever pausing long). Deadlines sit in a min-heap; an entry made stale
  * by a new deadline or a removed key is skipped when it surfaces, and the heap is rebuilt once stale entries
  * outnumber live ones, so memory stays proportional to the keys with a deadline.
@@ -57,11 +57,16 @@ export class Store {
     return this.entries.size
   }
 
+  /** Keys with a deadline (INFO's `expires`). */
+  get expiring(): number {
+    return this.withDeadline
+  }
+
   /** The live entry for `key`, removing it first if its deadline has passed. */
   private live(key: string, now: number): Entry | undefined {
     const entry = this.entries.get(key)
     if (entry === undefined) return undefined
-    if (entry.expiresAt !== undefined && entry.expiresAt <= now) {
+    if (entry.expiresAt !== undefined && entry.expiresAt < now) {
       this.remove(key, entry)
       return undefined
     }
@@ -158,10 +163,10 @@ export class Store {
     this.withDeadline = 0
   }
 
-  /** Removes keys whose deadline has passed, at most `maxKeys` of them; returns how many it removed. */
+  /** Removes keys past their deadline (strictly), at most `maxKeys` of them; returns how many it removed. */
   purgeExpired(now: number, maxKeys: number): number {
     let removed = 0
-    while (removed < maxKeys && this.heap.length > 0 && this.heap[0]!.at <= now) {
+    while (removed < maxKeys && this.heap.length > 0 && this.heap[0]!.at < now) {
       const { key, at } = this.pop()
       const entry = this.entries.get(key)
       // Stale: the key is gone or has another deadline since.

@@ -29,7 +29,7 @@ const fastCheck = (seed: number, numRuns = 100) => ({ fastCheck: { numRuns, seed
 type Plain =
   | { readonly _tag: "Simple"; readonly value: string }
   | { readonly _tag: "Error"; readonly message: string }
-  | { readonly _tag: "Integer"; readonly value: number }
+  | { readonly _tag: "Integer"; readonly value: number | bigint }
   | { readonly _tag: "Bulk"; readonly hex: string | null }
   | { readonly _tag: "Array"; readonly items: ReadonlyArray<Plain> | null }
 

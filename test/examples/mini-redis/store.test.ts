@@ -27,7 +27,7 @@ class Model {
 
   live(key: string, now: number): ModelEntry | undefined {
     const entry = this.entries.get(key)
-    return entry === undefined || (entry.expiresAt !== undefined && entry.expiresAt <= now) ? undefined : entry
+    return entry === undefined || (entry.expiresAt !== undefined && entry.expiresAt < now) ? undefined : entry
   }
 
   liveCount(now: number): number {
@@ -320,12 +320,12 @@ describe("Store", () => {
     expect(store.size).toBe(2)
   })
 
-  it("purgeExpired only removes keys whose deadline has passed (a deadline equal to now has)", () => {
+  it("purgeExpired only removes keys past their deadline (a key lives through its deadline, as in Redis)", () => {
     const store = new Store()
     store.set("a", Buffer.from("1"), 0, { expiresAt: 10 })
     store.set("b", Buffer.from("2"), 0, { expiresAt: 11 })
-    expect(store.purgeExpired(9, 10)).toBe(0)
-    expect(store.purgeExpired(10, 10)).toBe(1)
+    expect(store.purgeExpired(10, 10)).toBe(0)
+    expect(store.purgeExpired(11, 10)).toBe(1)
     expect(holds(store, "b")).toBe(true)
   })
 
@@ -344,9 +344,10 @@ describe("Store", () => {
     expect(store.timeToLive("reset", 50)).toBe(10)
     expect(store.timeToLive("cleared", 50)).toBe(-1)
 
-    expect(store.purgeExpired(60, 10)).toBe(1)
+    expect(store.purgeExpired(60, 10)).toBe(0)
+    expect(store.purgeExpired(61, 10)).toBe(1)
     expect(holds(store, "reset")).toBe(false)
-    expect(store.purgeExpired(100, 10)).toBe(1)
+    expect(store.purgeExpired(101, 10)).toBe(1)
     expect(holds(store, "moved")).toBe(false)
     expect(store.get("cleared", 1_000_000)?.toString()).toBe("3b")
   })
@@ -356,8 +357,8 @@ describe("Store", () => {
     store.set("k", Buffer.from("old"), 0, { expiresAt: 10 })
     expect(store.delete(["k"], 0)).toBe(1)
     store.set("k", Buffer.from("new"), 0)
-    expect(store.purgeExpired(10, 10)).toBe(0)
-    expect(store.get("k", 10)?.toString()).toBe("new")
+    expect(store.purgeExpired(11, 10)).toBe(0)
+    expect(store.get("k", 11)?.toString()).toBe("new")
   })
 
   it("expireAt with a deadline already past deletes the key and returns true; on a missing key, false", () => {
@@ -376,7 +377,7 @@ describe("Store", () => {
     expect(store.expireAt("missing", 100, 10)).toBe(false)
     expect(store.expireAt("past", 100, 10)).toBe(false)
     // Past its deadline but not yet purged: gone all the same.
-    expect(store.expireAt("future", 100, 11)).toBe(false)
+    expect(store.expireAt("future", 100, 12)).toBe(false)
     expect(store.size).toBe(0)
   })
 
@@ -441,11 +442,11 @@ describe("Store deadline bookkeeping", () => {
 
     // Key i's latest deadline is 1_000 + 9_990 + i.
     const latest = (index: number) => 10_990 + index
-    expect(store.purgeExpired(latest(0) - 1, Infinity)).toBe(0)
+    expect(store.purgeExpired(latest(0), Infinity)).toBe(0)
     expect(store.size).toBe(keys.length)
     for (const [index, key] of keys.entries()) {
       expect(store.timeToLive(key, 0)).toBe(latest(index))
-      expect(store.purgeExpired(latest(index), Infinity)).toBe(1)
+      expect(store.purgeExpired(latest(index) + 1, Infinity)).toBe(1)
       expect(store.size).toBe(keys.length - index - 1)
     }
     expect(heapLength()).toBe(0)
