@@ -5,3 +5,4 @@
 export { runMain, runToExitCode, type RunMainOptions } from "./runMain.js"
 export * as Signals from "./Signals.js"
 export * as HttpServer from "./HttpServer.js"
+export * as TcpServer from "./TcpServer.js"

@@ -6,11 +6,12 @@
 import { HttpServer, HttpServerError, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Equal, HashSet, Layer, Schedule, Stream } from "effect"
+import { Context, Deferred, Effect, Equal, HashSet, Layer, Stream } from "effect"
 import type { FiberId } from "effect"
 import { Lifecycle } from "keel"
 import { HttpServer as DrainingHttpServer } from "keel/node"
 import * as Http from "node:http"
+import { eventually } from "../../support/eventually.js"
 
 /** Serves `app` on the draining server for the rest of the scope. */
 const serve = <E>(app: HttpApp.Default<E, never>, options: DrainingHttpServer.Options = {}) =>
@@ -31,14 +32,6 @@ const request = (url: string, init: RequestInit = {}) =>
     return { status: response.status, headers: response.headers, body: await response.text() }
   })
 
-/** Retries `check` until it holds, for at most two seconds. */
-const eventually = <A>(read: Effect.Effect<A>, check: (value: A) => boolean) =>
-  read.pipe(
-    Effect.filterOrFail(check),
-    Effect.retry({ schedule: Schedule.spaced("10 millis"), times: 200 }),
-    Effect.timeout("2 seconds"),
-    Effect.orDie
-  )
 
 const encoder = new TextEncoder()
 

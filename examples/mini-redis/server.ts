@@ -1,0 +1,117 @@
+/**
+ * The mini-redis server: a Store shared by every connection, served over Keel's TCP server.
+ *
+ * Each connection reads its bytes into a `RequestReader` and answers every complete command in the chunk
+ * at once, with one write for the batch (pipelining). Time for expiry comes from the Clock, read once per
+ * batch. While a client does not read its replies (the socket's buffer is full) the connection stops reading
+ * commands, so a slow client holds at most one batch of replies. A protocol error is answered with Redis's
+ * `-ERR Protocol error: …` and the connection closed; other connections carry on. When the server drains,
+ * each connection finishes the commands it has read, writes their replies and closes between commands.
+ * Expired keys are also purged in the background, a bounded number per tick.
+ */
+import { Deferred, Duration, Effect, Exit, Schedule } from "effect"
+import type { Scope } from "effect"
+import type { Lifecycle } from "keel"
+import { TcpServer } from "keel/node"
+import * as Commands from "./commands.js"
+import * as Resp from "./resp.js"
+import { Store } from "./store.js"
+
+export interface Options extends TcpServer.Options {
+  readonly limits?: Resp.Limits
+  /** How often expired keys are purged in the background. Default 100 ms. */
+  readonly purgeEvery?: Duration.DurationInput
+  /** Most keys purged per tick. Default 1000. */
+  readonly purgeBatch?: number
+}
+
+export const version = "7.0.0"
+
+/** Serves one connection until the client leaves, sends bad input, or the server drains. */
+const serveConnection = (
+  store: Store,
+  info: () => Commands.ServerInfo,
+  limits: Resp.Limits
+) =>
+(connection: TcpServer.Connection): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const clock = yield* Effect.clock
+    const socket = connection.socket
+    const ended = yield* Deferred.make<void>()
+    const reader = new Resp.RequestReader(limits)
+    const state: Commands.Connection = { id: connection.id, name: undefined, quitting: false }
+    const end = () => Deferred.unsafeDone(ended, Exit.void)
+
+    // Ends the connection once the replies written so far have gone out.
+    const close = () => {
+      if (socket.writableEnded) return
+      socket.end()
+      socket.once("finish", () => socket.destroy())
+    }
+
+    socket.on("data", (chunk: Buffer) => {
+      // Bytes that arrive after the connection was closed are not commands it has read: none is run.
+      if (socket.writableEnded) return
+      reader.push(chunk)
+      const replies: Array<Buffer> = []
+      let closing = false
+      const now = clock.unsafeCurrentTimeMillis()
+      try {
+        for (let args = reader.next(); args !== undefined; args = state.quitting ? undefined : reader.next()) {
+          replies.push(Resp.encode(Commands.execute(args, { store, now, connection: state, info })))
+        }
+      } catch (error) {
+        if (!(error instanceof Resp.ProtocolError)) throw error
+        replies.push(Resp.encode(Resp.error(`ERR ${error.message}`)))
+        closing = true
+      }
+      if (replies.length > 0 && !socket.write(Buffer.concat(replies))) {
+        // The client is not reading: stop reading its commands until it has taken these replies.
+        socket.pause()
+        socket.once("drain", () => socket.resume())
+      }
+      if (closing || state.quitting || connection.isDraining()) close()
+    })
+    socket.on("error", end)
+    socket.on("close", end)
+
+    yield* Effect.raceFirst(
+      Deferred.await(ended),
+      // Between two chunks every command read has been answered: the connection is at a frame boundary.
+      Effect.zipRight(connection.draining, Effect.zipRight(Effect.sync(close), Deferred.await(ended)))
+    )
+  })
+
+/** Starts mini-redis in the current Scope: its TCP server, and the background purge of expired keys. */
+export const make = (
+  options: Options = {}
+): Effect.Effect<TcpServer.TcpServer & { readonly store: Store }, TcpServer.ServeError, Scope.Scope | Lifecycle.Lifecycle> =>
+  Effect.gen(function*() {
+    const store = new Store()
+    const clock = yield* Effect.clock
+    const startedAt = clock.unsafeCurrentTimeMillis()
+    let tcp: TcpServer.TcpServer | undefined
+    let connectedClients = 0
+    const info = (): Commands.ServerInfo => ({
+      version,
+      port: tcp?.address.port ?? 0,
+      uptimeSeconds: Math.floor((clock.unsafeCurrentTimeMillis() - startedAt) / 1000),
+      connectedClients
+    })
+    tcp = yield* TcpServer.serve(
+      { name: "mini-redis", ...options },
+      (connection) =>
+        Effect.acquireUseRelease(
+          Effect.sync(() => connectedClients++),
+          () => serveConnection(store, info, options.limits ?? Resp.defaultLimits)(connection),
+          () => Effect.sync(() => connectedClients--)
+        )
+    )
+    const purgeBatch = options.purgeBatch ?? 1000
+    yield* Effect.sync(() => store.purgeExpired(clock.unsafeCurrentTimeMillis(), purgeBatch)).pipe(
+      Effect.repeat({ schedule: Schedule.spaced(options.purgeEvery ?? "100 millis") }),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
+    return { ...tcp, store }
+  })
