@@ -33,7 +33,7 @@ import { SourceMap } from "node:module"
 import type { SourceMapPayload } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { benchPath, finish, median, ms, perSecond, ratio, section, spawnTs, verdict } from "./lib.js"
+import { benchPath, describeExit, finish, median, perSecond, ratio, section, spawnTs, stopServer, verdict } from "./lib.js"
 import type { Row } from "./lib.js"
 
 const seconds = Number(process.env["BENCH_HTTP_SECONDS"] ?? 5)
@@ -43,7 +43,6 @@ const connections = 50
 const warmUpSeconds = 1
 const targetRatio = 0.5
 const readyTimeoutMs = 30_000
-const killGraceMs = 10_000
 const projectRoot = benchPath("..")
 
 /** A latency with 2 significant digits: 0.87 ms, 3.1 ms, 44 ms, 1200 ms. */
@@ -103,35 +102,6 @@ const startServer = (spec: ServerSpec, nodeFlags: ReadonlyArray<string> = []): P
     })
   })
 
-interface Exit {
-  readonly code: number | null
-  readonly signal: NodeJS.Signals | null
-  /** From SIGTERM to the exit; 0 if it had exited already. */
-  readonly afterMs: number
-}
-
-/** SIGTERM, then SIGKILL if it is still there killGraceMs later; resolves once it has exited. */
-const stopServer = (server: Server): Promise<Exit> =>
-  new Promise((resolve) => {
-    const { child } = server
-    if (child.exitCode !== null || child.signalCode !== null) {
-      return resolve({ code: child.exitCode, signal: child.signalCode, afterMs: 0 })
-    }
-    const killedAt = performance.now()
-    const timer = setTimeout(() => {
-      process.stdout.write(`${server.name} still running ${killGraceMs} ms after SIGTERM: SIGKILL\n`)
-      child.kill("SIGKILL")
-    }, killGraceMs)
-    child.once("exit", (code, signal) => {
-      clearTimeout(timer)
-      resolve({ code, signal, afterMs: performance.now() - killedAt })
-    })
-    child.kill("SIGTERM")
-  })
-
-const describeExit = (exit: Exit): string =>
-  `${exit.signal === null ? `code ${exit.code}` : `signal ${exit.signal}`} ${ms(exit.afterMs)} after SIGTERM`
-
 const listeningLine = /listening on http:\/\/[^\s:]+:(\d+)/
 const portLine = /^port (\d+)$/m
 
@@ -139,7 +109,7 @@ const raw: ServerSpec = { name: "raw node:http", file: "bench/fixtures/raw-http.
 const platform: ServerSpec = { name: "platform HttpRouter", file: "bench/fixtures/platform-http.ts", portLine }
 /**
  * The listening line is logged at Info, so LOG_LEVEL stays at its default; the server logs nothing per request.
- * DRAIN_TIMEOUT bounds its shutdown well within killGraceMs: the profile is only written on a clean exit.
+ * DRAIN_TIMEOUT bounds its shutdown well within the 10 s before SIGKILL: the profile is only written on a clean exit.
  */
 const jobServer: ServerSpec = {
   name: "job server",
@@ -335,7 +305,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
       { benchmark: post, metric: "not accepted, total", value: String(notAccepted), target: "0", met: notAccepted === 0 }
     ]
   } finally {
-    const exits = await Promise.all(servers.map(stopServer))
+    const exits = await Promise.all(servers.map((server) => stopServer(server.name, server.child)))
     console.log(`exits: ${exits.map((exit, index) => `${servers[index]!.name} ${describeExit(exit)}`).join(", ")}`)
   }
 }
@@ -455,7 +425,7 @@ const profileJobServer = async (top = 25): Promise<void> => {
       to = monotonicMicros()
       console.log(`${perSecond(load.requestsPerSecond)}, p50 ${latency(load.p50Ms)}, p99 ${latency(load.p99Ms)} (under the profiler)`)
     } finally {
-      console.log(`job server exit: ${describeExit(await stopServer(server))}`)
+      console.log(`job server exit: ${describeExit(await stopServer(server.name, server.child))}`)
     }
     // One profile per thread (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile): the main thread is 0.
     const files = (await readdir(directory)).filter((file) => file.endsWith(".cpuprofile"))

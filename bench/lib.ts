@@ -94,3 +94,31 @@ export const runChild = (file: string, nodeFlags: ReadonlyArray<string> = []): P
     child.on("error", reject)
     child.on("close", (code) => resolve({ rows, code }))
   })
+
+export interface Exit {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+  /** From SIGTERM to the exit; 0 if it had exited already. */
+  readonly afterMs: number
+}
+
+/** SIGTERM, then SIGKILL if the server is still there `graceMs` later; resolves once it has exited. */
+export const stopServer = (name: string, child: ChildProcess, graceMs = 10_000): Promise<Exit> =>
+  new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      return resolve({ code: child.exitCode, signal: child.signalCode, afterMs: 0 })
+    }
+    const killedAt = performance.now()
+    const timer = setTimeout(() => {
+      process.stdout.write(`${name} still running ${graceMs} ms after SIGTERM: SIGKILL\n`)
+      child.kill("SIGKILL")
+    }, graceMs)
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer)
+      resolve({ code, signal, afterMs: performance.now() - killedAt })
+    })
+    child.kill("SIGTERM")
+  })
+
+export const describeExit = (exit: Exit): string =>
+  `${exit.signal === null ? `code ${exit.code}` : `signal ${exit.signal}`} ${ms(exit.afterMs)} after SIGTERM`

@@ -11,7 +11,8 @@ const benchmarks = [
   { file: "memory.ts", nodeFlags: ["--expose-gc"] },
   { file: "shutdown-latency.ts", nodeFlags: [] },
   { file: "middleware.ts", nodeFlags: ["--expose-gc"] },
-  { file: "http.ts", nodeFlags: [] }
+  { file: "http.ts", nodeFlags: [] },
+  { file: "mini-redis.ts", nodeFlags: [] }
 ]
 
 const startedAt = performance.now()

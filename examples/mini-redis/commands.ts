@@ -3,9 +3,12 @@
  * error wording, so that redis-cli, redis-benchmark and client libraries see what they see from Redis.
  *
  * Execution is synchronous over the Store and the time the connection read from the Clock for its batch;
- * what a command needs of its connection (its name, whether it asked to quit) is in `Connection`. Pub/sub
- * commands change what a connection may send and are handled by the connection itself.
+ * what a command needs of its connection (its name, whether it asked to quit, its subscriptions) is in
+ * `Connection`. A connection with subscriptions may only (un)subscribe, PING and QUIT, as in Redis; each
+ * channel of a SUBSCRIBE is answered with a reply of its own, so a command answers with one or more frames.
  */
+import { Broker } from "./pubsub.js"
+import type { Subscriber } from "./pubsub.js"
 import * as Resp from "./resp.js"
 import type { Frame } from "./resp.js"
 import { Store } from "./store.js"
@@ -17,10 +20,12 @@ export interface Connection {
   name: Buffer | undefined
   /** Set by QUIT: the connection closes once this reply is written. */
   quitting: boolean
+  readonly subscriber: Subscriber
 }
 
 export interface Context {
   readonly store: Store
+  readonly broker: Broker
   /** Clock milliseconds for this batch of commands. */
   readonly now: number
   readonly connection: Connection
@@ -35,11 +40,48 @@ export interface ServerInfo {
   readonly connectedClients: number
 }
 
+/** What a command answers: one frame, or several in a row (SUBSCRIBE answers each channel). */
+export type Reply = Frame | ReadonlyArray<Frame>
+
+/** The bytes of a reply. */
+export const encodeReply = (reply: Reply): Buffer =>
+  Array.isArray(reply) ? Buffer.concat((reply as ReadonlyArray<Frame>).map(Resp.encode)) : Resp.encode(reply as Frame)
+
 interface Command {
   /** Redis's arity: n exactly n arguments (name included), -n at least n. */
   readonly arity: number
-  readonly run: (args: ReadonlyArray<Buffer>, context: Context) => Frame
+  readonly run: (args: ReadonlyArray<Buffer>, context: Context) => Reply
 }
+
+/** SUBSCRIBE / PSUBSCRIBE: one reply per channel, with the connection's subscription count after it. */
+const subscribing = (kind: "subscribe" | "psubscribe"): Command => ({
+  arity: -2,
+  run: (args, { broker, connection }) =>
+    args.slice(1).map((name) => {
+      if (kind === "subscribe") broker.subscribe(connection.subscriber, name)
+      else broker.psubscribe(connection.subscriber, name)
+      return Resp.array([Resp.bulk(kind), Resp.bulk(name), Resp.integer(Broker.count(connection.subscriber))])
+    })
+})
+
+/** UNSUBSCRIBE / PUNSUBSCRIBE: the named ones, or all; with none to leave, one reply naming nil. */
+const unsubscribing = (kind: "unsubscribe" | "punsubscribe"): Command => ({
+  arity: -1,
+  run: (args, { broker, connection }) => {
+    const subscriber = connection.subscriber
+    const own = kind === "unsubscribe" ? subscriber.channels : subscriber.patterns
+    const names = args.length > 1 ? args.slice(1) : [...own].map((name) => Buffer.from(name, "latin1"))
+    if (names.length === 0) return Resp.array([Resp.bulk(kind), Resp.nil, Resp.integer(Broker.count(subscriber))])
+    return names.map((name) => {
+      if (kind === "unsubscribe") broker.unsubscribe(subscriber, name)
+      else broker.punsubscribe(subscriber, name)
+      return Resp.array([Resp.bulk(kind), Resp.bulk(name), Resp.integer(Broker.count(subscriber))])
+    })
+  }
+})
+
+/** What a subscribed connection may still send. */
+const allowedWhileSubscribed = new Set(["subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ping", "quit", "reset"])
 
 const syntaxError = Resp.error("ERR syntax error")
 const notInteger = Resp.error("ERR value is not an integer or out of range")
@@ -179,12 +221,26 @@ const setName = (connection: Connection, name: Buffer): Frame | undefined => {
 const commands: Record<string, Command> = {
   ping: {
     arity: -1,
-    run: (args) =>
-      args.length > 2
-        ? Resp.error("ERR wrong number of arguments for 'ping' command")
-        : args.length === 2
-        ? Resp.bulk(args[1]!)
-        : Resp.simple("PONG")
+    run: (args, { connection }) => {
+      if (args.length > 2) return Resp.error("ERR wrong number of arguments for 'ping' command")
+      // A subscribed connection gets PING's answer in the shape of a message, as in Redis.
+      if (Broker.count(connection.subscriber) > 0) return Resp.array([Resp.bulk("pong"), Resp.bulk(args[1] ?? "")])
+      return args.length === 2 ? Resp.bulk(args[1]!) : Resp.simple("PONG")
+    }
+  },
+  subscribe: subscribing("subscribe"),
+  psubscribe: subscribing("psubscribe"),
+  unsubscribe: unsubscribing("unsubscribe"),
+  punsubscribe: unsubscribing("punsubscribe"),
+  publish: { arity: 3, run: (args, { broker }) => Resp.integer(broker.publish(args[1]!, args[2]!)) },
+  reset: {
+    arity: 1,
+    // Back to a fresh connection: no subscriptions, no name.
+    run: (_, { broker, connection }) => {
+      broker.remove(connection.subscriber)
+      connection.name = undefined
+      return Resp.simple("RESET")
+    }
   },
   echo: { arity: 2, run: (args) => Resp.bulk(args[1]!) },
   get: { arity: 2, run: (args, { store, now }) => Resp.bulk(store.get(key(args[1]!), now) ?? null) },
@@ -311,10 +367,15 @@ const unknownCommand = (args: ReadonlyArray<Buffer>): Frame => {
 }
 
 /** Runs one command (`args[0]` is its name, any case). */
-export const execute = (args: ReadonlyArray<Buffer>, context: Context): Frame => {
+export const execute = (args: ReadonlyArray<Buffer>, context: Context): Reply => {
   const name = text(args[0]!).toLowerCase()
   const command = Object.prototype.hasOwnProperty.call(commands, name) ? commands[name]! : undefined
   if (command === undefined) return unknownCommand(args)
+  if (Broker.count(context.connection.subscriber) > 0 && !allowedWhileSubscribed.has(name)) {
+    return Resp.error(
+      `ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`
+    )
+  }
   if (command.arity > 0 ? args.length !== command.arity : args.length < -command.arity) {
     return Resp.error(`ERR wrong number of arguments for '${name}' command`)
   }

@@ -7,18 +7,26 @@
  * commands, so a slow client holds at most one batch of replies. A protocol error is answered with Redis's
  * `-ERR Protocol error: …` and the connection closed; other connections carry on. When the server drains,
  * each connection finishes the commands it has read, writes their replies and closes between commands.
- * Expired keys are also purged in the background, a bounded number per tick.
+ * Expired keys are also purged in the background, a bounded number per tick. Published messages are written
+ * to each subscriber at once; one that leaves more than `subscriberOutputLimit` unread is disconnected.
  */
 import { Deferred, Duration, Effect, Exit, Schedule } from "effect"
 import type { Scope } from "effect"
 import type { Lifecycle } from "keel"
 import { TcpServer } from "keel/node"
 import * as Commands from "./commands.js"
+import { Broker } from "./pubsub.js"
+import type { Subscriber } from "./pubsub.js"
 import * as Resp from "./resp.js"
 import { Store } from "./store.js"
 
 export interface Options extends TcpServer.Options {
   readonly limits?: Resp.Limits
+  /**
+   * Bytes of messages a subscriber may leave unread before it is disconnected (Redis's
+   * client-output-buffer-limit for pubsub, hard limit). Default 32 MiB.
+   */
+  readonly subscriberOutputLimit?: number
   /** How often expired keys are purged in the background. Default 100 ms. */
   readonly purgeEvery?: Duration.DurationInput
   /** Most keys purged per tick. Default 1000. */
@@ -30,8 +38,10 @@ export const version = "7.0.0"
 /** Serves one connection until the client leaves, sends bad input, or the server drains. */
 const serveConnection = (
   store: Store,
+  broker: Broker,
   info: () => Commands.ServerInfo,
-  limits: Resp.Limits
+  limits: Resp.Limits,
+  subscriberOutputLimit: number
 ) =>
 (connection: TcpServer.Connection): Effect.Effect<void> =>
   Effect.gen(function*() {
@@ -39,8 +49,20 @@ const serveConnection = (
     const socket = connection.socket
     const ended = yield* Deferred.make<void>()
     const reader = new Resp.RequestReader(limits)
-    const state: Commands.Connection = { id: connection.id, name: undefined, quitting: false }
-    const end = () => Deferred.unsafeDone(ended, Exit.void)
+    const subscriber: Subscriber = {
+      channels: new Set(),
+      patterns: new Set(),
+      deliver: (message) => {
+        // A subscriber that leaves this much unread is cut off, as Redis does.
+        if (socket.writableLength + message.length > subscriberOutputLimit) return void socket.destroy()
+        socket.write(message)
+      }
+    }
+    const state: Commands.Connection = { id: connection.id, name: undefined, quitting: false, subscriber }
+    const end = () => {
+      broker.remove(subscriber)
+      Deferred.unsafeDone(ended, Exit.void)
+    }
 
     // Ends the connection once the replies written so far have gone out.
     const close = () => {
@@ -58,7 +80,7 @@ const serveConnection = (
       const now = clock.unsafeCurrentTimeMillis()
       try {
         for (let args = reader.next(); args !== undefined; args = state.quitting ? undefined : reader.next()) {
-          replies.push(Resp.encode(Commands.execute(args, { store, now, connection: state, info })))
+          replies.push(Commands.encodeReply(Commands.execute(args, { store, broker, now, connection: state, info })))
         }
       } catch (error) {
         if (!(error instanceof Resp.ProtocolError)) throw error
@@ -88,6 +110,7 @@ export const make = (
 ): Effect.Effect<TcpServer.TcpServer & { readonly store: Store }, TcpServer.ServeError, Scope.Scope | Lifecycle.Lifecycle> =>
   Effect.gen(function*() {
     const store = new Store()
+    const broker = new Broker()
     const clock = yield* Effect.clock
     const startedAt = clock.unsafeCurrentTimeMillis()
     let tcp: TcpServer.TcpServer | undefined
@@ -103,7 +126,14 @@ export const make = (
       (connection) =>
         Effect.acquireUseRelease(
           Effect.sync(() => connectedClients++),
-          () => serveConnection(store, info, options.limits ?? Resp.defaultLimits)(connection),
+          () =>
+            serveConnection(
+              store,
+              broker,
+              info,
+              options.limits ?? Resp.defaultLimits,
+              options.subscriberOutputLimit ?? 32 * 1024 * 1024
+            )(connection),
           () => Effect.sync(() => connectedClients--)
         )
     )

@@ -6,7 +6,8 @@
  * INFO and COMMAND.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { type Connection, execute, type ServerInfo } from "../../../examples/mini-redis/commands.js"
+import { type Connection, encodeReply, execute, type ServerInfo } from "../../../examples/mini-redis/commands.js"
+import { Broker } from "../../../examples/mini-redis/pubsub.js"
 import * as Resp from "../../../examples/mini-redis/resp.js"
 import type { Frame } from "../../../examples/mini-redis/resp.js"
 import { Store } from "../../../examples/mini-redis/store.js"
@@ -21,11 +22,18 @@ const start = 1_700_000_000_000
 
 /** A fresh store and connection, with a clock that moves only when told. */
 const session = () => {
-  const connection: Connection = { id: 1, name: undefined, quitting: false }
-  const context = { store: new Store(), now: start, connection, info: () => serverInfo }
-  const run = (...args: Array<string>): Frame => execute(args.map((arg) => Buffer.from(arg, "latin1")), context)
+  const connection: Connection = {
+    id: 1,
+    name: undefined,
+    quitting: false,
+    subscriber: { channels: new Set(), patterns: new Set(), deliver: () => {} }
+  }
+  const context = { store: new Store(), broker: new Broker(), now: start, connection, info: () => serverInfo }
+  const answer = (...args: Array<string>) => execute(args.map((arg) => Buffer.from(arg, "latin1")), context)
+  /** The reply to a command answered with one frame. */
+  const run = (...args: Array<string>): Frame => answer(...args) as Frame
   /** The reply to one command, as the bytes Redis would write (read as latin1). */
-  const reply = (...args: Array<string>): string => wire(run(...args))
+  const reply = (...args: Array<string>): string => encodeReply(answer(...args)).toString("latin1")
   const advance = (ms: number) => {
     context.now += ms
   }
@@ -589,5 +597,18 @@ describe("Redis 7's finer points", () => {
     expect(wire(hello)).toContain("$2\r\nid\r\n:1\r\n")
     expect(connection.name?.toString()).toBe("worker")
     expect(reply("INFO", "foo")).toBe("$0\r\n\r\n")
+  })
+})
+
+describe("RESET", () => {
+  it("leaves subscribed mode and forgets the name", () => {
+    const { reply, connection } = session()
+    expect(reply("CLIENT", "SETNAME", "worker")).toBe(ok)
+    expect(reply("SUBSCRIBE", "a")).toBe("*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
+    expect(reply("GET", "k")).toMatch(/^-ERR Can't execute 'get'/)
+    expect(reply("RESET")).toBe("+RESET\r\n")
+    expect(reply("GET", "k")).toBe(nil)
+    expect(connection.name).toBeUndefined()
+    expect(connection.subscriber.channels.size).toBe(0)
   })
 })
