@@ -43,9 +43,18 @@ export interface ServerInfo {
 /** What a command answers: one frame, or several in a row (SUBSCRIBE answers each channel). */
 export type Reply = Frame | ReadonlyArray<Frame>
 
+/** Appends a reply to a connection's batch. */
+export const writeReply = (writer: Resp.Writer, reply: Reply): void => {
+  if (Array.isArray(reply)) for (const frame of reply as ReadonlyArray<Frame>) writer.frame(frame)
+  else writer.frame(reply as Frame)
+}
+
 /** The bytes of a reply. */
-export const encodeReply = (reply: Reply): Buffer =>
-  Array.isArray(reply) ? Buffer.concat((reply as ReadonlyArray<Frame>).map(Resp.encode)) : Resp.encode(reply as Frame)
+export const encodeReply = (reply: Reply): Buffer => {
+  const writer = new Resp.Writer()
+  writeReply(writer, reply)
+  return writer.take()
+}
 
 interface Command {
   /** Redis's arity: n exactly n arguments (name included), -n at least n. */

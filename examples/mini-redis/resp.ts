@@ -56,38 +56,81 @@ export const defaultLimits: Limits = {
 
 const CR = 13
 const LF = 10
-const crlf = Buffer.from("\r\n")
 
 // ---------------------------------------------------------------------------------------------------------
 // Encoding
 
-const writeFrame = (frame: Frame, out: Array<Buffer>): void => {
-  switch (frame._tag) {
-    case "Simple":
-      out.push(Buffer.from(`+${frame.value}\r\n`))
-      return
-    case "Error":
-      out.push(Buffer.from(`-${frame.message}\r\n`))
-      return
-    case "Integer":
-      out.push(Buffer.from(`:${frame.value}\r\n`))
-      return
-    case "Bulk":
-      if (frame.value === null) return void out.push(Buffer.from("$-1\r\n"))
-      out.push(Buffer.from(`$${frame.value.length}\r\n`), frame.value, crlf)
-      return
-    case "Array":
-      if (frame.items === null) return void out.push(Buffer.from("*-1\r\n"))
-      out.push(Buffer.from(`*${frame.items.length}\r\n`))
-      for (const item of frame.items) writeFrame(item, out)
+/**
+ * Encodes frames into one growing buffer: a batch of replies becomes a single write, with no intermediate
+ * buffer per header or per reply.
+ */
+export class Writer {
+  private buffer = Buffer.allocUnsafe(4096)
+  private length = 0
+
+  /** Bytes written since the last `take`. */
+  get size(): number {
+    return this.length
+  }
+
+  private room(bytes: number): void {
+    if (this.length + bytes <= this.buffer.length) return
+    const grown = Buffer.allocUnsafe(Math.max(2 * this.buffer.length, this.length + bytes))
+    this.buffer.copy(grown, 0, 0, this.length)
+    this.buffer = grown
+  }
+
+  private text(value: string, encoding: "latin1" | "utf8"): void {
+    this.room(encoding === "latin1" ? value.length : Buffer.byteLength(value, "utf8"))
+    this.length += this.buffer.write(value, this.length, encoding)
+  }
+
+  private bytes(value: Buffer): void {
+    this.room(value.length)
+    this.length += value.copy(this.buffer, this.length)
+  }
+
+  frame(frame: Frame): void {
+    switch (frame._tag) {
+      case "Simple":
+        this.text("+", "latin1")
+        this.text(frame.value, "utf8")
+        this.text("\r\n", "latin1")
+        return
+      case "Error":
+        this.text("-", "latin1")
+        this.text(frame.message, "utf8")
+        this.text("\r\n", "latin1")
+        return
+      case "Integer":
+        this.text(`:${frame.value}\r\n`, "latin1")
+        return
+      case "Bulk":
+        if (frame.value === null) return this.text("$-1\r\n", "latin1")
+        this.text(`$${frame.value.length}\r\n`, "latin1")
+        this.bytes(frame.value)
+        this.text("\r\n", "latin1")
+        return
+      case "Array":
+        if (frame.items === null) return this.text("*-1\r\n", "latin1")
+        this.text(`*${frame.items.length}\r\n`, "latin1")
+        for (const item of frame.items) this.frame(item)
+    }
+  }
+
+  /** Everything written so far, as a buffer of its own; the writer starts empty again. */
+  take(): Buffer {
+    const written = Buffer.from(this.buffer.subarray(0, this.length))
+    this.length = 0
+    return written
   }
 }
 
 /** The bytes of one frame. */
 export const encode = (frame: Frame): Buffer => {
-  const out: Array<Buffer> = []
-  writeFrame(frame, out)
-  return Buffer.concat(out)
+  const writer = new Writer()
+  writer.frame(frame)
+  return writer.take()
 }
 
 /** A command as a client library sends it: an array of bulk strings. */

@@ -71,23 +71,23 @@ const serveConnection = (
       socket.once("finish", () => socket.destroy())
     }
 
+    const replies = new Resp.Writer()
     socket.on("data", (chunk: Buffer) => {
       // Bytes that arrive after the connection was closed are not commands it has read: none is run.
       if (socket.writableEnded) return
       reader.push(chunk)
-      const replies: Array<Buffer> = []
       let closing = false
-      const now = clock.unsafeCurrentTimeMillis()
+      const context: Commands.Context = { store, broker, now: clock.unsafeCurrentTimeMillis(), connection: state, info }
       try {
         for (let args = reader.next(); args !== undefined; args = state.quitting ? undefined : reader.next()) {
-          replies.push(Commands.encodeReply(Commands.execute(args, { store, broker, now, connection: state, info })))
+          Commands.writeReply(replies, Commands.execute(args, context))
         }
       } catch (error) {
         if (!(error instanceof Resp.ProtocolError)) throw error
-        replies.push(Resp.encode(Resp.error(`ERR ${error.message}`)))
+        replies.frame(Resp.error(`ERR ${error.message}`))
         closing = true
       }
-      if (replies.length > 0 && !socket.write(Buffer.concat(replies))) {
+      if (replies.size > 0 && !socket.write(replies.take())) {
         // The client is not reading: stop reading its commands until it has taken these replies.
         socket.pause()
         socket.once("drain", () => socket.resume())
