@@ -209,10 +209,10 @@ const infoText = (info: ServerInfo, store: Store, section: string | undefined): 
   const clients = ["# Clients", `connected_clients:${info.connectedClients}`]
   const persistence = ["# Persistence", "loading:0"]
   const keyspace = ["# Keyspace", ...(store.size > 0 ? [`db0:keys=${store.size},expires=${store.expiring},avg_ttl=0`] : [])]
-  const sections: Record<string, Array<string>> = { server, clients, persistence, keyspace }
+  const sections = new Map<string, Array<string>>([["server", server], ["clients", clients], ["persistence", persistence], ["keyspace", keyspace]])
   const chosen = section === undefined || section === "all" || section === "default" || section === "everything"
-    ? Object.values(sections)
-    : [sections[section] ?? []]
+    ? [...sections.values()]
+    : [sections.get(section) ?? []]
   const present = chosen.filter((lines) => lines.length > 0)
   return present.length === 0 ? "" : present.map((lines) => lines.join("\r\n")).join("\r\n\r\n") + "\r\n"
 }
@@ -306,11 +306,11 @@ const commands: Record<string, Command> = {
     arity: -2,
     run: (args, { connection }) => {
       const sub = text(args[1]!).toLowerCase()
-      const arity: Record<string, number> = { setname: 3, getname: 2, setinfo: 4 }
-      if (arity[sub] === undefined) {
+      const arity = new Map([["setname", 3], ["getname", 2], ["setinfo", 4]]).get(sub)
+      if (arity === undefined) {
         return Resp.error(`ERR unknown subcommand '${text(args[1]!)}'. Try CLIENT HELP.`)
       }
-      if (args.length !== arity[sub]) return Resp.error(`ERR wrong number of arguments for 'client|${sub}' command`)
+      if (args.length !== arity) return Resp.error(`ERR wrong number of arguments for 'client|${sub}' command`)
       if (sub === "getname") return Resp.bulk(connection.name ?? null)
       if (sub === "setname") {
         const name = setName(connection, args[2]!)

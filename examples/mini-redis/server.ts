@@ -5,12 +5,13 @@
  * at once, with one write for the batch (pipelining). Time for expiry comes from the Clock, read once per
  * batch. While a client does not read its replies (the socket's buffer is full) the connection stops reading
  * commands, so a slow client holds at most one batch of replies. A protocol error is answered with Redis's
- * `-ERR Protocol error: …` and the connection closed; other connections carry on. When the server drains,
+ * `-ERR Protocol error: …` and the connection closed; other connections carry on, as they do when a command
+ * itself fails with a defect (logged, answered `-ERR internal error`, that connection closed). When the server drains,
  * each connection finishes the commands it has read, writes their replies and closes between commands.
  * Expired keys are also purged in the background, a bounded number per tick. Published messages are written
  * to each subscriber at once; one that leaves more than `subscriberOutputLimit` unread is disconnected.
  */
-import { Deferred, Duration, Effect, Exit, Schedule } from "effect"
+import { Deferred, Duration, Effect, Exit, Runtime, Schedule } from "effect"
 import type { Scope } from "effect"
 import type { Lifecycle } from "keel"
 import { TcpServer } from "keel/node"
@@ -46,6 +47,7 @@ const serveConnection = (
 (connection: TcpServer.Connection): Effect.Effect<void> =>
   Effect.gen(function*() {
     const clock = yield* Effect.clock
+    const runtime = yield* Effect.runtime<never>()
     const socket = connection.socket
     const ended = yield* Deferred.make<void>()
     const reader = new Resp.RequestReader(limits)
@@ -83,8 +85,13 @@ const serveConnection = (
           Commands.writeReply(replies, Commands.execute(args, context))
         }
       } catch (error) {
-        if (!(error instanceof Resp.ProtocolError)) throw error
-        replies.frame(Resp.error(`ERR ${error.message}`))
+        if (error instanceof Resp.ProtocolError) {
+          replies.frame(Resp.error(`ERR ${error.message}`))
+        } else {
+          // A defect in a command: this connection gets an error and is closed; the server carries on.
+          Runtime.runFork(runtime)(Effect.logError(`mini-redis: connection ${connection.id}: command failed`, error))
+          replies.frame(Resp.error("ERR internal error"))
+        }
         closing = true
       }
       if (replies.size > 0 && !socket.write(replies.take())) {

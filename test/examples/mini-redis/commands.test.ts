@@ -612,3 +612,12 @@ describe("RESET", () => {
     expect(connection.subscriber.channels.size).toBe(0)
   })
 })
+
+describe("names that are also JavaScript's", () => {
+  it("INFO constructor is an unknown section and CLIENT constructor an unknown subcommand", () => {
+    const { reply } = session()
+    expect(reply("INFO", "constructor")).toBe("$0\r\n\r\n")
+    expect(reply("INFO", "__proto__")).toBe("$0\r\n\r\n")
+    expect(reply("CLIENT", "constructor")).toBe("-ERR unknown subcommand 'constructor'. Try CLIENT HELP.\r\n")
+  })
+})
