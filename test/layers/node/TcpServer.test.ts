@@ -150,6 +150,22 @@ describe("TcpServer", () => {
       yield* roundTrip(third, " and more")
     }))
 
+  it.scopedLive("with the default cap of 250 the 251st client waits until one of the first 250 leaves", () =>
+    Effect.gen(function*() {
+      const { server } = yield* start({}, drainingEcho)
+      const port = server.address.port
+      const first = yield* Effect.forEach(Array.from({ length: 250 }), () => connect(port), { concurrency: 25 })
+      yield* eventually(server.stats, (stats) => stats.connections === 250)
+      const last = yield* connect(port)
+      last.socket.write("251st")
+      yield* eventually(server.stats, (stats) => stats.pending === 1)
+      yield* Effect.sleep("200 millis")
+      expect(last.received()).toBe("")
+      first[0]!.socket.end()
+      yield* eventually(Effect.sync(last.received), (received) => received === "251st")
+      expect(yield* server.stats).toMatchObject({ connections: 250, pending: 0, refused: 0 })
+    }))
+
   it.scopedLive("a waiting client that gives up leaves the queue and never takes a slot", () =>
     Effect.gen(function*() {
       const { server } = yield* start({ maxConnections: 1 }, drainingEcho)
