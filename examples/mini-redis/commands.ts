@@ -169,16 +169,17 @@ const set: Command = {
   }
 }
 
+const expireOptions = new Set(["NX", "XX", "GT", "LT"])
+
 /** EXPIRE / PEXPIRE key amount [NX | XX | GT | LT]. */
 const expire = (name: "expire" | "pexpire", unitMillis: bigint): Command => ({
   arity: -3,
   run: (args, { store, now }) => {
     const amount = int64Arg(args[2]!)
     if (amount === undefined) return notInteger
+    const unsupported = args.slice(3).find((arg) => !expireOptions.has(text(arg).toUpperCase()))
+    if (unsupported !== undefined) return Resp.error(`ERR Unsupported option ${text(unsupported)}`)
     const options = new Set(args.slice(3).map((arg) => text(arg).toUpperCase()))
-    if ([...options].some((option) => !["NX", "XX", "GT", "LT"].includes(option))) {
-      return Resp.error(`ERR Unsupported option ${text(args[3 + [...options].findIndex((option) => !["NX", "XX", "GT", "LT"].includes(option))]!)}`)
-    }
     if ((options.has("NX") && options.size > 1) || (options.has("GT") && options.has("LT"))) {
       return Resp.error("ERR NX and XX, GT or LT options at the same time are not compatible")
     }
@@ -216,6 +217,9 @@ const infoText = (info: ServerInfo, store: Store, section: string | undefined): 
   const present = chosen.filter((lines) => lines.length > 0)
   return present.length === 0 ? "" : present.map((lines) => lines.join("\r\n")).join("\r\n\r\n") + "\r\n"
 }
+
+/** Arguments of each CLIENT subcommand, name and subcommand included. */
+const clientArity = new Map([["setname", 3], ["getname", 2], ["setinfo", 4]])
 
 /** Redis accepts names and client attributes made of printable ASCII without spaces (`!` to `~`). */
 const printable = (value: Buffer) => value.every((byte) => byte >= 0x21 && byte <= 0x7e)
@@ -306,7 +310,7 @@ const commands: Record<string, Command> = {
     arity: -2,
     run: (args, { connection }) => {
       const sub = text(args[1]!).toLowerCase()
-      const arity = new Map([["setname", 3], ["getname", 2], ["setinfo", 4]]).get(sub)
+      const arity = clientArity.get(sub)
       if (arity === undefined) {
         return Resp.error(`ERR unknown subcommand '${text(args[1]!)}'. Try CLIENT HELP.`)
       }

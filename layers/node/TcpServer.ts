@@ -94,6 +94,7 @@ export const serve = (
     let served = 0
     let refused = 0
     let acceptErrors = 0
+    let consecutiveAcceptErrors = 0
     let accepting = true
     const draining = yield* Deferred.make<void>()
     const allEnded = yield* Deferred.make<void>()
@@ -157,6 +158,8 @@ export const serve = (
     })
 
     const port = options.port ?? 0
+    // The port actually bound, once listening: a listener started again after an accept failure reuses it.
+    let boundPort: number | undefined
     const listen = (onListening: () => void, onError: (error: Error) => void) => {
       server.once("error", onError)
       server.listen({ port: boundPort ?? port, host }, () => {
@@ -164,7 +167,6 @@ export const serve = (
         onListening()
       })
     }
-    let boundPort: number | undefined
     yield* Effect.async<void, ServeError>((resume) =>
       listen(
         () => resume(Effect.void),
@@ -176,16 +178,14 @@ export const serve = (
     const address = { host, port: boundPort }
 
     // Accept failures: stop listening for a while, then listen again on the same port.
-    let consecutiveAcceptErrors = 0
     const acceptPolicy = options.acceptBackoff ?? defaultAcceptBackoff
     const pauseAccepting = (error: Error) =>
       Effect.gen(function*() {
         acceptErrors++
         consecutiveAcceptErrors++
-        const [delay] = yield* Backoff.delays(acceptPolicy, consecutiveAcceptErrors).pipe(
-          Effect.map((delays) => delays.slice(-1))
-        )
-        const wait = delay ?? Duration.decode(acceptPolicy.max)
+        // The policy's delay for this many failures in a row (its cap once it would stop).
+        const delays = yield* Backoff.delays(acceptPolicy, consecutiveAcceptErrors)
+        const wait = delays.at(-1) ?? Duration.decode(acceptPolicy.max)
         yield* Effect.logWarning(`${name}: accept failed (${error.message}); listening again in ${Duration.format(wait)}`)
         yield* Effect.sync(() => Net.Server.prototype.close.call(server))
         yield* Effect.sleep(wait)
