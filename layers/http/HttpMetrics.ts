@@ -7,7 +7,7 @@
  */
 import { HttpServerError, HttpServerRequest } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Clock, Context, Effect, Exit, Metric, MetricBoundaries, MetricLabel } from "effect"
+import { Clock, Context, Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
 
 export const requests = Metric.counter("keel_http_requests_total", {
   description: "HTTP requests answered, by route, method and status",
@@ -25,15 +25,22 @@ export const measured = (route: string) => {
   // One label array per series, made once: the registry caches a series' hook by the array's identity,
   // where tagging the metric on every request would build a new key each time.
   const routeLabels = [MetricLabel.make("route", route)]
-  const requestLabels = new Map<string, Array<MetricLabel.MetricLabel>>()
-  const record = (method: string, status: number, startedNanos: bigint, clock: Clock.Clock) => {
-    const key = `${method} ${status}`
-    let labels = requestLabels.get(key)
+  const requestLabels = new Map<string, Map<number, Array<MetricLabel.MetricLabel>>>()
+  const labelsOf = (method: string, status: number) => {
+    let byStatus = requestLabels.get(method)
+    if (byStatus === undefined) {
+      byStatus = new Map()
+      requestLabels.set(method, byStatus)
+    }
+    let labels = byStatus.get(status)
     if (labels === undefined) {
       labels = [...routeLabels, MetricLabel.make("method", method), MetricLabel.make("status", String(status))]
-      requestLabels.set(key, labels)
+      byStatus.set(status, labels)
     }
-    requests.unsafeUpdate(1, labels)
+    return labels
+  }
+  const record = (method: string, status: number, startedNanos: bigint, clock: Clock.Clock) => {
+    requests.unsafeUpdate(1, labelsOf(method, status))
     duration.unsafeUpdate(Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e9, routeLabels)
   }
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
@@ -41,16 +48,17 @@ export const measured = (route: string) => {
       const method = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest).method
       const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
       const startedNanos = clock.unsafeCurrentTimeNanos()
-      return Effect.flatMap(Effect.exit(app), (exit) => {
-        if (Exit.isSuccess(exit)) {
-          record(method, exit.value.status, startedNanos, clock)
-          return exit
-        }
-        // The status the server will answer this failure with.
-        return Effect.flatMap(HttpServerError.causeResponse(exit.cause), ([response]) => {
+      return Effect.matchCauseEffect(app, {
+        onSuccess: (response) => {
           record(method, response.status, startedNanos, clock)
-          return exit
-        })
+          return Effect.succeed(response)
+        },
+        // The status the server will answer this failure with.
+        onFailure: (cause) =>
+          Effect.flatMap(HttpServerError.causeResponse(cause), ([response]) => {
+            record(method, response.status, startedNanos, clock)
+            return Effect.failCause(cause)
+          })
       })
     })
 }
