@@ -160,7 +160,7 @@ const set: Command = {
     const name = key(args[1]!)
     const previous = get ? store.get(name, now) : undefined
     const remaining = keepTtl ? store.timeToLive(name, now) : -1
-    const written = store.set(name, args[2]!, now, {
+    const written = store.set(name, Resp.detach(args[2]!), now, {
       ...(expiresAt !== undefined ? { expiresAt } : remaining >= 0 ? { expiresAt: now + remaining } : {}),
       ...(condition !== undefined ? { condition } : {})
     })
@@ -380,8 +380,18 @@ const unknownCommand = (args: ReadonlyArray<Buffer>): Frame => {
 }
 
 /** Runs one command (`args[0]` is its name, any case). */
+/** Names as clients send them (`SET`, `set`) to the lower-case name, so the usual spellings make no new string. */
+const spellings = new Map<string, string>()
+const commandName = (sent: string): string => {
+  const known = spellings.get(sent)
+  if (known !== undefined) return known
+  const name = sent.toLowerCase()
+  if (spellings.size < 1024 && Object.prototype.hasOwnProperty.call(commands, name)) spellings.set(sent, name)
+  return name
+}
+
 export const execute = (args: ReadonlyArray<Buffer>, context: Context): Reply => {
-  const name = text(args[0]!).toLowerCase()
+  const name = commandName(text(args[0]!))
   const command = Object.prototype.hasOwnProperty.call(commands, name) ? commands[name]! : undefined
   if (command === undefined) return unknownCommand(args)
   if (Broker.count(context.connection.subscriber) > 0 && !allowedWhileSubscribed.has(name)) {

@@ -90,30 +90,36 @@ export class Writer {
     this.length += value.copy(this.buffer, this.length)
   }
 
+  /** A type byte, `text` and CRLF. */
+  private line(type: number, text: string, encoding: "latin1" | "utf8"): void {
+    this.room(1)
+    this.buffer[this.length++] = type
+    this.text(text, encoding)
+    this.crlf()
+  }
+
+  private crlf(): void {
+    this.room(2)
+    this.buffer[this.length++] = CR
+    this.buffer[this.length++] = LF
+  }
+
   frame(frame: Frame): void {
     switch (frame._tag) {
       case "Simple":
-        this.text("+", "latin1")
-        this.text(frame.value, "utf8")
-        this.text("\r\n", "latin1")
-        return
+        return this.line(0x2b /* + */, frame.value, "utf8")
       case "Error":
-        this.text("-", "latin1")
-        this.text(frame.message, "utf8")
-        this.text("\r\n", "latin1")
-        return
+        return this.line(0x2d /* - */, frame.message, "utf8")
       case "Integer":
-        this.text(`:${frame.value}\r\n`, "latin1")
-        return
+        return this.line(0x3a /* : */, String(frame.value), "latin1")
       case "Bulk":
         if (frame.value === null) return this.text("$-1\r\n", "latin1")
-        this.text(`$${frame.value.length}\r\n`, "latin1")
+        this.line(0x24 /* $ */, String(frame.value.length), "latin1")
         this.bytes(frame.value)
-        this.text("\r\n", "latin1")
-        return
+        return this.crlf()
       case "Array":
         if (frame.items === null) return this.text("*-1\r\n", "latin1")
-        this.text(`*${frame.items.length}\r\n`, "latin1")
+        this.line(0x2a /* * */, String(frame.items.length), "latin1")
         for (const item of frame.items) this.frame(item)
     }
   }
@@ -150,6 +156,21 @@ interface Decoded<A> {
   readonly next: number
 }
 
+/** Where the line starting at `offset` ends (its LF), or incomplete; a line longer than the limit is an error. */
+const lineEnd = (buffer: Buffer, offset: number, limits: Limits, tooLong: string): number | Incomplete => {
+  const end = buffer.indexOf(LF, offset)
+  if (end < 0) {
+    if (buffer.length - offset > limits.maxInlineLength) throw new ProtocolError({ reason: tooLong })
+    return incomplete
+  }
+  if (end - offset > limits.maxInlineLength) throw new ProtocolError({ reason: tooLong })
+  return end
+}
+
+/** Where a line's text stops: before its CR, if it has one. */
+const textEnd = (buffer: Buffer, offset: number, end: number) =>
+  end > offset && buffer[end - 1] === CR ? end - 1 : end
+
 /** The line starting at `offset` (without CRLF), or incomplete; a line longer than the limit is an error. */
 const readLine = (
   buffer: Buffer,
@@ -158,19 +179,40 @@ const readLine = (
   tooLong: string,
   encoding: "latin1" | "utf8" = "latin1"
 ): Decoded<string> | Incomplete => {
-  const end = buffer.indexOf(LF, offset)
-  if (end < 0) {
-    if (buffer.length - offset > limits.maxInlineLength) throw new ProtocolError({ reason: tooLong })
-    return incomplete
-  }
-  if (end - offset > limits.maxInlineLength) throw new ProtocolError({ reason: tooLong })
-  const stop = end > offset && buffer[end - 1] === CR ? end - 1 : end
-  return { value: buffer.toString(encoding, offset, stop), next: end + 1 }
+  const end = lineEnd(buffer, offset, limits, tooLong)
+  if (end === incomplete) return incomplete
+  return { value: buffer.toString(encoding, offset, textEnd(buffer, offset, end)), next: end + 1 }
 }
 
 /** An integer header (`*3`, `$5`, `:42`), as Redis's string2ll reads it. */
 const parseInteger = (text: string): number | undefined =>
   /^-?\d{1,19}$/.test(text) ? Number(text) : undefined
+
+/**
+ * The integer of the header line starting at `offset` (after its type byte), read from the bytes as
+ * `parseInteger` reads the text: an optional `-` and 1 to 19 digits, else undefined. Every command has
+ * one of these per argument, so no string is made for it.
+ */
+const readHeader = (
+  buffer: Buffer,
+  offset: number,
+  limits: Limits,
+  tooLong: string
+): Decoded<number | undefined> | Incomplete => {
+  const end = lineEnd(buffer, offset, limits, tooLong)
+  if (end === incomplete) return incomplete
+  const stop = textEnd(buffer, offset, end)
+  const negative = buffer[offset] === 0x2d
+  const first = negative ? offset + 1 : offset
+  if (stop - first < 1 || stop - first > 19) return { value: undefined, next: end + 1 }
+  let value = 0
+  for (let index = first; index < stop; index++) {
+    const digit = buffer[index]! - 0x30
+    if (digit < 0 || digit > 9) return { value: undefined, next: end + 1 }
+    value = value * 10 + digit
+  }
+  return { value: negative ? -value : value, next: end + 1 }
+}
 
 const readBulkBody = (buffer: Buffer, offset: number, length: number): Decoded<Buffer> | Incomplete => {
   if (buffer.length < offset + length + 2) return incomplete
@@ -181,9 +223,9 @@ const readBulkBody = (buffer: Buffer, offset: number, length: number): Decoded<B
 }
 
 const readBulkLength = (buffer: Buffer, offset: number, limits: Limits): Decoded<number> | Incomplete => {
-  const line = readLine(buffer, offset + 1, limits, "too big bulk count string")
+  const line = readHeader(buffer, offset + 1, limits, "too big bulk count string")
   if (line === incomplete) return incomplete
-  const length = parseInteger(line.value)
+  const length = line.value
   if (length === undefined || length < -1 || length > limits.maxBulkLength) {
     throw new ProtocolError({ reason: "invalid bulk length" })
   }
@@ -191,9 +233,9 @@ const readBulkLength = (buffer: Buffer, offset: number, limits: Limits): Decoded
 }
 
 const readArrayLength = (buffer: Buffer, offset: number, limits: Limits): Decoded<number> | Incomplete => {
-  const line = readLine(buffer, offset + 1, limits, "too big mbulk count string")
+  const line = readHeader(buffer, offset + 1, limits, "too big mbulk count string")
   if (line === incomplete) return incomplete
-  const length = parseInteger(line.value)
+  const length = line.value
   if (length === undefined || length > limits.maxMultibulkLength) {
     throw new ProtocolError({ reason: "invalid multibulk length" })
   }
@@ -308,6 +350,13 @@ export const splitInline = (line: string): Array<Buffer> => {
   }
 }
 
+/**
+ * An argument to keep (a stored value): itself, or a copy when it is a view that would otherwise hold on to
+ * more than 8 KiB of other bytes received with it.
+ */
+export const detach = (argument: Buffer): Buffer =>
+  argument.buffer.byteLength - argument.length > 8192 ? Buffer.from(argument) : argument
+
 /** Where the reader is inside a multibulk command whose bytes have not all arrived. */
 interface PartialCommand {
   /** Arguments still to read. */
@@ -330,7 +379,8 @@ const initialArgumentRoom = 64 * 1024
  * Like Redis's query buffer it keeps where it is inside a multibulk command between reads: an argument's
  * bytes are moved into a buffer of their own as they arrive, so a large value sent in many chunks costs
  * linear time. That buffer grows with the bytes received, not with the length a client declares, so a
- * header promising 512 MB holds only what was actually sent.
+ * header promising 512 MB holds only what was actually sent. An argument that arrived whole is a view of
+ * the bytes received: a command that keeps one past its execution keeps `detach(argument)` instead.
  */
 export class RequestReader {
   private buffer: Buffer = Buffer.alloc(0)
@@ -394,6 +444,17 @@ export class RequestReader {
         if (length === incomplete) return undefined
         if (length.value < 0) throw new ProtocolError({ reason: "invalid bulk length" })
         this.offset = length.next
+        const end = this.offset + length.value
+        if (end + 2 <= this.buffer.length) {
+          // The whole argument is here: it is a view of the bytes received, not a copy.
+          if (this.buffer[end] !== CR || this.buffer[end + 1] !== LF) {
+            throw new ProtocolError({ reason: "bulk string not terminated by CRLF" })
+          }
+          partial.args.push(this.buffer.subarray(this.offset, end))
+          this.offset = end + 2
+          partial.remaining--
+          continue
+        }
         partial.size = length.value + 2
         partial.body = Buffer.allocUnsafe(Math.min(partial.size, initialArgumentRoom))
         partial.filled = 0

@@ -90,6 +90,16 @@ describe("PING and ECHO", () => {
 // GET and SET
 
 describe("GET and SET", () => {
+  it("SET keeps a value read from a large chunk without keeping the chunk", () => {
+    const { context } = session()
+    const chunk = Buffer.alloc(64 * 1024, "x")
+    const value = chunk.subarray(100, 110)
+    execute([Buffer.from("SET"), Buffer.from("k"), value], context)
+    const stored = context.store.get("k", context.now)!
+    expect(stored.toString()).toBe("x".repeat(10))
+    expect(stored.buffer).not.toBe(chunk.buffer)
+  })
+
   it("GET of a missing key is nil; SET stores, overwrites, and keeps any bytes", () => {
     const { reply } = session()
     expect(reply("GET", "k")).toBe(nil)

@@ -10,6 +10,7 @@ import {
   array,
   bulk,
   decodeFrame,
+  detach,
   encode,
   encodeCommand,
   error,
@@ -249,9 +250,38 @@ describe("RequestReader", () => {
     it("a null bulk inside a request", () => {
       expectProtocolError(() => readerWith("*1\r\n$-1\r\n", small()).next(), "Protocol error: invalid bulk length")
     })
+
+    it("a length header is an optional '-' and 1 to 19 digits, CR optional", () => {
+      expect(readerWith("*1\n$2\nhi\r\n").next()?.map(String)).toEqual(["hi"])
+      expect(readerWith("*1\r\n$02\r\nhi\r\n").next()?.map(String)).toEqual(["hi"])
+      for (const header of ["$+2", "$2x", "$", "$ 2", "$-", "$--1", "$12345678901234567890"]) {
+        expectProtocolError(() => readerWith(`*1\r\n${header}\r\nhi\r\n`).next(), "Protocol error: invalid bulk length")
+      }
+      for (const header of ["*+1", "*1x", "*", "*12345678901234567890"]) {
+        expectProtocolError(() => readerWith(`${header}\r\n$2\r\nhi\r\n`).next(), "Protocol error: invalid multibulk length")
+      }
+      expect(readerWith("*-1\r\nPING\r\n").next()?.map(String)).toEqual(["PING"])
+    })
   })
 
   describe("memory", () => {
+    it("an argument that arrived whole is a view of the chunk; detach copies one that would pin the chunk", () => {
+      const value = Buffer.from("v".repeat(100))
+      const chunk = Buffer.concat([encodeCommand([Buffer.from("SET"), Buffer.from("k"), value]), Buffer.alloc(64 * 1024)])
+      const reader = new RequestReader()
+      reader.push(chunk.subarray(0, chunk.length - 64 * 1024))
+      const argument = reader.next()![2]!
+      expect(argument.equals(value)).toBe(true)
+      expect(argument.buffer).toBe(chunk.buffer)
+      const kept = detach(argument)
+      expect(kept.equals(value)).toBe(true)
+      expect(kept.buffer).not.toBe(chunk.buffer)
+      expect(kept.buffer.byteLength).toBeLessThanOrEqual(8192)
+      // A buffer with little around it is kept as it is.
+      const own = Buffer.from("own value")
+      expect(detach(own)).toBe(own)
+    })
+
     it("a declared 100 MB bulk holds only the bytes sent", () => {
       const reader = readerWith("*1\r\n$100000000\r\n0123456789")
       expect(reader.next()).toBeUndefined()
