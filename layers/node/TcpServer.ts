@@ -6,9 +6,15 @@
  * to `maxConnections` are handed to the handler, and the next ones wait, unserved, in arrival order until a
  * connection ends (at most `maxPending` of them; past that a newcomer is closed at once). A waiting
  * connection is read ahead by at most 16 KiB, kept for its handler, so that one whose client gives up is
- * noticed and leaves the queue. A failing `accept`
- * (out of file descriptors) stops the listener for a delay from a Keel Backoff policy (1 s doubling to
- * 64 s, as mini-redis does) and then listens again, so a spinning accept loop cannot take the process down.
+ * noticed and leaves the queue.
+ *
+ * Out of file descriptors, Node's libuv sheds load itself: it frees a descriptor it holds in reserve,
+ * accepts every waiting connection and closes it, so clients see their connection closed and the process
+ * carries on; any other accept error, libuv 1.46 on Linux retries on its next poll. Where a failed `accept`
+ * does reach Node (the server's `error` event, syscall `accept`), the listener is stopped for a delay from a
+ * Keel Backoff policy
+ * (1 s doubling to 64 s, as mini-redis does, reset by the next accepted connection) and listens again, so
+ * a failing accept cannot turn into a busy loop.
  *
  * On the Lifecycle's drain (after the pre-stop delay) the listener closes, waiting sockets are closed
  * unserved, and every connection's `draining` completes: the handler finishes what it has read and ends
@@ -177,17 +183,16 @@ export const serve = (
     boundPort = typeof bound === "object" && bound !== null ? bound.port : port
     const address = { host, port: boundPort }
 
-    // Accept failures: stop listening for a while, then listen again on the same port.
+    // Accept failures: stop listening for a while, then listen again on the same port. The listener is
+    // closed inside the error event itself: libuv retries a failed accept in a loop until its socket closes,
+    // so waiting for even one turn of the event loop would spin the process.
     const acceptPolicy = options.acceptBackoff ?? defaultAcceptBackoff
     const pauseAccepting = (error: Error) =>
       Effect.gen(function*() {
-        acceptErrors++
-        consecutiveAcceptErrors++
         // The policy's delay for this many failures in a row (its cap once it would stop).
         const delays = yield* Backoff.delays(acceptPolicy, consecutiveAcceptErrors)
         const wait = delays.at(-1) ?? Duration.decode(acceptPolicy.max)
         yield* Effect.logWarning(`${name}: accept failed (${error.message}); listening again in ${Duration.format(wait)}`)
-        yield* Effect.sync(() => Net.Server.prototype.close.call(server))
         yield* Effect.sleep(wait)
         if (!accepting) return
         yield* Effect.async<void>((resume) =>
@@ -202,6 +207,9 @@ export const serve = (
     server.on("error", (error: NodeJS.ErrnoException) => {
       if (error.syscall !== "accept" || backingOff || !accepting) return
       backingOff = true
+      acceptErrors++
+      consecutiveAcceptErrors++
+      Net.Server.prototype.close.call(server)
       Runtime.runFork(runtime)(Effect.ensuring(pauseAccepting(error), Effect.sync(() => (backingOff = false))))
     })
 

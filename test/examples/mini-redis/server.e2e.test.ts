@@ -1,10 +1,12 @@
 /**
  * mini-redis as its users meet it: a real process on the port it picked, talked to by redis-cli,
- * redis-benchmark, ioredis and raw sockets, and stopped with a real SIGTERM. Every child process, client
+ * redis-benchmark, ioredis and raw sockets, stopped with a real SIGTERM, and pushed past its file
+ * descriptor limit (set on the running process with `prlimit`). Every child process, client
  * call and wait is bounded in time.
  */
 import Redis from "ioredis"
 import { execFile } from "node:child_process"
+import { readdirSync } from "node:fs"
 import * as Net from "node:net"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { killLeftovers, type RunningProcess, startTypeScript } from "../../support/childProcess.js"
@@ -55,6 +57,8 @@ const runProgram = (file: string, args: ReadonlyArray<string>, timeoutMs: number
         reject(new Error(`${file} ${args.join(" ")}: ${error.message}\n${stdout}${stderr}`))
       }
     )
+    // A program that exits without reading its input closes the pipe: nothing to report.
+    child.stdin?.on("error", () => {})
     child.stdin?.end(input)
   })
 
@@ -317,5 +321,40 @@ describe("mini-redis on SIGTERM", () => {
     expect(replies.length).toBeLessThanOrEqual(1000)
     expect(replies).toEqual(Array.from({ length: replies.length }, (_, index) => index + 1))
     expect(server.run.output()).toMatch(/shutdown clean: trigger SIGTERM/)
+  })
+})
+
+describe("mini-redis out of file descriptors", () => {
+  afterEach(killLeftovers)
+
+  it("sheds connections past the process's file limit, serves the others, and accepts again once some close", async () => {
+    const server = await start()
+    const pid = server.run.child.pid!
+    const spare = 8
+    const limit = readdirSync(`/proc/${pid}/fd`).length + spare
+    expect((await runProgram("prlimit", ["--pid", String(pid), `--nofile=${limit}:${limit}`], 5_000)).code).toBe(0)
+
+    // Every connection reaches the kernel's queue; past the limit, Node's libuv accepts and closes at once.
+    const clients = await Promise.all(Array.from({ length: 3 * spare }, () => connectRaw(server.port)))
+    const outcomes = await Promise.all(
+      clients.map((client) => exchange(client, "PING\r\n", "+PONG\r\n").catch(() => "closed"))
+    )
+    expect(outcomes.filter((outcome) => outcome !== "+PONG\r\n" && outcome !== "closed")).toEqual([])
+    const served = clients.filter((_, index) => outcomes[index] === "+PONG\r\n")
+    expect(served.length).toBeGreaterThan(0)
+    expect(served.length, "most connections shed").toBeLessThan(2 * spare)
+    for (const client of served) expect(await exchange(client, "PING\r\n", "+PONG\r\n")).toBe("+PONG\r\n")
+
+    for (const client of served) client.socket.destroy()
+    let answer = ""
+    for (let attempt = 0; attempt < 50 && answer !== "+PONG\r\n"; attempt++) {
+      const client = await connectRaw(server.port)
+      answer = await exchange(client, "PING\r\n", "+PONG\r\n").catch(() => "closed")
+      if (answer !== "+PONG\r\n") await sleep(100)
+    }
+    expect(answer).toBe("+PONG\r\n")
+
+    server.run.signal("SIGTERM")
+    expect(await server.run.waitForExit(20_000)).toEqual({ code: 0, signal: null })
   })
 })

@@ -4,7 +4,7 @@
  * Lifecycle's deadline cutting a connection that does not end.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Effect, Layer, Scope } from "effect"
+import { Clock, Effect, Layer, Logger, Scope } from "effect"
 import { Lifecycle } from "keel"
 import { TcpServer } from "keel/node"
 import * as Net from "node:net"
@@ -251,5 +251,54 @@ describe("TcpServer", () => {
       expect(reports).toEqual([
         expect.objectContaining({ component: "stubborn", finished: 0, forced: 1, unfinished: [expect.stringMatching(/^stubborn: connection from /)] })
       ])
+    }))
+
+  it.scopedLive("an accept error closes the listener for the backoff's delay, doubling while errors repeat", () =>
+    Effect.gen(function*() {
+      const warnings: Array<string> = []
+      const capture = Logger.make(({ logLevel, message }) => {
+        if (logLevel._tag === "Warning") warnings.push(String(Array.isArray(message) ? message[0] : message))
+      })
+      let listener: Net.Server | undefined
+      const { server } = yield* start(
+        { acceptBackoff: { base: "100 millis", max: "400 millis", jitter: "none" } },
+        (connection) => {
+          // The listening server, as Node sets it on the sockets it accepts.
+          listener = (connection.socket as unknown as { readonly server: Net.Server }).server
+          return drainingEcho(connection)
+        }
+      ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
+      const port = server.address.port
+      const first = yield* connect(port)
+      yield* roundTrip(first, "before")
+      const netServer = listener!
+      // What Node emits where libuv reports a failed accept (see the module's opening comment).
+      const failAccept = () =>
+        netServer.emit("error", Object.assign(new Error("accept ENOBUFS"), { code: "ENOBUFS", syscall: "accept" }))
+      const listeningAgain = eventually(Effect.sync(() => netServer.listening), (listening) => listening)
+
+      failAccept()
+      expect(netServer.listening).toBe(false)
+      const refused = yield* open(port)
+      yield* eventually(Effect.sync(refused.error), (error) => error === "ECONNREFUSED")
+      yield* roundTrip(first, ", still served")
+      yield* listeningAgain
+      // Failures in a row, with no connection accepted between them, wait longer each time up to the cap.
+      for (let failure = 2; failure <= 4; failure++) {
+        failAccept()
+        yield* listeningAgain
+      }
+      expect(warnings).toEqual([100, 200, 400, 400].map((ms) =>
+        `tcp: accept failed (accept ENOBUFS); listening again in ${ms}ms`
+      ))
+      expect(yield* server.stats).toMatchObject({ accepting: true, acceptErrors: 4 })
+
+      // An accepted connection ends the run: the next failure waits the base delay again.
+      const second = yield* connect(port)
+      yield* roundTrip(second, "after")
+      failAccept()
+      yield* listeningAgain
+      expect(warnings.at(-1)).toBe("tcp: accept failed (accept ENOBUFS); listening again in 100ms")
+      yield* roundTrip(first, " and after")
     }))
 })
