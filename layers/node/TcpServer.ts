@@ -12,9 +12,8 @@
  * accepts every waiting connection and closes it, so clients see their connection closed and the process
  * carries on; any other accept error, libuv 1.46 on Linux retries on its next poll. Where a failed `accept`
  * does reach Node (the server's `error` event, syscall `accept`), the listener is stopped for a delay from a
- * Keel Backoff policy
- * (1 s doubling to 64 s, as mini-redis does, reset by the next accepted connection) and listens again, so
- * a failing accept cannot turn into a busy loop.
+ * Keel Backoff policy (1 s doubling to 64 s, as mini-redis does, reset by the next accepted connection) and
+ * listens again, so a failing accept cannot turn into a busy loop.
  *
  * On the Lifecycle's drain (after the pre-stop delay) the listener closes, waiting sockets are closed
  * unserved, and every connection's `draining` completes: the handler finishes what it has read and ends
