@@ -227,11 +227,33 @@ const printable = (value: Buffer) => value.every((byte) => byte >= 0x21 && byte 
 /** CLIENT SETNAME and HELLO … SETNAME: an error reply, or undefined once named (an empty name clears it). */
 const setName = (connection: Connection, name: Buffer): Frame | undefined => {
   if (!printable(name)) return Resp.error("ERR Client names cannot contain spaces, newlines or special characters.")
-  connection.name = name.length === 0 ? undefined : name
+  connection.name = name.length === 0 ? undefined : Resp.detach(name)
   return undefined
 }
 
+/**
+ * AUTH as a Redis with no password set answers it: the `default` user takes any password, no other user
+ * exists. An error reply, or undefined when accepted.
+ */
+const authenticate = (user: Buffer): Frame | undefined =>
+  text(user) === "default"
+    ? undefined
+    : Resp.error("WRONGPASS invalid username-password pair or user is disabled.")
+
 const commands: Record<string, Command> = {
+  auth: {
+    arity: -2,
+    run: (args) => {
+      if (args.length === 2) {
+        return Resp.error(
+          "ERR AUTH <password> called without any password configured for the default user. " +
+            "Are you sure your configuration is correct?"
+        )
+      }
+      if (args.length > 3) return syntaxError
+      return authenticate(args[1]!) ?? Resp.ok
+    }
+  },
   ping: {
     arity: -1,
     run: (args, { connection }) => {
@@ -340,7 +362,11 @@ const commands: Record<string, Command> = {
       }
       for (let index = 2; index < args.length; index++) {
         const option = text(args[index]!).toUpperCase()
-        if (option === "SETNAME" && index + 1 < args.length) {
+        if (option === "AUTH" && index + 2 < args.length) {
+          const refused = authenticate(args[index + 1]!)
+          if (refused !== undefined) return refused
+          index += 2
+        } else if (option === "SETNAME" && index + 1 < args.length) {
           const refused = setName(connection, args[++index]!)
           if (refused !== undefined) return refused
         } else {

@@ -2,7 +2,7 @@
  * The commands of the mini-redis example, checked on the wire: each reply, encoded as RESP2, is exactly the
  * text Redis 7 sends for the same request — PING and ECHO; GET and SET with its EX/PX/EXAT/PXAT, NX/XX,
  * GET and KEEPTTL options and their errors; DEL, EXISTS and INCR; EXPIRE, PEXPIRE, TTL and PTTL as the
- * clock moves; DBSIZE and FLUSHDB; the wording for unknown commands and wrong arity; QUIT, CLIENT, HELLO,
+ * clock moves; DBSIZE and FLUSHDB; the wording for unknown commands and wrong arity; QUIT, CLIENT, HELLO, AUTH,
  * INFO and COMMAND.
  */
 import { describe, expect, it } from "@effect/vitest"
@@ -98,6 +98,14 @@ describe("GET and SET", () => {
     const stored = context.store.get("k", context.now)!
     expect(stored.toString()).toBe("x".repeat(10))
     expect(stored.buffer).not.toBe(chunk.buffer)
+  })
+
+  it("CLIENT SETNAME keeps a name read from a large chunk without keeping the chunk", () => {
+    const { context, connection } = session()
+    const chunk = Buffer.alloc(64 * 1024, "n")
+    execute([Buffer.from("CLIENT"), Buffer.from("SETNAME"), chunk.subarray(0, 8)], context)
+    expect(String(connection.name)).toBe("nnnnnnnn")
+    expect(connection.name!.buffer).not.toBe(chunk.buffer)
   })
 
   it("GET of a missing key is nil; SET stores, overwrites, and keeps any bytes", () => {
@@ -489,6 +497,23 @@ describe("QUIT, CLIENT and HELLO", () => {
     expect(reply("HELLO", "1")).toBe(noProto)
     expect(reply("HELLO", "4")).toBe(noProto)
     expect(reply("HELLO", "abc")).toBe("-ERR Protocol version is not an integer or out of range\r\n")
+  })
+
+  it("AUTH and HELLO … AUTH answer as a Redis without a password: the default user takes any password", () => {
+    const { reply, connection } = session()
+    const wrongPass = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    expect(reply("AUTH", "default", "anything")).toBe(ok)
+    expect(reply("AUTH", "someone", "anything")).toBe(wrongPass)
+    expect(reply("AUTH", "secret")).toBe(
+      "-ERR AUTH <password> called without any password configured for the default user. " +
+        "Are you sure your configuration is correct?\r\n"
+    )
+    expect(reply("AUTH", "a", "b", "c")).toBe(syntaxError)
+    expect(reply("AUTH")).toBe(arity("auth"))
+    expect(reply("HELLO", "2", "AUTH", "someone", "x")).toBe(wrongPass)
+    expect(reply("HELLO", "2", "AUTH", "default")).toBe("-ERR Syntax error in HELLO option 'AUTH'\r\n")
+    expect(reply("HELLO", "2", "AUTH", "default", "x", "SETNAME", "worker")).toMatch(/^\*14\r\n\$6\r\nserver\r\n/)
+    expect(String(connection.name)).toBe("worker")
   })
 })
 
