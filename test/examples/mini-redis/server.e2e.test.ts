@@ -5,7 +5,7 @@
  * call and wait is bounded in time.
  */
 import Redis from "ioredis"
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import { readdirSync } from "node:fs"
 import * as Net from "node:net"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
@@ -224,6 +224,33 @@ describe("mini-redis with real clients", () => {
 
     const unknown = await cli(port(), "FOO", "bar")
     expect(unknown.stdout).toMatch(/^ERR unknown command 'FOO', with args beginning with: 'bar' \n/)
+  })
+
+  it("delivers to a redis-cli subscriber what another redis-cli publishes", async () => {
+    const subscriber = spawn("redis-cli", ["-h", host, "-p", String(port()), "SUBSCRIBE", "news"], {
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    try {
+      let output = ""
+      subscriber.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      const printed = (text: string) =>
+        within(
+          new Promise<void>((resolve) => {
+            const check = () => output.includes(text) && resolve()
+            subscriber.stdout.on("data", check)
+            check()
+          }),
+          5_000,
+          `redis-cli SUBSCRIBE printing ${JSON.stringify(text)} (so far ${JSON.stringify(output)})`
+        )
+      await printed("subscribe\nnews\n1\n")
+      expect(await cliOutput(port(), "PUBLISH", "news", "hello")).toBe("1\n")
+      expect(await cliOutput(port(), "PUBLISH", "elsewhere", "unheard")).toBe("0\n")
+      await printed("message\nnews\nhello\n")
+      expect(output).toBe("subscribe\nnews\n1\nmessage\nnews\nhello\n")
+    } finally {
+      subscriber.kill("SIGKILL")
+    }
   })
 
   it("answers inline commands sent together in one write, in order", async () => {
