@@ -31,6 +31,7 @@ import {
 } from "effect"
 import type { ConfigError, Scope } from "effect"
 import { ShuttingDown } from "./Errors.js"
+import * as Leftovers from "./Leftovers.js"
 import * as Tracker from "./Tracker.js"
 
 export type Phase = "running" | "draining" | "stopped"
@@ -78,6 +79,8 @@ export interface ShutdownReport {
   readonly unfinished: ReadonlyArray<string>
   /** True when finalizers were still running `forceGrace` after the deadline and were abandoned. */
   readonly finalizersAbandoned: boolean
+  /** When the drain was cut: the fibers still alive and the resources still held at the end ("why won't it exit?"). */
+  readonly leftovers: Option.Option<Leftovers.Leftovers>
 }
 
 export interface Options {
@@ -306,7 +309,7 @@ const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunR
     const exit = Option.getOrElse(yield* Fiber.poll(programFiber), () => Exit.interrupt(Fiber.id(programFiber)))
     const forcedBy = yield* lifecycle.pollForced
     yield* lifecycle.markStopped
-    const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone)
+    const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone, programFiber, [stopper])
     yield* Effect.logInfo(renderReport(report))
     return { exit, report: Option.some(report) }
   })
@@ -316,7 +319,10 @@ const buildReport = (
   trigger: Trigger,
   phases: ReadonlyArray<PhaseTiming>,
   forcedPoll: Option.Option<ForceReason>,
-  finalizersAbandoned: boolean
+  finalizersAbandoned: boolean,
+  program: Fiber.RuntimeFiber<unknown, unknown>,
+  /** The drive's own fibers, not leftovers of the program. */
+  ignore: ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>>
 ) =>
   Effect.gen(function*() {
     const components = yield* lifecycle.drainReports
@@ -331,6 +337,9 @@ const buildReport = (
       : forcedBy.value._tag === "Escalated"
       ? "escalated"
       : "forced"
+    const leftovers = outcome === "clean" && !finalizersAbandoned
+      ? Option.none()
+      : Option.some(yield* Leftovers.collect({ ignore, names: new Map([[program, "program"]]) }))
     const report: ShutdownReport = {
       trigger,
       outcome,
@@ -342,7 +351,8 @@ const buildReport = (
       finished: components.reduce((sum, component) => sum + component.finished, 0),
       forced,
       unfinished,
-      finalizersAbandoned
+      finalizersAbandoned,
+      leftovers
     }
     return report
   })
@@ -392,5 +402,8 @@ export const renderReport = (report: ShutdownReport): string => {
     )
   ]
   if (report.finalizersAbandoned) lines.push("  finalizers were still running after the grace period and were abandoned")
+  if (Option.isSome(report.leftovers)) {
+    lines.push(...(Leftovers.isEmpty(report.leftovers.value) ? ["  nothing left alive"] : Leftovers.render(report.leftovers.value)))
+  }
   return lines.join("\n")
 }

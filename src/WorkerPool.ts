@@ -376,7 +376,8 @@ export const make = <A, E = never, R = never>(
 
     const workerFibers = yield* Effect.forEach(
       Array.from({ length: options.workers }, (_, slot) => slot),
-      (slot) => Effect.forkScoped(worker(slot))
+      // Named for logs and for the shutdown report's list of what is still alive.
+      (slot) => Effect.forkScoped(Effect.annotateLogs(worker(slot), { pool: name, worker: String(slot + 1) }))
     )
     // Let the workers reach `take`, so the pool is ready (and its first job is taken) when `make` returns.
     yield* Effect.yieldNow()

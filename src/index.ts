@@ -5,6 +5,7 @@
  */
 export * as Backoff from "./Backoff.js"
 export * from "./Errors.js"
+export * as Leftovers from "./Leftovers.js"
 export * as Lifecycle from "./Lifecycle.js"
 export * as Middleware from "./middleware/index.js"
 export * as TaskGroup from "./TaskGroup.js"

@@ -26,6 +26,8 @@ const settings = parsed.right
 
 const runJob = (job: number, context: WorkerPool.JobContext) =>
   Effect.gen(function*() {
+    // A call stuck where interruption cannot reach it (a blocking native call, an uninterruptible region).
+    if (job === settings.hangJob) return yield* Effect.uninterruptible(Effect.never)
     const duration = yield* Random.nextIntBetween(settings.minMs, settings.maxMs + 1)
     yield* Effect.sleep(Duration.millis(duration))
     const roll = yield* Random.next

@@ -17,6 +17,7 @@ export interface Settings {
   readonly policy: "drain" | "handBack"
   readonly seed: number | undefined
   readonly drainTimeout: Duration.Duration | undefined
+  readonly hangJob: number | undefined
 }
 
 export const usage = `usage: worker-pool [options]
@@ -30,7 +31,9 @@ export const usage = `usage: worker-pool [options]
   --rate N            jobs produced per second; 0 = as fast as the queue takes them (default 0)
   --policy P          on shutdown: drain (run queued jobs) or handBack (return them) (default drain)
   --seed N            seed for durations and failures (default: random)
-  --drain-timeout D   drain deadline, e.g. "10 seconds" (default KEEL_DRAIN_TIMEOUT or 30 seconds)`
+  --drain-timeout D   drain deadline, e.g. "10 seconds" (default KEEL_DRAIN_TIMEOUT or 30 seconds)
+  --hang-job N        job N never ends and cannot be interrupted (a stuck call), to see what the
+                      shutdown report lists when the drain is cut`
 
 const integer = (name: string, text: string, min: number): Either.Either<number, string> => {
   const value = Number(text)
@@ -63,7 +66,8 @@ export const parseSettings = (argv: ReadonlyArray<string>): Either.Either<Settin
             rate: { type: "string", default: "0" },
             policy: { type: "string", default: "drain" },
             seed: { type: "string" },
-            "drain-timeout": { type: "string" }
+            "drain-timeout": { type: "string" },
+            "hang-job": { type: "string" }
           }
         }),
       catch: (error) => (error as Error).message
@@ -89,6 +93,7 @@ export const parseSettings = (argv: ReadonlyArray<string>): Either.Either<Settin
       rate: yield* integer("rate", values.rate, 0),
       policy,
       seed: values.seed === undefined ? undefined : yield* integer("seed", values.seed, 0),
-      drainTimeout: values["drain-timeout"] === undefined ? undefined : yield* parseDuration(values["drain-timeout"])
+      drainTimeout: values["drain-timeout"] === undefined ? undefined : yield* parseDuration(values["drain-timeout"]),
+      hangJob: values["hang-job"] === undefined ? undefined : yield* integer("hang-job", values["hang-job"], 1)
     }
   })

@@ -64,6 +64,25 @@ describe("worker-pool example", () => {
     expect(run.output()).toMatch(/jobs-1 \(interrupted\)/)
   })
 
+  it("a job stuck past interruption: the report says what is still alive and waiting on it, exit 1", async () => {
+    const run = startTypeScript(
+      entry,
+      ["--jobs", "0", "--workers", "2", "--min-ms", "100", "--max-ms", "200", "--failure-rate", "0", "--hang-job", "1"],
+      { KEEL_DRAIN_TIMEOUT: "1 second" }
+    )
+    await run.waitForOutput(/progress: queued \d+ \| in flight 2 \| done [1-9]/, 30_000)
+    run.signal("SIGTERM")
+    // The deadline (1 s) and the grace for finalizers (5 s) pass; then the run gives up on the stuck job.
+    expect(await run.waitForExit(30_000)).toEqual({ code: 1, signal: null })
+    const output = run.output()
+    expect(output).toContain("finalizers were still running after the grace period and were abandoned")
+    const worker = output.match(/#(\d+) worker=\d+ pool=jobs \(alive \d+ ms\)/)
+    expect(worker).not.toBeNull()
+    expect(output).toMatch(new RegExp(`#\\d+ program \\(alive \\d+ ms, waiting on #\\d+\\)`))
+    expect(output).toMatch(new RegExp(`waiting on #${worker![1]}\\)`))
+    expect(output).toContain(`still held: 1 job running in worker pool \\"jobs\\"`)
+  })
+
   it("refuses a bad flag with a clear message and exit code 2", async () => {
     const run = startTypeScript(entry, ["--workers", "zero"])
     expect(await run.waitForExit(30_000)).toEqual({ code: 2, signal: null })

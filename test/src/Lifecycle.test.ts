@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, ConfigProvider, Context, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
-import { Lifecycle, ShuttingDown } from "keel"
+import { Lifecycle, Middleware, ShuttingDown } from "keel"
 
 const withLifecycle = (options: Lifecycle.Options = { drainTimeout: "10 seconds" }) =>
   Effect.provide(Lifecycle.layer(options))
@@ -191,6 +191,47 @@ describe("Lifecycle.run", () => {
       expect(report.finalizersAbandoned).toBe(true)
       yield* TestClock.adjust("1 minute") // lets the stuck work end, so nothing outlives the test
     }).pipe(withLifecycle({ drainTimeout: "10 seconds", forceGrace: "2 seconds" })))
+
+  it.effect("when finalizers are abandoned, the report lists the fibers still alive, what they wait on, and held permits", () =>
+    Effect.gen(function*() {
+      const limit = yield* Middleware.concurrencyLimit(4, { name: "leftover-test" })
+      const upload = limit((_: void) => Effect.uninterruptible(Effect.sleep("1 minute")))
+      const stuck = Effect.annotateLogs(upload(undefined), { task: "stuck-upload" })
+      // The program's Scope waits for the stuck fiber when it closes.
+      const program = Effect.gen(function*() {
+        const fiber = yield* Effect.fork(stuck)
+        yield* Effect.addFinalizer(() => Fiber.await(fiber))
+        return yield* Effect.never
+      }).pipe(Effect.scoped)
+      const running = yield* runInBackground(program)
+      yield* Lifecycle.shutdown("deploy")
+      yield* TestClock.adjust("14 seconds")
+      const report = Option.getOrThrow((yield* Fiber.join(running)).report)
+      expect(report.finalizersAbandoned).toBe(true)
+      const leftovers = Option.getOrThrow(report.leftovers)
+      const stuckFiber = leftovers.fibers.find((fiber) => fiber.name === "task=stuck-upload")
+      expect(stuckFiber).toBeDefined()
+      const programFiber = leftovers.fibers.find((fiber) => fiber.name === "program")
+      expect(programFiber).toBeDefined()
+      // The program is waiting (through its finalizer) on the stuck fiber.
+      const waitsOnStuck = leftovers.fibers.filter((fiber) => fiber.waitingOn.includes(stuckFiber!.id))
+      expect(waitsOnStuck.length).toBeGreaterThan(0)
+      expect(leftovers.held).toContainEqual({ what: `1 permit of concurrency limit "leftover-test"`, count: 1 })
+      const rendered = Lifecycle.renderReport(report)
+      expect(rendered).toMatch(new RegExp(`#${stuckFiber!.id} task=stuck-upload \\(alive \\d+ ms\\)`))
+      expect(rendered).toContain(`still held: 1 permit of concurrency limit "leftover-test"`)
+      yield* TestClock.adjust("1 minute")
+    }).pipe(Effect.scoped, withLifecycle({ drainTimeout: "10 seconds", forceGrace: "2 seconds" })))
+
+  it.effect("a clean drain has no leftovers section", () =>
+    Effect.gen(function*() {
+      const running = yield* runInBackground(Effect.never)
+      yield* Lifecycle.shutdown("deploy")
+      const report = Option.getOrThrow((yield* Fiber.join(running)).report)
+      expect(report.outcome).toBe("clean")
+      expect(report.leftovers).toEqual(Option.none())
+      expect(Lifecycle.renderReport(report)).not.toContain("still alive")
+    }).pipe(withLifecycle({ drainTimeout: "10 seconds" })))
 
   it.effect("Layer finalizers run after draining starts, in reverse dependency order", () =>
     Effect.gen(function*() {
