@@ -102,9 +102,11 @@ interface Log {
   spent: Array<number>
   head: number
   reserved: Array<Reservation>
+  /** Completed (and replaced) whenever a reservation starts or leaves: the next in line may start. */
+  turn: Deferred.Deferred<void>
 }
 
-const newLog = (): Log => ({ spent: [], head: 0, reserved: [] })
+const newLog = (): Log => ({ spent: [], head: 0, reserved: [], turn: Deferred.unsafeMake(FiberId.none) })
 
 type Decision =
   | { readonly _tag: "Admitted" }
@@ -286,10 +288,18 @@ export function rateLimit<Req>(
       return { _tag: "Reserved", log, reservation }
     }
 
+    // The reservations behind may be next in line now.
+    const passTurn = (log: Log) => {
+      const turn = log.turn
+      log.turn = Deferred.unsafeMake(FiberId.none)
+      Deferred.unsafeDone(turn, Exit.void)
+    }
+
     const start = (log: Log, reservation: Reservation) => {
       reservation.started = true
       stopWaiting(reservation)
       moveStartedToSpent(log)
+      passTurn(log)
       report()
     }
 
@@ -312,8 +322,19 @@ export function rateLimit<Req>(
         }
       }
       moveStartedToSpent(log)
+      passTurn(log)
       report()
     }
+
+    // Several reservations can share a slot, and sleepers due at the same instant wake in no set order: a
+    // reservation starts only once every reservation ahead of it has started (or left), so calls are
+    // admitted in arrival order even then.
+    const awaitTurn = (log: Log, reservation: Reservation): Effect.Effect<void> =>
+      Effect.suspend(() =>
+        log.reserved.find((ahead) => !ahead.started) === reservation
+          ? Effect.void
+          : Effect.zipRight(Deferred.await(log.turn), awaitTurn(log, reservation))
+      )
 
     const sleepUntilSlot = (reservation: Reservation): Effect.Effect<void> =>
       Effect.clockWith((clock) => {
@@ -347,7 +368,7 @@ export function rateLimit<Req>(
           case "Reserved": {
             const { log, reservation } = decision
             return Effect.uninterruptibleMask((restore) =>
-              restore(sleepUntilSlot(reservation)).pipe(
+              restore(Effect.zipRight(sleepUntilSlot(reservation), awaitTurn(log, reservation))).pipe(
                 Effect.onInterrupt(() =>
                   Effect.clockWith((clock) =>
                     Effect.sync(() => giveBack(log, reservation, clock.unsafeCurrentTimeMillis()))

@@ -8,6 +8,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, FastCheck as fc, Fiber, Random, TestClock } from "effect"
 import * as Backoff from "../../src/Backoff.js"
 import { Unavailable } from "../../src/Errors.js"
+import { PropertyRuns } from "keel/testing"
 
 const jitters: ReadonlyArray<Backoff.Jitter> = ["none", "full", "equal", "decorrelated", "proportional"]
 
@@ -19,7 +20,6 @@ const policyArbitrary = {
   maxMultiple: fc.double({ min: 1, max: 500, noNaN: true })
 }
 
-const fastCheck = (seed: number, numRuns: number) => ({ fastCheck: { numRuns, seed } })
 
 const nanosecond = 1e-6
 
@@ -77,7 +77,7 @@ describe("Backoff properties", () => {
           previous = delay
         })
       }),
-    fastCheck(20261201, 200)
+    PropertyRuns.fastCheck(20261201)
   )
 
   it.effect.prop(
@@ -97,7 +97,7 @@ describe("Backoff properties", () => {
         expect(again).toEqual(first)
         expect(ambient).toEqual(first)
       }),
-    fastCheck(20261202, 200)
+    PropertyRuns.fastCheck(20261202)
   )
 
   it.effect.prop(
@@ -118,7 +118,7 @@ describe("Backoff properties", () => {
         expect(listed).toHaveLength(maxAttempts - 1)
         gaps.forEach((gap, index) => expect(Math.abs(gap - listed[index]!)).toBeLessThan(slack))
       }),
-    fastCheck(20261203, 60)
+    PropertyRuns.fastCheck(20261203)
   )
 
   it.effect.prop(
@@ -155,6 +155,6 @@ describe("Backoff properties", () => {
         expect(attemptsAt).toHaveLength(expectedRetries + 1)
         expect(attemptsAt[attemptsAt.length - 1]!).toBeLessThanOrEqual(maxElapsedMillis + slack)
       }),
-    fastCheck(20261204, 60)
+    PropertyRuns.fastCheck(20261204)
   )
 })

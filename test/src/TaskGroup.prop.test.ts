@@ -7,6 +7,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Data, Effect, FastCheck as fc, Fiber, Option, Supervisor, TestClock } from "effect"
 import * as TaskGroup from "../../src/TaskGroup.js"
+import { PropertyRuns } from "keel/testing"
 
 class Boom extends Data.TaggedError("Boom")<{ readonly task: string }> {}
 
@@ -29,7 +30,6 @@ const scriptsArbitrary = (outcomes: ReadonlyArray<Script["outcome"]>) =>
 
 const concurrencyArbitrary = fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined })
 
-const fastCheck = (seed: number, numRuns = 60) => ({ fastCheck: { numRuns, seed } })
 
 /** Joins a fiber that must have ended by now, so a broken group fails the test instead of hanging it. */
 const joinEnded = <A, E>(fiber: Fiber.Fiber<A, E>) =>
@@ -120,7 +120,7 @@ describe("TaskGroup properties", () => {
         for (const trace of traces) expect(trace.endedAt).toBeDefined()
         expect(load.maxRunning).toBeLessThanOrEqual(concurrency ?? scripts.length)
       })),
-    fastCheck(20261201)
+    PropertyRuns.fastCheck(20261201)
   )
 
   it.effect.prop(
@@ -163,7 +163,7 @@ describe("TaskGroup properties", () => {
           if (trace.startedAt !== undefined) expect(trace.startedAt).toBeLessThanOrEqual(firstFailureAt)
         }
       })),
-    fastCheck(20261202)
+    PropertyRuns.fastCheck(20261202)
   )
 
   it.effect.prop(
@@ -177,7 +177,7 @@ describe("TaskGroup properties", () => {
         expect((yield* joinEnded(joining)).succeeded.length).toBe(scripts.length)
         expect(load.maxRunning).toBe(Math.min(concurrency, scripts.length))
       })),
-    fastCheck(20261203)
+    PropertyRuns.fastCheck(20261203)
   )
 
   it.effect.prop(
@@ -214,6 +214,6 @@ describe("TaskGroup properties", () => {
         const results = yield* group.join
         expect(results.interrupted.map((result) => result.label)).toEqual(report.interrupted)
       })),
-    fastCheck(20261204)
+    PropertyRuns.fastCheck(20261204)
   )
 })

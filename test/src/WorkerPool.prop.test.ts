@@ -7,8 +7,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Fiber, FastCheck as fc, Option, Supervisor, TestClock } from "effect"
 import { Lifecycle, QueueFull, WorkerPool } from "keel"
 import { runScenario, scenarioArbitrary } from "./poolScenario.js"
+import { PropertyRuns } from "keel/testing"
 
-const fastCheck = (seed: number) => ({ fastCheck: { numRuns: 150, seed } })
 
 describe("WorkerPool properties", () => {
   it.effect.prop(
@@ -42,7 +42,7 @@ describe("WorkerPool properties", () => {
         }
         if (scenario.policy === "drain" && run.report.outcome === "clean") expect(unfinished).toEqual([])
       }),
-    fastCheck(20261121)
+    PropertyRuns.fastCheck(20261121)
   )
 
   it.effect.prop(
@@ -91,7 +91,7 @@ describe("WorkerPool properties", () => {
         expect(maxWaiting).toBeLessThanOrEqual(capacity + workers)
         expect((yield* pool.stats).depth).toBe(0)
       }).pipe(Effect.scoped, Effect.provide(Lifecycle.layer({ drainTimeout: "1 second" }))),
-    fastCheck(7)
+    PropertyRuns.fastCheck(7)
   )
 
   it.effect.prop(
@@ -118,7 +118,7 @@ describe("WorkerPool properties", () => {
         expect(alive).toBeGreaterThanOrEqual(scenario.workers)
         expect(yield* supervisor.value).toEqual([])
       }).pipe(Effect.provide(Lifecycle.layer({ drainTimeout: Duration.millis(scenario.drainTimeoutMs) }))),
-    fastCheck(42)
+    PropertyRuns.fastCheck(42)
   )
 
   it.effect.prop(
@@ -154,6 +154,6 @@ describe("WorkerPool properties", () => {
         if (cut.length > 0) expect(run.report.totalMs).toBe(scenario.drainTimeoutMs)
         expect(Lifecycle.exitCode({ exit: Exit.void, report: Option.some(run.report) })).toBe(cut.length > 0 ? 1 : 0)
       }),
-    fastCheck(2026)
+    PropertyRuns.fastCheck(2026)
   )
 })

@@ -20,8 +20,8 @@ import {
   RequestReader,
   simple
 } from "../../../examples/mini-redis/resp.js"
+import { PropertyRuns } from "keel/testing"
 
-const fastCheck = (seed: number, numRuns = 100) => ({ fastCheck: { numRuns, seed } })
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
@@ -134,7 +134,7 @@ describe("RESP2 frames", () => {
       expect(plain(decoded!.frame)).toEqual(plain(frame))
       expect(decoded!.next).toBe(encoded.length)
     },
-    fastCheck(20_261_301)
+    PropertyRuns.fastCheck(20_261_301)
   )
 })
 
@@ -148,7 +148,7 @@ describe("RequestReader", () => {
       expect(readAll(reader, cutAt(stream, cuts)).map(hex)).toEqual(commands.map(hex))
       expect(reader.pending).toBe(0)
     },
-    fastCheck(20_261_302)
+    PropertyRuns.fastCheck(20_261_302)
   )
 
   it.prop(
@@ -160,7 +160,7 @@ describe("RequestReader", () => {
       expect(readAll(reader, cutAt(stream, cuts)).map(text)).toEqual(commands.map((command) => command.args))
       expect(reader.pending).toBe(0)
     },
-    fastCheck(20_261_303)
+    PropertyRuns.fastCheck(20_261_303)
   )
 
   it.prop(
@@ -181,7 +181,7 @@ describe("RequestReader", () => {
       expect(readAll(reader, cutAt(stream, cuts)).map(text)).toEqual(commands.map((command) => command.args))
       expect(reader.pending).toBe(0)
     },
-    fastCheck(20_261_304)
+    PropertyRuns.fastCheck(20_261_304)
   )
 
   describe("inline quoting, as sdssplitargs", () => {

@@ -8,8 +8,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Effect, FastCheck as fc, TestClock } from "effect"
 import { IncrementOverflow, NotAnInteger, Store } from "../../../examples/mini-redis/store.js"
+import { PropertyRuns } from "keel/testing"
 
-const fastCheck = (seed: number, numRuns = 100) => ({ fastCheck: { numRuns, seed } })
 
 const maxInt64 = 9223372036854775807n
 const minInt64 = -9223372036854775808n
@@ -288,7 +288,7 @@ describe("Store agrees with a Map model", () => {
         }
         checkAllKeys(unobserved, model, keys, yield* Clock.currentTimeMillis)
       }),
-    fastCheck(20_261_301)
+    PropertyRuns.fastCheck(20_261_301)
   )
 })
 

@@ -8,6 +8,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, Exit, FastCheck as fc, Option, TestClock } from "effect"
 import * as MemoryJobStore from "../../../layers/memory/JobStore.js"
 import { isTerminal, type JobRecord, type JobState, JobStore, StoreFull } from "../../../services/JobStore.js"
+import { PropertyRuns } from "keel/testing"
 
 const completed = (result: unknown): JobState => ({ _tag: "Completed", result, attempts: 1 })
 const running = (attempt: number): JobState => ({ _tag: "Running", attempt })
@@ -322,6 +323,6 @@ describe("MemoryJobStore agrees with a Map model", () => {
           expect(stats.byState).toEqual(byState)
         }
       }),
-    { fastCheck: { seed: 20_240_611, numRuns: 100 } }
+    PropertyRuns.fastCheck(20_240_611)
   )
 })

@@ -26,6 +26,7 @@ import {
   CircuitOpen
 } from "../../../src/middleware/circuitBreaker.js"
 import type { CircuitBreaker, CircuitPolicy, CircuitState } from "../../../src/middleware/circuitBreaker.js"
+import { PropertyRuns } from "keel/testing"
 
 class Boom extends Data.TaggedError("Boom")<{}> {}
 class NotFound extends Data.TaggedError("NotFound")<{}> {}
@@ -388,21 +389,20 @@ const runOperations = (config: Config, operations: ReadonlyArray<Operation>) =>
     expect(gauge.value).toBe(stateCode[model.state.tag])
   }))
 
-const fastCheck = (seed: number, numRuns = 100) => ({ fastCheck: { numRuns, seed } })
 
 describe("circuitBreaker properties", () => {
   it.effect.prop(
     "consecutive policy: every admission, refusal, state and stream event matches the reference model",
     { config: configArbitrary(consecutivePolicy), operations: operationsArbitrary },
     ({ config, operations }) => runOperations(config, operations),
-    fastCheck(20261201)
+    PropertyRuns.fastCheck(20261201)
   )
 
   it.effect.prop(
     "rate policy: every admission, refusal, state and stream event matches the reference model",
     { config: configArbitrary(ratePolicy), operations: operationsArbitrary },
     ({ config, operations }) => runOperations(config, operations),
-    fastCheck(20261202)
+    PropertyRuns.fastCheck(20261202)
   )
 })
 
@@ -495,7 +495,7 @@ describe("circuitBreaker, interrupt at every step", () => {
         }
         yield* expectAllSlotsFree(breaker, trialCalls, JSON.stringify({ trialCalls, interruptAt }))
       })),
-    fastCheck(20261203, 40)
+    PropertyRuns.fastCheck(20261203)
   )
 
   it.scoped("a closed breaker's calls interrupted at any step are never counted as failures", () =>

@@ -9,6 +9,7 @@ import { Clock, Deferred, Duration, Effect, Exit, FastCheck as fc, Fiber, FiberI
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
 import { Overloaded } from "../../../src/middleware/loadShed.js"
 import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
+import { PropertyRuns } from "keel/testing"
 
 interface Call {
   readonly id: number
@@ -304,7 +305,7 @@ describe("concurrencyLimit properties", () => {
         })
         expect(yield* readMetrics(name)).toMatchObject({ inFlight: 0, waiting: 0 })
       })),
-    { fastCheck: { numRuns: 40, seed: 20261205 } }
+    PropertyRuns.fastCheck(20261205)
   )
 
   // Five callers at t = 0 (durations below), two permits; the schedule ends at 5. Each caller is

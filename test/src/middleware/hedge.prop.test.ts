@@ -16,6 +16,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Option, TestClock } from "effect"
 import { Unavailable } from "../../../src/Errors.js"
 import { hedge } from "../../../src/middleware/hedge.js"
+import { PropertyRuns } from "keel/testing"
 
 interface AttemptRecord {
   readonly startedAt: number
@@ -120,6 +121,6 @@ describe("hedge properties", () => {
           attempts.filter((attempt) => attempt.end === "interrupted").length
         )
       })),
-    { fastCheck: { numRuns: 80, seed: 20_260_511 } }
+    PropertyRuns.fastCheck(20_260_511)
   )
 })

@@ -12,6 +12,7 @@ import { stack } from "../../../src/middleware/Middleware.js"
 import { RateLimited, rateLimit, rateLimitMetrics, type RateLimitRejection } from "../../../src/middleware/rateLimit.js"
 import { timeout } from "../../../src/middleware/timeout.js"
 import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
+import { PropertyRuns } from "keel/testing"
 
 /** A service that records the instant (ms after `origin`) each call is admitted, then runs `duration`. */
 const makeProbe = (origin = 0) => {
@@ -353,7 +354,7 @@ describe("rateLimit properties", () => {
           expectWindowRespected(mine.filter(({ exit }) => Exit.isSuccess(exit)).map(({ at }) => at), limit, per)
         }
       })),
-    { fastCheck: { numRuns: 40, seed: 20261206 } }
+    PropertyRuns.fastCheck(20261206)
   )
 
   it.effect.prop(
@@ -390,7 +391,7 @@ describe("rateLimit properties", () => {
         expectWindowRespected(probe.admitted.map(({ at }) => at), limit, per)
         expect(yield* readMetrics(name)).toMatchObject({ waiting: 0 })
       })),
-    { fastCheck: { numRuns: 30, seed: 20261207 } }
+    PropertyRuns.fastCheck(20261207)
   )
 
   // Six callers at t = 0, limit 2 per 10 ms, each call running 7 ms: slots 0, 0, 10, 10, 20, 20. Each

@@ -19,8 +19,8 @@ import { Timeout, Unavailable } from "../../../src/Errors.js"
 import { deadline, within } from "../../../src/middleware/deadline.js"
 import { stack } from "../../../src/middleware/Middleware.js"
 import { retry } from "../../../src/middleware/retry.js"
+import { PropertyRuns } from "keel/testing"
 
-const fastCheck = (seed: number, numRuns: number) => ({ fastCheck: { numRuns, seed } })
 
 const jitters: ReadonlyArray<Backoff.Jitter> = ["none", "full", "equal", "decorrelated", "proportional"]
 
@@ -159,7 +159,7 @@ describe("retry budget properties", () => {
           }
         })
       })),
-    fastCheck(20_260_501, 15)
+    PropertyRuns.fastCheck(20_260_501)
   )
 })
 
@@ -214,7 +214,7 @@ describe("retry under a deadline, properties", () => {
         }
         expect(attempts.every((attempt) => attempt.startedAt < d)).toBe(true)
       })),
-    fastCheck(20_260_502, 30)
+    PropertyRuns.fastCheck(20_260_502)
   )
 
   it.effect.prop(
@@ -266,6 +266,6 @@ describe("retry under a deadline, properties", () => {
         expect(unenforced.attempts.every((attempt) => attempt.startedAt - unenforcedFrom < d)).toBe(true)
         expect(unenforced.attempts.every((attempt) => !attempt.interrupted)).toBe(true)
       })),
-    fastCheck(20_260_503, 25)
+    PropertyRuns.fastCheck(20_260_503)
   )
 })

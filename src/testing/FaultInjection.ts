@@ -1,0 +1,248 @@
+/**
+ * FaultInjection — makes a user's own service misbehave on purpose, so a property test can show that the
+ * code around it (timeouts, retries, breakers, a worker pool's dead letters) copes with what production
+ * will do to it: fail with one of its own typed errors, die, answer late, or never answer at all.
+ *
+ * An injector decides each call with Effect's `Random` and delays it with `Effect.sleep`, so one seed
+ * (`Effect.withRandom(Random.make(seed))`, `Layer.setRandom`) replays the same faults and TestClock
+ * drives every delay. The draws come in a fixed order, one per configured fault: hang, defect, failure,
+ * latency. The first that fires decides the call, so each rate is the chance for a call that got that far,
+ * and a failed, dead or hung call never reaches the service. The injector is a middleware, a wrapper for
+ * service objects and a Layer transformer; nothing is global, so only the services it wraps pay for it.
+ */
+import { Context, Data, Duration, Effect, Effectable, Layer, Predicate } from "effect"
+import type { Random } from "effect"
+import type { Middleware, Service } from "../middleware/Middleware.js"
+
+/** The defect an injector kills a call with. */
+export class InjectedDefect extends Data.TaggedError("InjectedDefect")<{
+  readonly message: string
+}> {}
+
+/** How long an injected delay lasts; build one with `Latency.fixed`, `Latency.uniform`, `Latency.exponential`. */
+export type Latency =
+  | { readonly _tag: "Fixed"; readonly duration: Duration.Duration }
+  | { readonly _tag: "Uniform"; readonly min: Duration.Duration; readonly max: Duration.Duration }
+  | { readonly _tag: "Exponential"; readonly mean: Duration.Duration; readonly max: Duration.Duration }
+
+/** The delay distributions. */
+export const Latency = {
+  /** Always `duration`. */
+  fixed: (duration: Duration.DurationInput): Latency => ({ _tag: "Fixed", duration: Duration.decode(duration) }),
+  /** Uniform between `min` and `max`, in whole milliseconds. */
+  uniform: (min: Duration.DurationInput, max: Duration.DurationInput): Latency => ({
+    _tag: "Uniform",
+    min: Duration.decode(min),
+    max: Duration.decode(max)
+  }),
+  /**
+   * Exponential with mean `mean` (many short delays, a long tail), in whole milliseconds and cut at `max`: a
+   * delay that would be longer lasts `max`, so the tail stays bounded.
+   */
+  exponential: (mean: Duration.DurationInput, options: { readonly max: Duration.DurationInput }): Latency => ({
+    _tag: "Exponential",
+    mean: Duration.decode(mean),
+    max: Duration.decode(options.max)
+  })
+}
+
+/**
+ * Which faults to inject and how often. Every rate is a probability in [0, 1], checked in the order below,
+ * each among the calls the faults before it let through.
+ */
+export interface Faults<E = never> {
+  /** The call never completes; it can be interrupted, so a timeout (or any interruption) ends it. */
+  readonly hang?: { readonly rate: number }
+  /** The call dies with `InjectedDefect { message }`; `message` defaults to `injected defect`. */
+  readonly defect?: { readonly rate: number; readonly message?: string }
+  /** The call fails with a fresh error from a factory picked uniformly; use the service's own errors. */
+  readonly failure?: { readonly rate: number; readonly errors: ReadonlyArray<() => E> }
+  /** The call runs after a delay drawn from `distribution`. */
+  readonly latency?: { readonly rate: number; readonly distribution: Latency }
+}
+
+/** What an injector has done so far. `calls` counts every call it saw, faulted or not. */
+export interface FaultStats {
+  readonly calls: number
+  readonly hangs: number
+  readonly defects: number
+  readonly failures: number
+  readonly delayed: number
+}
+
+/** Injects one spec's faults into the services it wraps; `E` is the errors of its `failure` factories. */
+export interface Injector<E> {
+  /** Injects faults into every call of a Keel `Service`. */
+  readonly middleware: Middleware<E>
+  /**
+   * The same service with faults in every Effect it hands out: the Effects its methods return and its
+   * members that are Effects. Methods run with the original object as `this`; other members, and yieldable
+   * data types such as Option, Ref, Queue or a Context tag, are left as they are. Faults are drawn each time
+   * an Effect runs, not when it is built.
+   */
+  readonly wrap: <S extends object>(service: S) => S
+  /**
+   * Replaces the service `tag` that a layer builds with its wrapped version (see `wrap`); whatever else the
+   * layer provides passes through unchanged.
+   */
+  readonly layer: <I, S extends object>(
+    tag: Context.Tag<I, S>
+  ) => <ROut, E2, R2>(layer: Layer.Layer<ROut | I, E2, R2>) => Layer.Layer<ROut | I, E2, R2>
+  /** The counters so far. */
+  readonly stats: Effect.Effect<FaultStats>
+}
+
+const isRate = (rate: number) => rate >= 0 && rate <= 1
+
+const problemsOf = <E>(faults: Faults<E>): ReadonlyArray<string> => {
+  const problems: Array<string> = []
+  for (const part of ["hang", "defect", "failure", "latency"] as const) {
+    const rate = faults[part]?.rate
+    if (rate !== undefined && !isRate(rate)) problems.push(`${part}.rate must be in [0, 1] (got ${rate})`)
+  }
+  if (faults.failure !== undefined && faults.failure.errors.length === 0) {
+    problems.push("failure.errors must list at least one error factory")
+  }
+  const distribution = faults.latency?.distribution
+  if (distribution?._tag === "Fixed" && !Duration.isFinite(distribution.duration)) {
+    problems.push("latency: a fixed delay must be finite")
+  }
+  if (
+    distribution?._tag === "Uniform" &&
+    (!Duration.isFinite(distribution.max) || Duration.greaterThan(distribution.min, distribution.max))
+  ) {
+    problems.push(
+      `latency: a uniform delay needs min ≤ max, both finite (got ${Duration.format(distribution.min)}, ` +
+        `${Duration.format(distribution.max)})`
+    )
+  }
+  if (
+    distribution?._tag === "Exponential" &&
+    (!Duration.isFinite(distribution.mean) || !Duration.isFinite(distribution.max))
+  ) {
+    problems.push("latency: an exponential delay needs a finite mean and max")
+  }
+  return problems
+}
+
+// A drawn delay is rounded to whole milliseconds, the resolution of timers: virtual instants stay integers
+// (no float noise when a test subtracts them), and TestClock has fewer distinct instants to step through.
+const drawnDelay = (millis: number, min: number, max: number) =>
+  Duration.millis(Math.min(max, Math.max(min, Math.round(millis))))
+
+const sample = (random: Random.Random, latency: Latency): Effect.Effect<Duration.Duration> => {
+  switch (latency._tag) {
+    case "Fixed":
+      return Effect.succeed(latency.duration)
+    case "Uniform": {
+      const minMillis = Duration.toMillis(latency.min)
+      const maxMillis = Duration.toMillis(latency.max)
+      return Effect.map(random.nextRange(minMillis, maxMillis), (millis) => drawnDelay(millis, minMillis, maxMillis))
+    }
+    case "Exponential": {
+      const meanMillis = Duration.toMillis(latency.mean)
+      const maxMillis = Duration.toMillis(latency.max)
+      // Inverse transform of a draw in [0, 1): 1 − draw is in (0, 1], so the logarithm is finite.
+      return Effect.map(random.next, (draw) => drawnDelay(-meanMillis * Math.log(1 - draw), 0, maxMillis))
+    }
+  }
+}
+
+// Option, Either, Ref, Queue, Deferred, Fiber, Config, Context tags and tagged errors can all be yielded as
+// Effects, but a service holding one means the value itself. Effect builds every such type on Effectable's
+// prototypes, which also mark it as a Stream; an Effect built by Effect's constructors has no such mark.
+const isPlainEffect = (value: unknown): value is Effect.Effect<unknown, unknown, unknown> =>
+  Effect.isEffect(value) && !Predicate.hasProperty(value, Effectable.StreamTypeId)
+
+/**
+ * Builds an injector for `faults`. A rate outside [0, 1], an empty `failure.errors` or a delay that could
+ * be infinite is a defect. The error type is the union of what the factories return (TypeScript would
+ * otherwise settle on the first factory's); to name it, declare the spec as `Faults<MyError>`.
+ */
+export const make = <Factory extends () => unknown = () => never>(
+  faults: Faults<ReturnType<Factory>> & { readonly failure?: { readonly errors: ReadonlyArray<Factory> } }
+): Effect.Effect<Injector<ReturnType<Factory>>> => build(faults)
+
+const build = <E>(faults: Faults<E>): Effect.Effect<Injector<E>> =>
+  Effect.suspend(() => {
+    const problems = problemsOf(faults)
+    if (problems.length > 0) return Effect.dieMessage(`FaultInjection: ${problems.join("; ")}`)
+
+    const { defect, failure, hang, latency } = faults
+    const defectMessage = defect?.message ?? "injected defect"
+    const counts = { calls: 0, hangs: 0, defects: 0, failures: 0, delayed: 0 }
+
+    const inject = <A, E1, R>(call: Effect.Effect<A, E1, R>): Effect.Effect<A, E | E1, R> =>
+      Effect.randomWith((random) =>
+        Effect.gen(function*() {
+          counts.calls++
+          if (hang !== undefined && (yield* random.next) < hang.rate) {
+            counts.hangs++
+            return yield* Effect.never
+          }
+          if (defect !== undefined && (yield* random.next) < defect.rate) {
+            counts.defects++
+            return yield* Effect.die(new InjectedDefect({ message: defectMessage }))
+          }
+          if (failure !== undefined && (yield* random.next) < failure.rate) {
+            counts.failures++
+            const pick = yield* random.nextIntBetween(0, failure.errors.length)
+            return yield* Effect.fail(failure.errors[pick]!())
+          }
+          if (latency !== undefined && (yield* random.next) < latency.rate) {
+            counts.delayed++
+            yield* Effect.sleep(yield* sample(random, latency.distribution))
+          }
+          return yield* call
+        })
+      )
+
+    const middleware: Middleware<E> = <Req, Res, E1, R>(service: Service<Req, Res, E1, R>) => (request: Req) =>
+      inject(service(request))
+
+    const wrap = <S extends object>(service: S): S => {
+      // One wrapper per original member, so a member read twice is the same value both times.
+      const wrapped = new WeakMap<object, unknown>()
+      const wrapMember = (member: unknown): unknown => {
+        const isMethod = typeof member === "function" && !Effect.isEffect(member)
+        if (!isMethod && !isPlainEffect(member)) return member
+        const known = wrapped.get(member)
+        if (known !== undefined) return known
+        const replacement = isMethod
+          ? (...args: Array<unknown>) => {
+            const result = (member as (...args: Array<unknown>) => unknown).apply(service, args)
+            return isPlainEffect(result) ? inject(result) : result
+          }
+          : inject(member as Effect.Effect<unknown, unknown, unknown>)
+        wrapped.set(member, replacement)
+        return replacement
+      }
+      // The proxy's own target is an empty object inheriting from the service: a Proxy must report a
+      // frozen target's properties unchanged, and this target has none, so frozen services work too.
+      return new Proxy(Object.create(service) as S, {
+        get: (_, key) => wrapMember(Reflect.get(service, key)),
+        set: (_, key, value) => Reflect.set(service, key, value),
+        getPrototypeOf: () => Reflect.getPrototypeOf(service),
+        ownKeys: () => Reflect.ownKeys(service),
+        getOwnPropertyDescriptor: (_, key) => {
+          const descriptor = Reflect.getOwnPropertyDescriptor(service, key)
+          if (descriptor === undefined) return undefined
+          return "value" in descriptor
+            ? { ...descriptor, value: wrapMember(descriptor.value), configurable: true }
+            : { ...descriptor, configurable: true }
+        }
+      })
+    }
+
+    const layer = <I, S extends object>(tag: Context.Tag<I, S>) =>
+    <ROut, E2, R2>(built: Layer.Layer<ROut | I, E2, R2>): Layer.Layer<ROut | I, E2, R2> =>
+      Layer.map(built, (context) => Context.add(context, tag, wrap(Context.get(context, tag))))
+
+    const injector: Injector<E> = {
+      middleware,
+      wrap,
+      layer,
+      stats: Effect.sync(() => ({ ...counts }))
+    }
+    return Effect.succeed(injector)
+  })
