@@ -1,0 +1,128 @@
+/**
+ * FiberLeaks — "nothing outlives its scope", checked.
+ *
+ * Keel's components promise that closing their Scope stops everything they started: workers, renewers,
+ * timers, the fibers a finalizer forks to hand work back. A fiber that survives is a leak — it holds
+ * memory, permits or a connection, and in a server it keeps running after shutdown said it was done.
+ * `check(effect)` runs `effect` in a fresh Scope under a Supervisor that sees every fiber forked inside it,
+ * however it was forked (`fork`, `forkDaemon`, `forkIn`, from a finalizer while the scope closes) and
+ * whatever those fibers fork in turn. Once the scope has closed it yields a few times, so fibers that are
+ * just finishing (an interrupted fiber running its finalizers, a cleanup forked by a finalizer) can end,
+ * then fails with `FiberLeak` listing each fiber still alive: its id, how long it has lived (by `Clock`,
+ * so TestClock drives it) and a name — its `fiber.name` log annotation, else its current span's name,
+ * else its id. The leaked fibers are then interrupted (without waiting for them), so one failing check
+ * does not leave work running into the next test.
+ *
+ * When `effect` itself fails, that failure is the result: it is what the caller needs to see first.
+ *
+ * Under TestClock, the first `Effect.sleep` of a test before any `TestClock.adjust` forks TestClock's own
+ * "time is not advancing" warning fiber as a child of the sleeping fiber. When that fiber is a leak, the
+ * warning fiber is listed with it (unnamed); adjusting the clock first avoids the extra entry.
+ */
+import { Clock, Context, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Supervisor } from "effect"
+import type { Scope } from "effect"
+
+/** A fiber still alive after the scope it was forked in had closed. */
+export interface LeakedFiber {
+  /** The fiber's id number (`#id` in Effect's logs). */
+  readonly id: number
+  /** Its `fiber.name` annotation, its current span's name, or `#id`. */
+  readonly name: string
+  /** How long it had lived when the check found it. */
+  readonly age: Duration.Duration
+}
+
+/** How many fibers the message names; `fibers` holds them all. */
+const shownInMessage = 10
+
+const describeFiber = (fiber: LeakedFiber) => {
+  const idLabel = `#${fiber.id}`
+  const age = Duration.toMillis(fiber.age) === 0 ? "0ms" : Duration.format(fiber.age)
+  return fiber.name === idLabel ? `${idLabel} (alive ${age})` : `${fiber.name} (${idLabel}, alive ${age})`
+}
+
+/** Fibers forked inside a checked effect were still alive after its scope closed. */
+export class FiberLeak extends Data.TaggedError("FiberLeak")<{
+  readonly fibers: ReadonlyArray<LeakedFiber>
+}> {
+  override get message() {
+    const shown = this.fibers.slice(0, shownInMessage).map(describeFiber).join(", ")
+    const more = this.fibers.length > shownInMessage ? `, … and ${this.fibers.length - shownInMessage} more` : ""
+    const count = this.fibers.length === 1 ? "1 fiber" : `${this.fibers.length} fibers`
+    return `${count} still alive after the scope closed: ${shown}${more}`
+  }
+}
+
+export interface CheckOptions {
+  /** `Effect.yieldNow()`s after the scope closed, for finishing fibers to end. Default 10. */
+  readonly graceYields?: number
+}
+
+/** The annotation that names a fiber in a leak report (`Effect.annotateLogs("fiber.name", "renewer")`). */
+export const nameAnnotation = "fiber.name"
+
+const nameOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string => {
+  const annotated = HashMap.get(fiber.getFiberRef(FiberRef.currentLogAnnotations), nameAnnotation)
+  if (Option.isSome(annotated)) return String(annotated.value)
+  const span = fiber.currentSpan
+  if (span !== undefined && span._tag === "Span") return span.name
+  return `#${fiber.id().id}`
+}
+
+/** Every fiber started under it and not yet ended, with the instant it started. */
+class LiveFibers extends Supervisor.AbstractSupervisor<ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>>> {
+  readonly startedAt = new Map<Fiber.RuntimeFiber<unknown, unknown>, number>()
+
+  constructor(private readonly clock: Clock.Clock) {
+    super()
+  }
+
+  get value() {
+    return Effect.sync(() => [...this.startedAt.keys()])
+  }
+
+  override onStart<A, E, R>(
+    _context: Context.Context<R>,
+    _effect: Effect.Effect<A, E, R>,
+    _parent: Option.Option<Fiber.RuntimeFiber<any, any>>,
+    fiber: Fiber.RuntimeFiber<A, E>
+  ) {
+    this.startedAt.set(fiber, this.clock.unsafeCurrentTimeMillis())
+  }
+
+  override onEnd<A, E>(_exit: Exit.Exit<A, E>, fiber: Fiber.RuntimeFiber<A, E>) {
+    this.startedAt.delete(fiber)
+  }
+}
+
+/**
+ * Runs `effect` in a fresh Scope, closes it, and fails with `FiberLeak` if any fiber forked inside is
+ * still alive `graceYields` yields later.
+ */
+export const check = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  options: CheckOptions = {}
+): Effect.Effect<A, E | FiberLeak, Exclude<R, Scope.Scope>> =>
+  Effect.gen(function*() {
+    const graceYields = options.graceYields ?? 10
+    if (!Number.isInteger(graceYields) || graceYields < 0) {
+      return yield* Effect.dieMessage(`FiberLeaks.check: graceYields must be an integer ≥ 0 (got ${graceYields})`)
+    }
+    const clock = yield* Effect.clock
+    const live = new LiveFibers(clock)
+    const exit = yield* Effect.exit(Effect.supervised(Effect.scoped(effect), live))
+    for (let step = 0; step < graceYields; step++) yield* Effect.yieldNow()
+
+    const now = clock.unsafeCurrentTimeMillis()
+    const leaked = [...live.startedAt].map(([fiber, startedAt]) => ({ fiber, startedAt }))
+    const fibers: ReadonlyArray<LeakedFiber> = leaked.map(({ fiber, startedAt }) => ({
+      id: fiber.id().id,
+      name: nameOf(fiber),
+      age: Duration.millis(now - startedAt)
+    }))
+    yield* Effect.forEach(leaked, ({ fiber }) => Fiber.interruptFork(fiber), { discard: true })
+
+    if (Exit.isFailure(exit)) return yield* Effect.failCause(exit.cause)
+    if (fibers.length > 0) return yield* Effect.fail(new FiberLeak({ fibers }))
+    return exit.value
+  })
