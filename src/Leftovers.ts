@@ -14,11 +14,11 @@
  * The walk is bounded (`maxFibers` listed, `maxVisited` visited) and each fiber is asked for its children
  * with a bound in scheduler turns, so collecting never hangs on a fiber that does not answer.
  */
-import { Clock, Effect, Fiber, FiberId, FiberRef, FiberStatus, HashMap, Metric, MetricState } from "effect"
+import { Clock, Effect, Fiber, FiberId, FiberRef, FiberStatus, HashMap, Metric, MetricState, Option } from "effect"
 
 export interface AliveFiber {
   readonly id: number
-  /** Its span name, else its log annotations (`pool=jobs worker=3`), else `fiber #<id>`. */
+  /** See `nameOf`. */
   readonly name: string
   /** Since the fiber was made (Effect stamps fiber ids with the wall clock; read against Clock, so 0 on TestClock). */
   readonly ageMs: number
@@ -66,12 +66,22 @@ const waitingOn = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
       ? [...FiberId.ids(status.blockingOn)].filter((id) => id !== fiber.id().id)
       : [])
 
-const nameOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string => {
+/** The annotation that names a fiber outright (`Effect.annotateLogs("fiber.name", "lease-renewer")`). */
+export const nameAnnotation = "fiber.name"
+
+/**
+ * A fiber's name for reports: its `fiber.name` annotation, else its span's name, else its other log
+ * annotations (`pool=jobs worker=3`), else `#<id>`.
+ */
+export const nameOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string => {
+  const annotations = fiber.getFiberRef(FiberRef.currentLogAnnotations)
+  const named = HashMap.get(annotations, nameAnnotation)
+  if (Option.isSome(named)) return String(named.value)
   const span = fiber.currentSpan
   if (span !== undefined && span._tag === "Span") return span.name
-  const annotations = HashMap.toEntries(fiber.getFiberRef(FiberRef.currentLogAnnotations))
-  if (annotations.length > 0) return annotations.map(([key, value]) => `${key}=${String(value)}`).join(" ")
-  return `fiber #${fiber.id().id}`
+  const entries = HashMap.toEntries(annotations)
+  if (entries.length > 0) return entries.map(([key, value]) => `${key}=${String(value)}`).join(" ")
+  return `#${fiber.id().id}`
 }
 
 const plural = (count: number, word: string) => `${count} ${word}${count === 1 ? "" : "s"}`
@@ -154,7 +164,8 @@ export const render = (leftovers: Leftovers): Array<string> => {
     lines.push(`  still alive: ${total} fiber${total === 1 ? "" : "s"}`)
     for (const fiber of leftovers.fibers) {
       const waiting = fiber.waitingOn.length > 0 ? `, waiting on ${fiber.waitingOn.map((id) => `#${id}`).join(", ")}` : ""
-      lines.push(`    #${fiber.id} ${fiber.name} (alive ${fiber.ageMs} ms${waiting})`)
+      const name = fiber.name === `#${fiber.id}` ? "" : ` ${fiber.name}`
+      lines.push(`    #${fiber.id}${name} (alive ${fiber.ageMs} ms${waiting})`)
     }
     if (leftovers.moreFibers > 0) lines.push(`    … and ${leftovers.moreFibers} more`)
   }

@@ -10,7 +10,7 @@
  * just finishing (an interrupted fiber running its finalizers, a cleanup forked by a finalizer) can end,
  * then fails with `FiberLeak` listing each fiber still alive: its id, how long it has lived (by `Clock`,
  * so TestClock drives it) and a name — its `fiber.name` log annotation, else its current span's name,
- * else its id. The leaked fibers are then interrupted (without waiting for them), so one failing check
+ * else its other log annotations, else its id (`Leftovers.nameOf`, as in the shutdown report). The leaked fibers are then interrupted (without waiting for them), so one failing check
  * does not leave work running into the next test.
  *
  * When `effect` itself fails, that failure is the result: it is what the caller needs to see first.
@@ -19,8 +19,9 @@
  * "time is not advancing" warning fiber as a child of the sleeping fiber. When that fiber is a leak, the
  * warning fiber is listed with it (unnamed); adjusting the clock first avoids the extra entry.
  */
-import { Clock, Context, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Supervisor } from "effect"
+import { Clock, Context, Data, Duration, Effect, Exit, Fiber, Option, Supervisor } from "effect"
 import type { Scope } from "effect"
+import * as Leftovers from "../Leftovers.js"
 
 /** A fiber still alive after the scope it was forked in had closed. */
 export interface LeakedFiber {
@@ -59,15 +60,7 @@ export interface CheckOptions {
 }
 
 /** The annotation that names a fiber in a leak report (`Effect.annotateLogs("fiber.name", "renewer")`). */
-export const nameAnnotation = "fiber.name"
-
-const nameOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): string => {
-  const annotated = HashMap.get(fiber.getFiberRef(FiberRef.currentLogAnnotations), nameAnnotation)
-  if (Option.isSome(annotated)) return String(annotated.value)
-  const span = fiber.currentSpan
-  if (span !== undefined && span._tag === "Span") return span.name
-  return `#${fiber.id().id}`
-}
+export const nameAnnotation = Leftovers.nameAnnotation
 
 /** Every fiber started under it and not yet ended, with the instant it started. */
 class LiveFibers extends Supervisor.AbstractSupervisor<ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>>> {
@@ -117,7 +110,7 @@ export const check = <A, E, R>(
     const leaked = [...live.startedAt].map(([fiber, startedAt]) => ({ fiber, startedAt }))
     const fibers: ReadonlyArray<LeakedFiber> = leaked.map(({ fiber, startedAt }) => ({
       id: fiber.id().id,
-      name: nameOf(fiber),
+      name: Leftovers.nameOf(fiber),
       age: Duration.millis(now - startedAt)
     }))
     yield* Effect.forEach(leaked, ({ fiber }) => Fiber.interruptFork(fiber), { discard: true })
