@@ -1,0 +1,218 @@
+/**
+ * interruptEverywhere — "whatever instant it is interrupted at, the system stays sound", checked at every
+ * instant rather than at the few a test author thinks of.
+ *
+ * Interruption-safety bugs hide in the gap between two steps: a permit taken but not yet guarded, a waiter
+ * handed a permit at the very moment it is interrupted, a counter incremented before a sleep and
+ * decremented after it. Such a bug passes every test that interrupts at a round instant; it fails only when
+ * the interruption lands exactly there. This is the technique that exposed the permit leak once found in
+ * Effect's own `Semaphore.withPermits`: run the scenario, interrupting it at its 1st suspension point; run
+ * it again, interrupting at its 2nd; and so on, until a run reaches its end without being interrupted.
+ * After every run, interrupted or not, the scenario's `check` states the invariants (no permit out, every
+ * job in exactly one outcome, the gauges back at zero).
+ *
+ * Suspension points are counted by a Supervisor installed around `run` only: each time `run`'s fiber, or a
+ * fiber it forked, stops running without having ended (`onSuspend`: it awaits a Deferred, a sleep, a queue,
+ * or yields) is one point, counted for as long as `run` has not ended. An async step that completes at once
+ * counts too (a Semaphore or SynchronizedRef taken without waiting: TestClock's `sleep` has one before its
+ * wait), and an interruption there lands at the fiber's next step. At the k-th point the supervisor sends
+ * the interrupt to `run`'s fiber as any other fiber would, as a task on that fiber's scheduler, so it is
+ * handled right after the fibers already scheduled have had their turn. (Handling it before them, from
+ * inside the supervisor's callback, makes schedules no real interrupter can cause, and Effect's own
+ * concurrent `Effect.all` deadlocks in one of them.) The count is the same run after run as long as the
+ * scenario is deterministic, which it is on TestClock: every phase (building the system, `run`, `check`,
+ * closing the run's Scope) is driven by `VirtualTime`, so scenarios that sleep make progress and no instant
+ * depends on the wall clock.
+ *
+ * Each run builds a fresh system by running `scenario` in a fresh Scope, closed after the check. The
+ * search is bounded by `maxSuspensionPoints`; a phase that cannot finish (a cleanup that deadlocks once
+ * interrupted, say) fails with `Stuck` instead of hanging.
+ */
+import { Cause, Chunk, Data, Effect, Exit, Option, Scope, Supervisor } from "effect"
+import type { Fiber, FiberId, TestServices } from "effect"
+import { describe } from "../Errors.js"
+import type { Livelock, Stalled } from "./VirtualTime.js"
+import * as VirtualTime from "./VirtualTime.js"
+
+/** How one run ended. */
+export interface Outcome<A, E> {
+  readonly exit: Exit.Exit<A, E>
+  /** The suspension point (from 1) `run` was interrupted at; none for the run left to reach its end. */
+  readonly interruptedAt: Option.Option<number>
+}
+
+/** One fresh system: what to run, and the invariants that must hold after it, however it ended. */
+export interface Scenario<A, E, R, E2, R2> {
+  readonly run: Effect.Effect<A, E, R>
+  readonly check: (outcome: Outcome<A, E>) => Effect.Effect<void, E2, R2>
+}
+
+export interface Options extends VirtualTime.Options {
+  /** The search stops with `TooManySuspensionPoints` past this many points in one run. Default 1,000. */
+  readonly maxSuspensionPoints?: number
+}
+
+export interface Report {
+  /** Runs made, the last one uninterrupted: `suspensionPoints + 1`. */
+  readonly runs: number
+  /** Suspension points of the uninterrupted run, each of which some run was interrupted at. */
+  readonly suspensionPoints: number
+}
+
+/** A run still had suspension points left after `maxSuspensionPoints`. */
+export class TooManySuspensionPoints extends Data.TaggedError("TooManySuspensionPoints")<{
+  readonly maxSuspensionPoints: number
+}> {
+  override get message() {
+    return `interruptEverywhere: a run has more than ${this.maxSuspensionPoints} suspension points (maxSuspensionPoints)`
+  }
+}
+
+/** The scenario's `check` failed after a run: `error` is the check's failure. */
+export class InvariantBroken<E> extends Data.TaggedError("InvariantBroken")<{
+  readonly interruptedAt: Option.Option<number>
+  readonly error: E
+}> {
+  override get message() {
+    return `interruptEverywhere: invariant broken ${afterRun(this.interruptedAt)}: ${describe(this.error)}`
+  }
+}
+
+/** Where a run cannot finish. */
+export type Phase = "build" | "run" | "check" | "close"
+
+/** A phase of a run never finished: it kept sleeping (`Livelock`) or waited for nothing time brings (`Stalled`). */
+export class Stuck extends Data.TaggedError("Stuck")<{
+  readonly phase: Phase
+  readonly interruptedAt: Option.Option<number>
+  readonly reason: Livelock | Stalled
+}> {
+  override get message() {
+    return `interruptEverywhere: the ${this.phase} phase ${afterRun(this.interruptedAt)} never ended: ${this.reason.message}`
+  }
+}
+
+/**
+ * A scenario from its `run` and its `check`, typing `check` from `run` without annotations:
+ * `Effect.succeed(scenario(run, ({ exit }) => …))`. (Two arguments rather than one object, so that
+ * TypeScript infers `run` completely before it types `check`.)
+ */
+export const scenario = <A, E, R, E2, R2>(
+  run: Effect.Effect<A, E, R>,
+  check: (outcome: Outcome<A, E>) => Effect.Effect<void, E2, R2>
+): Scenario<A, E, R, E2, R2> => ({ run, check })
+
+/**
+ * Runs the scenario once per suspension point of `run`, interrupting the k-th run at its k-th point, then
+ * once more to the end, checking the invariants after each run. Succeeds with how many runs and points there
+ * were; fails with the first broken invariant, naming the point.
+ */
+export const interruptEverywhere = <A, E, R, E2, R2, E3, R3>(
+  build: Effect.Effect<Scenario<A, E, R, E2, R2>, E3, R3>,
+  options: Options = {}
+): Effect.Effect<
+  Report,
+  InvariantBroken<E2> | E3 | Stuck | TooManySuspensionPoints,
+  Exclude<R | R2 | R3, Scope.Scope> | TestServices.TestServices
+> =>
+  Effect.gen(function*() {
+    const maxSuspensionPoints = options.maxSuspensionPoints ?? 1_000
+    if (!Number.isInteger(maxSuspensionPoints) || maxSuspensionPoints < 0) {
+      return yield* Effect.dieMessage(
+        `interruptEverywhere: maxSuspensionPoints must be an integer ≥ 0 (got ${maxSuspensionPoints})`
+      )
+    }
+    const interruptor = yield* Effect.fiberId
+    for (let interruptAt = 1;; interruptAt++) {
+      const supervisor = new InterruptAtSuspension(interruptAt, interruptor)
+      yield* runOnce(build, supervisor, options)
+      if (!supervisor.interrupted) return { runs: interruptAt, suspensionPoints: supervisor.suspensions }
+      if (interruptAt > maxSuspensionPoints) return yield* new TooManySuspensionPoints({ maxSuspensionPoints })
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+
+/** Counts the suspensions of `run`'s fibers while `run` has not ended, and interrupts `run` at the k-th. */
+class InterruptAtSuspension extends Supervisor.AbstractSupervisor<number> {
+  suspensions = 0
+  interrupted = false
+  private root: Fiber.RuntimeFiber<unknown, unknown> | undefined
+  private counting = false
+
+  constructor(readonly interruptAt: number, readonly interruptor: FiberId.FiberId) {
+    super()
+  }
+
+  readonly value = Effect.sync(() => this.suspensions)
+
+  override onSuspend<A, E>(fiber: Fiber.RuntimeFiber<A, E>): void {
+    if (!this.counting || fiber.unsafePoll() !== null) return
+    this.suspensions++
+    const root = this.root
+    if (this.suspensions === this.interruptAt && root !== undefined) {
+      this.interrupted = true
+      root.currentScheduler.scheduleTask(() => root.unsafeInterruptAsFork(this.interruptor), 0, root)
+    }
+  }
+
+  get interruptedAt(): Option.Option<number> {
+    return this.interrupted ? Option.some(this.interruptAt) : Option.none()
+  }
+
+  /** `run` in the fiber that runs it, watched from its first step to its end. */
+  watch<A, E, R>(run: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    const watched = Effect.withFiberRuntime<A, E, R>((fiber) => {
+      this.root = fiber
+      this.counting = true
+      return Effect.ensuring(run, Effect.sync(() => (this.counting = false)))
+    })
+    return Effect.supervised(watched, this)
+  }
+}
+
+const runOnce = <A, E, R, E2, R2, E3, R3>(
+  build: Effect.Effect<Scenario<A, E, R, E2, R2>, E3, R3>,
+  supervisor: InterruptAtSuspension,
+  options: VirtualTime.Options
+) =>
+  Effect.acquireUseRelease(
+    Scope.make(),
+    (scope) =>
+      Effect.gen(function*() {
+        const drive = <X, EX, RX>(phase: Phase, effect: Effect.Effect<X, EX, RX>) =>
+          VirtualTime.runExit(Scope.extend(effect, scope), options).pipe(
+            Effect.mapError((reason) => new Stuck({ phase, interruptedAt: supervisor.interruptedAt, reason }))
+          )
+        const { check, run } = yield* Effect.flatten(drive("build", build))
+        const exit = yield* drive("run", supervisor.watch(run))
+        const interruptedAt = supervisor.interruptedAt
+        const checked = yield* drive("check", check({ exit, interruptedAt }))
+        yield* Effect.catchAllCause(checked, (cause) => brokenInvariant(cause, interruptedAt))
+        yield* Effect.flatten(drive("close", Scope.close(scope, Exit.void)))
+      }),
+    // Closed already unless a phase failed; then its finalizers are driven too, and a stuck one is left.
+    (scope, exit) => Effect.ignore(VirtualTime.runExit(Scope.close(scope, exit), options))
+  )
+
+// A typed failure of the check becomes `InvariantBroken`; a defect (a failed `expect`) stays a defect, with
+// the point in its message; an interruption stays as it is.
+const brokenInvariant = <E2>(cause: Cause.Cause<E2>, interruptedAt: Option.Option<number>) => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) return Effect.fail(new InvariantBroken({ interruptedAt, error: failure.value }))
+  const defect = Chunk.head(Cause.defects(cause))
+  if (Option.isSome(defect)) {
+    return Effect.die(
+      new Error(`interruptEverywhere: the check died ${afterRun(interruptedAt)}: ${describe(defect.value)}`, {
+        cause: defect.value
+      })
+    )
+  }
+  return Effect.failCause(Cause.stripFailures(cause))
+}
+
+const afterRun = (interruptedAt: Option.Option<number>) =>
+  Option.match(interruptedAt, {
+    onNone: () => "after the run left to reach its end",
+    onSome: (point) => `after the run interrupted at suspension point ${point}`
+  })
