@@ -7,8 +7,11 @@ import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Fiber, FastCheck as fc, Option, TestClock } from "effect"
 import { Lifecycle, QueueFull, WorkerPool } from "keel"
 import { runScenario, scenarioArbitrary } from "./poolScenario.js"
-import { FiberLeaks, PropertyRuns } from "keel/testing"
+import { FiberLeaks, interruptEverywhere, Ledger, PropertyRuns, scenario } from "keel/testing"
 
+
+const jobIdOf = (outcome: WorkerPool.Outcome<string>) =>
+  outcome._tag === "Completed" ? outcome.job.id : outcome._tag === "Failed" ? outcome.letter.job.id : outcome.unfinished.job.id
 
 describe("WorkerPool properties", () => {
   it.effect.prop(
@@ -157,4 +160,27 @@ describe("WorkerPool properties", () => {
       }),
     PropertyRuns.fastCheck(2026)
   )
+
+  it.effect("a producer interrupted at any suspension point: every job it was told was accepted ends exactly once", () =>
+    Effect.gen(function*() {
+      const report = yield* interruptEverywhere(
+        Effect.gen(function*() {
+          const ledger = yield* Ledger.make<string, string>()
+          const pool = yield* WorkerPool.make({
+            capacity: 1,
+            workers: 1,
+            handler: (_: string) => Effect.sleep(Duration.millis(10)),
+            onOutcome: (outcome) => ledger.settle(jobIdOf(outcome), outcome._tag)
+          })
+          // `submit` returning is the pool's word that the job is accepted; the ledger hears it at once.
+          const submit = (id: string) =>
+            Effect.uninterruptibleMask((restore) => Effect.flatMap(restore(pool.submit(id, { id })), ledger.accept))
+          const produce = Effect.forEach(["a", "b", "c", "d"], submit, { discard: true })
+          return scenario(produce, () => Effect.zipRight(pool.awaitIdle, ledger.check))
+        }).pipe(Effect.provide(Lifecycle.layer({ drainTimeout: "1 second" })))
+      )
+      // With one worker and room for one job, the producer waits to queue "c" and "d": both points were tried.
+      expect(report.suspensionPoints).toBeGreaterThanOrEqual(2)
+      expect(report.runs).toBe(report.suspensionPoints + 1)
+    }))
 })
