@@ -153,6 +153,7 @@ describe("FaultInjection: a seed replays the faults", () => {
         const kinds = new Set(first.map((outcome) => outcome.startsWith("ok after") ? "delayed" : outcome))
         expect([...kinds].sort()).toEqual(["StoreUnavailable", "UserNotFound", "defect", "delayed", "hang", "ok"])
       }),
+    // Each case replays 600 calls with delays on the TestClock; three seeds make the point at a bounded cost.
     { fastCheck: { numRuns: 3, seed: 20_261_122 } }
   )
 })

@@ -8,6 +8,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, Exit, FastCheck as fc, Option } from "effect"
 import * as Ledger from "../../../src/testing/Ledger.js"
+import * as PropertyRuns from "../../../src/testing/PropertyRuns.js"
 
 type Outcome = "completed" | "failed" | "handed-back"
 
@@ -292,6 +293,6 @@ describe("Ledger properties", () => {
           neverAccepted: model.neverAccepted
         })
       }),
-    { fastCheck: { numRuns: 150, seed: 20261210 } }
+    PropertyRuns.fastCheck(20261210)
   )
 })

@@ -9,6 +9,7 @@ import { Cause, Deferred, Effect, Exit, FastCheck as fc, Fiber, Option, TestCloc
 import { concurrencyLimit } from "../../../src/middleware/concurrencyLimit.js"
 import { rateLimit } from "../../../src/middleware/rateLimit.js"
 import * as Permits from "../../../src/testing/Permits.js"
+import * as PropertyRuns from "../../../src/testing/PropertyRuns.js"
 import { finished, settle } from "../middleware/timing.js"
 
 const leakOf = (exit: Exit.Exit<void, Permits.PermitLeak>) => {
@@ -86,7 +87,7 @@ describe("Permits.semaphore", () => {
         yield* Effect.forEach(holders, finished, { discard: true })
         expect(yield* Permits.semaphore("prop-pool", pool, total).outstanding).toBe(0)
       }),
-    { fastCheck: { numRuns: 60, seed: 20261211 } }
+    PropertyRuns.fastCheck(20261211)
   )
 })
 
