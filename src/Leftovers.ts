@@ -9,7 +9,7 @@
  *   ancestors and descendants. Each is named by its span, else its log annotations (WorkerPool workers
  *   carry `pool` and `worker`), else its id, with its age;
  * - the resources Keel's own gauges say are still held: permits of concurrency limits, callers waiting at
- *   limits, jobs running in worker pools.
+ *   limits, jobs running in worker pools, tasks of task groups not ended.
  *
  * The walk is bounded (`maxFibers` listed, `maxVisited` visited) and each fiber is asked for its children
  * with a bound in scheduler turns, so collecting never hangs on a fiber that does not answer.
@@ -90,8 +90,12 @@ const plural = (count: number, word: string) => `${count} ${word}${count === 1 ?
 const heldGauges: ReadonlyArray<{ readonly name: string; readonly describe: (count: number, owner: string) => string }> = [
   { name: "keel_middleware_in_flight", describe: (count, owner) => `${plural(count, "permit")} of concurrency limit "${owner}"` },
   { name: "keel_middleware_waiting", describe: (count, owner) => `${plural(count, "caller")} waiting at limit "${owner}"` },
-  { name: "keel_pool_in_flight", describe: (count, owner) => `${plural(count, "job")} running in worker pool "${owner}"` }
+  { name: "keel_pool_in_flight", describe: (count, owner) => `${plural(count, "job")} running in worker pool "${owner}"` },
+  { name: "keel_task_group_pending", describe: (count, owner) => `${plural(count, "task")} not ended in task group "${owner}"` }
 ]
+
+/** The tag naming the component a gauge belongs to. */
+const ownerTags = new Set(["middleware", "pool", "group"])
 
 const heldResources = Effect.sync((): Array<HeldResource> => {
   const held: Array<HeldResource> = []
@@ -100,7 +104,7 @@ const heldResources = Effect.sync((): Array<HeldResource> => {
     if (gauge === undefined || !MetricState.isGaugeState(pair.metricState)) continue
     const count = Number(pair.metricState.value)
     if (count <= 0) continue
-    const owner = pair.metricKey.tags.find((tag) => tag.key === "middleware" || tag.key === "pool")?.value ?? "?"
+    const owner = pair.metricKey.tags.find((tag) => ownerTags.has(tag.key))?.value ?? "?"
     held.push({ what: gauge.describe(count, owner), count })
   }
   return held

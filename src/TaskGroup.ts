@@ -14,7 +14,7 @@
  * waiting for a slot never start. `close` / `wait` / `waitFor` are TaskTracker's, with the deadline its
  * users otherwise write by hand.
  */
-import { Cause, Chunk, Effect, Exit, Fiber, FiberId, FiberMap, Option, Runtime } from "effect"
+import { Cause, Chunk, Effect, Exit, Fiber, FiberId, FiberMap, Metric, MetricLabel, Option, Runtime } from "effect"
 import type { Context, Duration, Scope } from "effect"
 import { joinTask, ShuttingDown } from "./Errors.js"
 import * as Waiters from "./Waiters.js"
@@ -158,11 +158,18 @@ const validate = (options: Options) =>
     ? Effect.void
     : Effect.dieMessage(`TaskGroup: concurrency must be a positive integer (got ${options.concurrency})`)
 
+/** Tasks spawned and not ended (running or waiting for a slot), tagged `group=<name>`. */
+export const pendingGauge = Metric.gauge("keel_task_group_pending", {
+  description: "tasks of a task group not ended yet, running or waiting for a slot"
+})
+
 /** Builds a group in the current Scope; closing the Scope interrupts its tasks and waits for them. */
 export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<TaskGroup<A, E>, never, Scope.Scope> =>
   Effect.gen(function*() {
     yield* validate(options)
     const name = options.name ?? "task-group"
+    // One tags array per series: the metric registry caches its key by the array's identity.
+    const tags = [MetricLabel.make("group", name)]
     const mode = options.mode
     const slots = options.concurrency === undefined ? undefined : yield* Effect.makeSemaphore(options.concurrency)
     const fibers = yield* FiberMap.make<number, A, E>()
@@ -184,6 +191,7 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
     // Runs in the task fiber's exit path, once, whether the task ran or was interrupted before it started.
     const record = (fiber: Fiber.RuntimeFiber<A, E>, entry: Entry<A, E>, exit: Exit.Exit<A, E>) => {
       pending.delete(fiber)
+      pendingGauge.unsafeUpdate(pending.size, tags)
       const end = endOf(exit)
       entry.end = end
       ended.push({ ...entry, end })
@@ -198,11 +206,15 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
       Effect.withFiberRuntime((spawner) => {
         if (closedReason !== undefined) return Effect.fail(new ShuttingDown({ reason: closedReason }))
         const entry: Entry<A, E> = { id: nextId++, label, started: false, end: undefined }
-        const start = Effect.suspend(() => {
-          if (failedFast) return Effect.interrupt
-          entry.started = true
-          return effect
-        })
+        // Annotated, so its logs and the shutdown report's list of what is still alive name it.
+        const start = Effect.annotateLogs(
+          Effect.suspend(() => {
+            if (failedFast) return Effect.interrupt
+            entry.started = true
+            return effect
+          }),
+          { group: name, task: label }
+        )
         // Like `FiberMap.run` (the spawner's context and fiber refs, default flags), but synchronous.
         const runtime = Runtime.make({
           context: spawner.currentContext as Context.Context<R>,
@@ -212,6 +224,7 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
         const fiber = Runtime.runFork(runtime)(slots === undefined ? start : slots.withPermits(1)(start))
         FiberMap.unsafeSet(fibers, entry.id, fiber)
         pending.set(fiber, entry)
+        pendingGauge.unsafeUpdate(pending.size, tags)
         fiber.addObserver((exit) => record(fiber, entry, exit))
         return Effect.succeed<Task<A, E>>({
           label,

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, ConfigProvider, Context, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
-import { Lifecycle, Middleware, ShuttingDown } from "keel"
+import { Lifecycle, Middleware, ShuttingDown, TaskGroup } from "keel"
 
 const withLifecycle = (options: Lifecycle.Options = { drainTimeout: "10 seconds" }) =>
   Effect.provide(Lifecycle.layer(options))
@@ -196,11 +196,10 @@ describe("Lifecycle.run", () => {
     Effect.gen(function*() {
       const limit = yield* Middleware.concurrencyLimit(4, { name: "leftover-test" })
       const upload = limit((_: void) => Effect.uninterruptible(Effect.sleep("1 minute")))
-      const stuck = Effect.annotateLogs(upload(undefined), { task: "stuck-upload" })
-      // The program's Scope waits for the stuck fiber when it closes.
+      // The group's Scope (the program's) waits for the stuck task when it closes.
       const program = Effect.gen(function*() {
-        const fiber = yield* Effect.fork(stuck)
-        yield* Effect.addFinalizer(() => Fiber.await(fiber))
+        const group = yield* TaskGroup.make({ mode: "collect", name: "uploads" })
+        yield* group.spawn("stuck-upload", upload(undefined))
         return yield* Effect.never
       }).pipe(Effect.scoped)
       const running = yield* runInBackground(program)
@@ -209,7 +208,7 @@ describe("Lifecycle.run", () => {
       const report = Option.getOrThrow((yield* Fiber.join(running)).report)
       expect(report.finalizersAbandoned).toBe(true)
       const leftovers = Option.getOrThrow(report.leftovers)
-      const stuckFiber = leftovers.fibers.find((fiber) => fiber.name === "task=stuck-upload")
+      const stuckFiber = leftovers.fibers.find((fiber) => /^(group=uploads task=stuck-upload|task=stuck-upload group=uploads)$/.test(fiber.name))
       expect(stuckFiber).toBeDefined()
       const programFiber = leftovers.fibers.find((fiber) => fiber.name === "program")
       expect(programFiber).toBeDefined()
@@ -217,8 +216,9 @@ describe("Lifecycle.run", () => {
       const waitsOnStuck = leftovers.fibers.filter((fiber) => fiber.waitingOn.includes(stuckFiber!.id))
       expect(waitsOnStuck.length).toBeGreaterThan(0)
       expect(leftovers.held).toContainEqual({ what: `1 permit of concurrency limit "leftover-test"`, count: 1 })
+      expect(leftovers.held).toContainEqual({ what: `1 task not ended in task group "uploads"`, count: 1 })
       const rendered = Lifecycle.renderReport(report)
-      expect(rendered).toMatch(new RegExp(`#${stuckFiber!.id} task=stuck-upload \\(alive \\d+ ms\\)`))
+      expect(rendered).toContain(`#${stuckFiber!.id} ${stuckFiber!.name} (alive `)
       expect(rendered).toContain(`still held: 1 permit of concurrency limit "leftover-test"`)
       yield* TestClock.adjust("1 minute")
     }).pipe(Effect.scoped, withLifecycle({ drainTimeout: "10 seconds", forceGrace: "2 seconds" })))
