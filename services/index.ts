@@ -3,3 +3,4 @@
  * implementation (embedded in `layers/memory`, distributed ones later), chosen by the Layer provided.
  */
 export * as JobStore from "./JobStore.js"
+export * as JobQueue from "./JobQueue.js"

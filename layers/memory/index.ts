@@ -4,4 +4,5 @@
  * survives the process — a restart starts empty — and each is bounded, with a typed error past its limit.
  * Swap in a distributed backend's Layer when the data must outlive the process.
  */
+export * as MemoryJobQueue from "./JobQueue.js"
 export * as MemoryJobStore from "./JobStore.js"

@@ -1,0 +1,274 @@
+/**
+ * The embedded JobQueue: the contract of services/JobQueue.ts in the process's memory, the default backend
+ * (a job server needs no other service to run).
+ *
+ * Guarantee: at least once within the process. Nothing survives the process: a restart starts empty. Every
+ * job the queue holds is in one map, by id, in one state — ready (FIFO), delayed, leased or dead — which is
+ * what makes `offer` idempotent and `depth` exact. Time is Effect's Clock: a delay or a lease expiry is a
+ * fiber sleeping in the queue's Scope, so TestClock drives them, and closing the Scope stops them all.
+ * Bounds: ready plus delayed jobs at most `capacity` (offers wait past it); dead letters at most
+ * `maxDeadLetters` (past it the oldest is dropped, with a warning logged); leased jobs are bounded by the
+ * takers.
+ */
+import { Deferred, Duration, Effect, Exit, Fiber, Layer, Option } from "effect"
+import type { Scope } from "effect"
+import { QueueFull } from "keel"
+import { JobQueue } from "keel/services"
+import * as Waiters from "../../src/Waiters.js"
+
+export interface Options {
+  /** Ready plus delayed jobs at which offers wait. */
+  readonly capacity: number
+  /** How long a lease lasts without `renew`. */
+  readonly leaseDuration: Duration.DurationInput
+  /** Deliveries after which a nacked job is dead-lettered. */
+  readonly maxAttempts: number
+  /** Dead letters kept; past it the oldest is dropped. Default 1000. */
+  readonly maxDeadLetters?: number
+}
+
+type State =
+  | { readonly _tag: "Ready" }
+  | { readonly _tag: "Delayed"; readonly timer: Fiber.RuntimeFiber<void> }
+  | {
+    readonly _tag: "Leased"
+    readonly lease: JobQueue.Lease
+    readonly lost: Deferred.Deferred<void>
+    /** Clock millis; `renew` moves it. */
+    expiresAt: number
+    readonly timer: Fiber.RuntimeFiber<void>
+  }
+  | { readonly _tag: "Dead"; readonly letter: JobQueue.DeadLetter }
+
+interface Job {
+  readonly id: string
+  readonly payload: JobQueue.Json
+  readonly enqueuedAt: number
+  /** Deliveries so far. */
+  deliveries: number
+  state: State
+}
+
+const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
+
+/** A queue living as long as the current Scope. */
+export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const leaseDuration = Duration.decode(options.leaseDuration)
+    const maxDeadLetters = options.maxDeadLetters ?? 1000
+    if (
+      !isCount(options.capacity, 1) || !isCount(options.maxAttempts, 1) || !isCount(maxDeadLetters, 1) ||
+      !Duration.isFinite(leaseDuration) || Duration.toMillis(leaseDuration) <= 0
+    ) {
+      return yield* Effect.dieMessage(
+        `MemoryJobQueue: capacity, maxAttempts and maxDeadLetters must be integers ≥ 1 and leaseDuration a ` +
+          `finite positive duration (got ${options.capacity}, ${options.maxAttempts}, ${maxDeadLetters}, ` +
+          `${Duration.format(leaseDuration)})`
+      )
+    }
+    const scope = yield* Effect.scope
+    const clock = yield* Effect.clock
+    const jobs = new Map<string, Job>()
+    const ready: Array<string> = []
+    const dead: Array<string> = []
+    let delayed = 0
+    let leased = 0
+    let nextId = 1
+    const changed = Waiters.make()
+
+    const runInScope = (effect: Effect.Effect<void>) => Effect.forkIn(Effect.interruptible(effect), scope)
+
+    const makeReady = (job: Job) => {
+      job.state = { _tag: "Ready" }
+      ready.push(job.id)
+      changed.wake()
+    }
+
+    // A job out of its current state, so it can enter the next one; its timers are stopped by the caller.
+    const leave = (job: Job) => {
+      switch (job.state._tag) {
+        case "Delayed":
+          delayed--
+          break
+        case "Leased":
+          leased--
+          break
+        case "Dead":
+          dead.splice(dead.indexOf(job.id), 1)
+          break
+        case "Ready":
+          ready.splice(ready.indexOf(job.id), 1)
+      }
+    }
+
+    const delay = (job: Job, wait: Duration.Duration) =>
+      Effect.gen(function*() {
+        if (Duration.toMillis(wait) <= 0) return makeReady(job)
+        delayed++
+        const timer = yield* runInScope(Effect.zipRight(
+          Effect.sleep(wait),
+          Effect.sync(() => {
+            delayed--
+            makeReady(job)
+          })
+        ))
+        job.state = { _tag: "Delayed", timer }
+      })
+
+    const kill = (job: Job, reason: string) =>
+      Effect.gen(function*() {
+        job.state = {
+          _tag: "Dead",
+          letter: { id: job.id, payload: job.payload, attempts: job.deliveries, reason, at: clock.unsafeCurrentTimeMillis() }
+        }
+        dead.push(job.id)
+        if (dead.length > maxDeadLetters) {
+          const dropped = dead.shift()!
+          jobs.delete(dropped)
+          yield* Effect.logWarning(`MemoryJobQueue: dead letter ${dropped} dropped (more than ${maxDeadLetters} kept)`)
+        }
+        changed.wake()
+      })
+
+    const offerNow = (payload: JobQueue.Json, offerOptions: JobQueue.OfferOptions | undefined) =>
+      Effect.gen(function*() {
+        const id = offerOptions?.id ?? `job-${nextId++}`
+        if (jobs.has(id)) return id
+        const job: Job = { id, payload, enqueuedAt: clock.unsafeCurrentTimeMillis(), deliveries: 0, state: { _tag: "Ready" } }
+        jobs.set(id, job)
+        yield* delay(job, Duration.decode(offerOptions?.delay ?? Duration.zero))
+        return id
+      })
+
+    const hasRoom = () => ready.length + delayed < options.capacity
+    const holds = (offerOptions: JobQueue.OfferOptions | undefined) => offerOptions?.id !== undefined && jobs.has(offerOptions.id)
+
+    const offer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions): Effect.Effect<string> =>
+      Effect.suspend(() =>
+        hasRoom() || holds(offerOptions)
+          ? offerNow(payload, offerOptions)
+          : Effect.zipRight(changed.until(() => hasRoom() || holds(offerOptions)), offer(payload, offerOptions))
+      )
+
+    const tryOffer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions) =>
+      Effect.suspend(() =>
+        hasRoom() || holds(offerOptions)
+          ? offerNow(payload, offerOptions)
+          : Effect.fail(new QueueFull({ capacity: options.capacity }))
+      )
+
+    /** The job of a lease that is still its current one. */
+    const current = (lease: JobQueue.Lease): Job | undefined => {
+      const job = jobs.get(lease.id)
+      return job !== undefined && job.state._tag === "Leased" && job.state.lease === lease ? job : undefined
+    }
+
+    // Ends a lease on its way to another state: its expiry timer stops.
+    const settle = <A>(lease: JobQueue.Lease, next: (job: Job) => Effect.Effect<A>): Effect.Effect<A, JobQueue.LeaseLost> =>
+      Effect.suspend(() => {
+        const job = current(lease)
+        if (job === undefined) return Effect.fail(new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt }))
+        const timer = (job.state as Extract<State, { _tag: "Leased" }>).timer
+        leave(job)
+        return Effect.zipRight(Fiber.interruptFork(timer), next(job))
+      }).pipe(Effect.uninterruptible)
+
+    const expire = (job: Job): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (job.state._tag !== "Leased") return Effect.void
+        const { expiresAt, lost } = job.state
+        const left = expiresAt - clock.unsafeCurrentTimeMillis()
+        if (left > 0) return Effect.zipRight(Effect.sleep(Duration.millis(left)), expire(job))
+        leave(job)
+        Deferred.unsafeDone(lost, Exit.void)
+        makeReady(job)
+        return Effect.void
+      })
+
+    const lease = Effect.gen(function*() {
+      const job = jobs.get(ready.shift()!)!
+      job.deliveries++
+      leased++
+      const lost = yield* Deferred.make<void>()
+      const granted: JobQueue.Lease = {
+        id: job.id,
+        payload: job.payload,
+        attempt: job.deliveries,
+        enqueuedAt: job.enqueuedAt,
+        lost: Deferred.await(lost)
+      }
+      const expiresAt = clock.unsafeCurrentTimeMillis() + Duration.toMillis(leaseDuration)
+      // The state exists before its timer runs: the timer reads it.
+      const leasedState = { _tag: "Leased" as const, lease: granted, lost, expiresAt, timer: undefined as unknown as Fiber.RuntimeFiber<void> }
+      job.state = leasedState
+      const timer = yield* runInScope(Effect.suspend(() => expire(job)))
+      job.state = { ...leasedState, timer }
+      changed.wake()
+      return granted
+    })
+
+    // Released unsettled when the taker's Scope closes: ready again at once.
+    const release = (granted: JobQueue.Lease) =>
+      Effect.suspend(() =>
+        current(granted) === undefined ? Effect.void : Effect.ignore(settle(granted, (job) => Effect.sync(() => makeReady(job))))
+      )
+
+    // The lease is taken and bound to the Scope in one uninterruptible step; the wait for a ready job before
+    // it can be interrupted. Another taker may get there first, so the wait repeats.
+    const take: Effect.Effect<JobQueue.Lease, never, Scope.Scope> = Effect.flatMap(
+      Effect.acquireRelease(
+        Effect.suspend(() => (ready.length > 0 ? Effect.asSome(lease) : Effect.succeedNone)),
+        (granted) => Option.match(granted, { onNone: () => Effect.void, onSome: release })
+      ),
+      Option.match({
+        onNone: () => Effect.zipRight(changed.until(() => ready.length > 0), take),
+        onSome: Effect.succeed
+      })
+    )
+
+    const service: JobQueue.JobQueueService = {
+      capacity: options.capacity,
+      leaseDuration,
+      maxAttempts: options.maxAttempts,
+      offer,
+      tryOffer,
+      take,
+      renew: (granted) =>
+        Effect.suspend(() => {
+          const job = current(granted)
+          if (job === undefined) return Effect.fail(new JobQueue.LeaseLost({ id: granted.id, attempt: granted.attempt }))
+          ;(job.state as Extract<State, { _tag: "Leased" }>).expiresAt = clock.unsafeCurrentTimeMillis() +
+            Duration.toMillis(leaseDuration)
+          return Effect.void
+        }),
+      ack: (granted) =>
+        settle(granted, (job) =>
+          Effect.sync(() => {
+            jobs.delete(job.id)
+            changed.wake()
+          })),
+      nack: (granted, nackOptions?: JobQueue.NackOptions) =>
+        settle(granted, (job) =>
+          job.deliveries >= options.maxAttempts
+            ? kill(job, nackOptions?.error ?? `failed ${job.deliveries} attempt(s)`)
+            : delay(job, Duration.decode(nackOptions?.delay ?? Duration.zero))),
+      deadLetter: (granted, reason) => settle(granted, (job) => kill(job, reason)),
+      deadLetters: Effect.sync(() =>
+        dead.map((id) => (jobs.get(id)!.state as Extract<State, { _tag: "Dead" }>).letter)
+      ),
+      requeue: (id) =>
+        Effect.sync(() => {
+          const job = jobs.get(id)
+          if (job === undefined || job.state._tag !== "Dead") return false
+          leave(job)
+          job.deliveries = 0
+          makeReady(job)
+          return true
+        }),
+      depth: Effect.sync((): JobQueue.Depth => ({ ready: ready.length, leased, delayed, dead: dead.length }))
+    }
+    return service
+  })
+
+/** The queue as the `JobQueue` service, living as long as the layer. */
+export const layer = (options: Options): Layer.Layer<JobQueue.JobQueue> => Layer.scoped(JobQueue.JobQueue, make(options))

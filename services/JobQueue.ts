@@ -1,0 +1,117 @@
+/**
+ * The queue of jobs that outlive a request: one contract, interchangeable backends (embedded memory, Redis
+ * Streams), so the same runner shares work between the workers of one process or of many.
+ *
+ * Delivery is at least once. A worker `take`s a job as a **lease** bound to its Scope and settles it with
+ * `ack`, `nack` (try again, maybe later) or `deadLetter`. A lease that is not settled — its Scope closed
+ * (the worker was interrupted or its process drained), or it expired because nobody `renew`ed it within
+ * `leaseDuration` (the process died) — goes back to the queue and is delivered again, with `attempt` one
+ * higher. So a job can run twice only when its first run lost its lease; a runner interrupts a job whose
+ * lease is `lost`, so that two runs never overlap for long. Past `maxAttempts` deliveries a job is dead-lettered
+ * instead of delivered again; dead letters can be listed and requeued.
+ *
+ * `offer` is idempotent by id: offering an id the queue still holds (ready, delayed, leased or dead) returns
+ * it and adds nothing. It suspends while `capacity` jobs are ready or delayed (backpressure); `tryOffer`
+ * fails with `QueueFull` instead. Payloads are JSON values, so any backend can store them as they are.
+ * Each backend documents what survives what (a process, a restart, a machine).
+ */
+import { Context, Data } from "effect"
+import type { Duration, Effect, Scope } from "effect"
+import type { QueueFull } from "../src/Errors.js"
+
+/** A JSON value: what a payload may be. */
+export type Json = null | boolean | number | string | ReadonlyArray<Json> | { readonly [key: string]: Json }
+
+export interface OfferOptions {
+  /** The job's id; offering an id the queue still holds adds nothing. Default: a fresh id. */
+  readonly id?: string
+  /** Ready only after this long. Default: at once. */
+  readonly delay?: Duration.DurationInput
+}
+
+/** One delivery of a job to one worker. */
+export interface Lease {
+  readonly id: string
+  readonly payload: Json
+  /** Which delivery this is, from 1. */
+  readonly attempt: number
+  /** Clock millis when the job was first offered. */
+  readonly enqueuedAt: number
+  /** Completes if the lease is lost (expired and delivered again): the job should stop at once. */
+  readonly lost: Effect.Effect<void>
+}
+
+export interface NackOptions {
+  /** Delivered again only after this long. Default: at once. */
+  readonly delay?: Duration.DurationInput
+  /** Why this attempt failed, kept for the dead letter if there is one. */
+  readonly error?: string
+}
+
+export interface DeadLetter {
+  readonly id: string
+  readonly payload: Json
+  readonly attempts: number
+  readonly reason: string
+  /** Clock millis when it was dead-lettered. */
+  readonly at: number
+}
+
+export interface Depth {
+  readonly ready: number
+  readonly leased: number
+  readonly delayed: number
+  readonly dead: number
+}
+
+/** The lease was lost (it expired and the job went back to the queue): settling it does nothing. */
+export class LeaseLost extends Data.TaggedError("LeaseLost")<{
+  readonly id: string
+  readonly attempt: number
+}> {
+  override get message() {
+    return `lease of job ${this.id} (attempt ${this.attempt}) was lost`
+  }
+}
+
+/** The backend could not be reached, after the retries it makes itself. */
+export class QueueUnavailable extends Data.TaggedError("QueueUnavailable")<{
+  readonly reason: string
+}> {
+  override get message() {
+    return `job queue unavailable: ${this.reason}`
+  }
+}
+
+export interface JobQueueService {
+  /** Ready plus delayed jobs at which `offer` waits and `tryOffer` refuses. */
+  readonly capacity: number
+  /** How long a lease lasts without `renew`. */
+  readonly leaseDuration: Duration.Duration
+  /** Deliveries after which a nacked job is dead-lettered. */
+  readonly maxAttempts: number
+  /** Adds a job, waiting while the queue is at capacity; returns its id. */
+  readonly offer: (payload: Json, options?: OfferOptions) => Effect.Effect<string, QueueUnavailable>
+  /** Adds a job, or fails at once with `QueueFull` when the queue is at capacity. */
+  readonly tryOffer: (payload: Json, options?: OfferOptions) => Effect.Effect<string, QueueFull | QueueUnavailable>
+  /**
+   * Waits for a ready job and leases it to the caller's Scope: when the Scope closes with the lease still
+   * unsettled, the job is ready again at once.
+   */
+  readonly take: Effect.Effect<Lease, QueueUnavailable, Scope.Scope>
+  /** Extends the lease by `leaseDuration` from now. */
+  readonly renew: (lease: Lease) => Effect.Effect<void, LeaseLost | QueueUnavailable>
+  /** The job is done: it leaves the queue. */
+  readonly ack: (lease: Lease) => Effect.Effect<void, LeaseLost | QueueUnavailable>
+  /** The attempt failed: deliver the job again (after `delay`), or dead-letter it past `maxAttempts`. */
+  readonly nack: (lease: Lease, options?: NackOptions) => Effect.Effect<void, LeaseLost | QueueUnavailable>
+  /** The job cannot succeed: it goes to the dead letters with `reason`. */
+  readonly deadLetter: (lease: Lease, reason: string) => Effect.Effect<void, LeaseLost | QueueUnavailable>
+  /** Dead letters, oldest first. */
+  readonly deadLetters: Effect.Effect<ReadonlyArray<DeadLetter>, QueueUnavailable>
+  /** Moves a dead letter back to the ready jobs, its attempts counted from 0 again; false if there is none. */
+  readonly requeue: (id: string) => Effect.Effect<boolean, QueueUnavailable>
+  readonly depth: Effect.Effect<Depth, QueueUnavailable>
+}
+
+export class JobQueue extends Context.Tag("keel/JobQueue")<JobQueue, JobQueueService>() {}
