@@ -93,6 +93,16 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
     backend.make({ capacity: 10, leaseDurationMs: 1_000, maxAttempts: 3, ...options })
   /** Lets `ms` of backend time pass, then lets forked fibers catch up. */
   const pause = (ms: number) => Effect.zipRight(advance(ms), settle)
+  /** With the only job delayed by 500 ms: a take still waits at 250 ms and has the job by 650 ms. */
+  const takeAfterDelay = (queue: JobQueueService, what: string) =>
+    Effect.gen(function*() {
+      const taker = yield* Effect.fork(queue.take)
+      yield* pause(250)
+      yield* expectWaiting(taker)
+      expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
+      yield* pause(400)
+      return yield* joinWithin(taker, what)
+    })
 
   describe(`JobQueue contract: ${backendName}`, () => {
     test("the queue reports the capacity, lease duration and maxAttempts it was made with, and starts empty", () =>
@@ -183,13 +193,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         const after = yield* Clock.currentTimeMillis
         expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
 
-        const taker = yield* Effect.fork(queue.take)
-        yield* pause(250)
-        yield* expectWaiting(taker)
-        expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
-
-        yield* pause(400)
-        const lease = yield* joinWithin(taker, "take of the delayed job")
+        const lease = yield* takeAfterDelay(queue, "take of the delayed job")
         expect(lease).toMatchObject({ id: "later", payload: { later: true }, attempt: 1 })
         // enqueuedAt is when it was offered, not when it became ready.
         expect(lease.enqueuedAt).toBeGreaterThanOrEqual(before)
@@ -274,13 +278,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* queue.nack(yield* takeNow(queue), { delay: Duration.millis(500), error: "try later" })
         expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
 
-        const taker = yield* Effect.fork(queue.take)
-        yield* pause(250)
-        yield* expectWaiting(taker)
-        expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
-
-        yield* pause(400)
-        const lease = yield* joinWithin(taker, "take of the nacked job")
+        const lease = yield* takeAfterDelay(queue, "take of the nacked job")
         expect([lease.id, lease.attempt]).toEqual(["backoff", 2])
         yield* queue.ack(lease)
 
