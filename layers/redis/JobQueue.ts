@@ -1,0 +1,716 @@
+/**
+ * The distributed JobQueue: the contract of services/JobQueue.ts on Redis Streams, so that several processes
+ * on several machines share one queue's work (same options and behaviour as layers/memory/JobQueue.ts).
+ *
+ * Guarantee: at least once across processes and machines, for as long as Redis keeps its data (turn its
+ * persistence on to survive a Redis restart). A process that dies holding leases loses nothing: its jobs are
+ * taken over by another consumer once their lease has expired. Handlers must be idempotent. Ordering is FIFO
+ * for one taker; across takers it is not guaranteed.
+ *
+ * Redis structures, all under the prefix `keel:jobs:<name>:` (one Redis, not a Cluster: the scripts touch
+ * job hashes whose names they compute):
+ * - `stream`: one entry `{ id }` per job that is ready or leased, in the consumer group `…:group`. A ready job
+ *   is an entry not yet delivered to the group; a leased job is an entry in the group's pending entries list
+ *   (PEL), owned by the consumer that took it, whose idle time is the age of its lease. Settled entries are
+ *   acknowledged and deleted at once, so the stream holds only live jobs: ready = XLEN − pending.
+ * - `job:<id>`: a hash with the job's `payload` (JSON text), `enqueuedAt`, `attempts` (deliveries so far, the
+ *   source of truth for `attempt`), `state` (ready | delayed | leased | dead), its current stream `entry` and
+ *   leasing `consumer`, and for a dead job its `reason` and `at`. It exists exactly as long as the queue holds
+ *   the job, which is what makes `offer` idempotent by id. A lease is the pair (entry, attempts): every
+ *   delivery changes it, so settling a lease someone else has taken over (even the same consumer) is refused.
+ * - `delayed`: a sorted set of job ids scored by the Redis time (ms) at which they become ready.
+ * - `dead`: a list of dead job ids, oldest first, at most `maxDeadLetters` long (past it the oldest is dropped
+ *   with its hash, and a warning logged).
+ *
+ * Every change that touches more than one structure is one Lua script (below, each with its own comment), so
+ * that no other consumer ever sees a job half moved and `depth` is exact. Reads that need no atomicity (the
+ * lease watch, the wake-up read) are plain commands.
+ *
+ * Waiting. `take` does not block inside `XREADGROUP`: a blocked group read cannot be withdrawn, so a taker
+ * interrupted while waiting would have its next job delivered to nobody (stuck in the PEL until its lease
+ * expired, with one attempt spent). Instead one fiber per queue blocks on a dedicated connection in a plain
+ * `XREAD BLOCK` (which takes nothing) and wakes the local takers when an entry is added anywhere; a taker then
+ * runs the take script, whose non-blocking `XREADGROUP` and `XAUTOCLAIM` lease a job atomically with its
+ * attempt count. The script call itself cannot be interrupted half way (its lease is always bound to the
+ * taker's Scope); the wait between calls can. Takers also re-check every second (expired leases of other
+ * consumers become claimable without any entry being added), and offers waiting for room re-check every 50 ms
+ * (room is made by takers in other processes).
+ *
+ * Time: Redis's clock decides idle times (lease expiry) and when delayed jobs are due, so all processes agree;
+ * the process's `Clock` stamps `enqueuedAt` and dead letters' `at`, and paces the fibers.
+ *
+ * Failures: each Redis call is bounded in time (`callTimeout`) and retried with `Backoff` (3 attempts); then
+ * the operation fails with `QueueUnavailable`. Connections this module opens do not keep commands queued across
+ * reconnection attempts (`maxRetriesPerRequest: 0`, reconnecting at most every 500 ms). A retried call may have run once already: offers are safe (the
+ * id is chosen before the first try), a take may then leave a lease nobody holds (it expires and the job is
+ * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
+ */
+import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Layer, Option, Scope } from "effect"
+import Redis from "ioredis"
+import { Backoff, QueueFull } from "keel"
+import { JobQueue } from "keel/services"
+import { createHash, randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import * as Waiters from "../../src/Waiters.js"
+
+export interface Options {
+  /** An ioredis client the caller owns (left open when the queue closes), or the URL of a Redis to connect to. */
+  readonly redis: Redis | { readonly url: string }
+  /** The queue's name: its keys are `keel:jobs:<name>:…`. Queues with the same name share their jobs. */
+  readonly name: string
+  /** Ready plus delayed jobs at which offers wait. */
+  readonly capacity: number
+  /** How long a lease lasts without `renew` (to the millisecond, as Redis counts idle time). */
+  readonly leaseDuration: Duration.DurationInput
+  /** Deliveries after which a nacked job (or one whose lease expired) is dead-lettered. */
+  readonly maxAttempts: number
+  /** Dead letters kept; past it the oldest is dropped. Default 1000. */
+  readonly maxDeadLetters?: number
+  /** This queue's consumer name in the group. Default: a fresh unique id per `make`. */
+  readonly consumer?: string
+}
+
+/** Longest wait for one Redis reply before the call counts as failed. */
+const callTimeout = Duration.seconds(2)
+/** How long the wake-up read blocks in Redis; bounds how late shutdown finds it. */
+const blockMillis = 1_000
+/** How often waiting takers look for expired leases, and offers for room made elsewhere. */
+const takerRecheck = Duration.seconds(1)
+const offerRecheck = Duration.millis(50)
+/** How often due delayed jobs are moved to the stream, at most. */
+const promoteInterval = Duration.millis(50)
+const promoteBatch = 100
+/** Retries of a failed Redis call before `QueueUnavailable`. */
+const retryPolicy = Backoff.exponential<JobQueue.QueueUnavailable>({
+  base: Duration.millis(100),
+  max: Duration.seconds(1),
+  maxAttempts: 3,
+  retryOn: () => true
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// Lua scripts. Each runs atomically in Redis; together they are every change of a job's state.
+
+/** Shared by the scripts: Redis time in ms, and the move of a leased job to the dead letters. */
+const prelude = `
+local function nowMillis()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+-- A leased job's entry leaves the stream and the PEL; its hash stays, marked dead; the oldest dead letter
+-- past maxDead is forgotten altogether. Returns the id dropped, or false.
+local function kill(stream, group, dead, jobPrefix, id, entry, reason, at, maxDead)
+  local job = jobPrefix .. id
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  redis.call('HSET', job, 'state', 'dead', 'reason', reason, 'at', at)
+  redis.call('HDEL', job, 'entry', 'consumer')
+  redis.call('RPUSH', dead, id)
+  if redis.call('LLEN', dead) > tonumber(maxDead) then
+    local dropped = redis.call('LPOP', dead)
+    redis.call('DEL', jobPrefix .. dropped)
+    return dropped
+  end
+  return false
+end
+`
+
+/**
+ * offer — KEYS: stream, delayed, job hash; ARGV: group, id, payload, enqueuedAt, delayMs, capacity.
+ * If the hash exists the queue holds the id: nothing changes ("held"). Else, if ready + delayed (XLEN −
+ * pending + ZCARD) is at capacity: "full". Else the hash is created and the job either XADDed (ready) or
+ * ZADDed to the delayed set at Redis time + delay: "added". One script so that the capacity check and the
+ * add cannot interleave with another producer's.
+ */
+const offerScript = prelude + `
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'held' end
+local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1] + redis.call('ZCARD', KEYS[2])
+if waiting >= tonumber(ARGV[6]) then return 'full' end
+local delay = tonumber(ARGV[5])
+if delay > 0 then
+  redis.call('HSET', KEYS[3], 'payload', ARGV[3], 'enqueuedAt', ARGV[4], 'attempts', 0, 'state', 'delayed')
+  redis.call('ZADD', KEYS[2], nowMillis() + delay, ARGV[2])
+else
+  local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
+  redis.call('HSET', KEYS[3], 'payload', ARGV[3], 'enqueuedAt', ARGV[4], 'attempts', 0, 'state', 'ready', 'entry', entry)
+end
+return 'added'
+`
+
+/**
+ * take — KEYS: stream, dead; ARGV: group, consumer, leaseMs, maxAttempts, jobPrefix, at, maxDead.
+ * First expired leases (any consumer's entry idle for leaseMs or more), walking the whole PEL with XAUTOCLAIM:
+ * a job already delivered maxAttempts times is dead-lettered instead (its worker keeps dying or hanging),
+ * otherwise it is leased to this consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing
+ * increments the hash's `attempts` in the same step, so the attempt is exact and a stale lease's token no
+ * longer matches. Entries without a matching hash (never written by this module) are acknowledged and
+ * dropped. Returns { dropped dead letters, and id, entry, attempts, payload, enqueuedAt } or just the former.
+ */
+const takeScript = prelude + `
+local stream, dead = KEYS[1], KEYS[2]
+local group, consumer, leaseMs, maxAttempts, jobPrefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local dropped = {}
+local function forget(entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+local function lease(entry, id)
+  local job = jobPrefix .. id
+  local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+  redis.call('HSET', job, 'state', 'leased', 'consumer', consumer)
+  local fields = redis.call('HMGET', job, 'payload', 'enqueuedAt')
+  return { dropped, id, entry, tostring(attempts), fields[1], fields[2] }
+end
+local cursor = '0-0'
+repeat
+  local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, leaseMs, cursor, 'COUNT', 1)
+  cursor = claimed[1]
+  for _, message in ipairs(claimed[2]) do
+    local entry, fields = message[1], message[2]
+    local id = fields and fields[2]
+    local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry', 'attempts')
+    if not state or state[1] ~= 'leased' or state[2] ~= entry then
+      forget(entry)
+    elseif tonumber(state[3]) >= maxAttempts then
+      local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on attempt ' .. state[3], ARGV[6], ARGV[7])
+      if gone then table.insert(dropped, gone) end
+    else
+      return lease(entry, id)
+    end
+  end
+until cursor == '0-0'
+while true do
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+  if not read then return { dropped } end
+  local entry, fields = read[1][2][1][1], read[1][2][1][2]
+  local id = fields and fields[2]
+  local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry')
+  if state and state[1] == 'ready' and state[2] == entry then return lease(entry, id) end
+  forget(entry)
+end
+`
+
+/**
+ * settle — KEYS: stream, delayed, dead, job hash; ARGV: group, consumer, entry, attempts, action, delayMs,
+ * reason, at, maxAttempts, maxDead, id, jobPrefix.
+ * Refuses ("lost") unless the job is still leased by this lease: same consumer, entry and attempts. Then:
+ * - renew: XCLAIM to the same consumer with JUSTID, which resets the entry's idle time (the lease's age)
+ *   without counting a delivery;
+ * - ack: XACK + XDEL + DEL of the hash: the job is gone, its id free again;
+ * - release (the lease's Scope closed unsettled) and nack without delay: XACK + XDEL + a new XADD at the back
+ *   of the stream, so the job is ready at once (not merely claimable later) and `depth` says so; the attempt
+ *   already counted stays counted;
+ * - nack with delay: XACK + XDEL + ZADD to the delayed set;
+ * - nack on the maxAttempts-th delivery, and deadLetter: to the dead letters.
+ */
+const settleScript = prelude + `
+local stream, delayed, dead, job = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, consumer, entry, attempts, action = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local state = redis.call('HMGET', job, 'state', 'entry', 'attempts', 'consumer')
+if state[1] ~= 'leased' or state[2] ~= entry or state[3] ~= attempts or state[4] ~= consumer then return { 'lost' } end
+if action == 'renew' then
+  redis.call('XCLAIM', stream, group, consumer, 0, entry, 'JUSTID')
+  return { 'renewed' }
+end
+if action == 'ack' then
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  redis.call('DEL', job)
+  return { 'acked' }
+end
+if action == 'nack' and tonumber(attempts) >= tonumber(ARGV[9]) then action = 'dead' end
+if action == 'dead' then
+  return { 'dead', kill(stream, group, dead, ARGV[12], ARGV[11], entry, ARGV[7], ARGV[8], ARGV[10]) }
+end
+redis.call('XACK', stream, group, entry)
+redis.call('XDEL', stream, entry)
+redis.call('HDEL', job, 'consumer')
+local delay = tonumber(ARGV[6])
+if action == 'nack' and delay > 0 then
+  redis.call('HDEL', job, 'entry')
+  redis.call('HSET', job, 'state', 'delayed')
+  redis.call('ZADD', delayed, nowMillis() + delay, ARGV[11])
+  return { 'delayed' }
+end
+redis.call('HSET', job, 'state', 'ready', 'entry', redis.call('XADD', stream, '*', 'id', ARGV[11]))
+return { 'ready' }
+`
+
+/**
+ * promote — KEYS: stream, delayed; ARGV: jobPrefix, batch.
+ * Moves up to `batch` due members of the delayed set (score ≤ Redis time) to the stream: ZREM + XADD + the
+ * hash's new state and entry, in one step so a job is never both or neither. Returns how many moved and the
+ * ms until the next one is due (−1 when none is delayed), which paces the promoter.
+ */
+const promoteScript = prelude + `
+local now = nowMillis()
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  local job = ARGV[1] .. id
+  if redis.call('HGET', job, 'state') == 'delayed' then
+    redis.call('HSET', job, 'state', 'ready', 'entry', redis.call('XADD', KEYS[1], '*', 'id', id))
+  end
+end
+local next = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if next[2] then return { #due, tostring(tonumber(next[2]) - now) } end
+return { #due, '-1' }
+`
+
+/**
+ * requeue — KEYS: stream, dead, job hash; ARGV: id.
+ * A dead job leaves the dead list (LREM) and is XADDed as ready with its attempts reset to 0, in one step.
+ */
+const requeueScript = `
+if redis.call('HGET', KEYS[3], 'state') ~= 'dead' then return 0 end
+redis.call('LREM', KEYS[2], 1, ARGV[1])
+redis.call('HSET', KEYS[3], 'state', 'ready', 'attempts', 0, 'entry', redis.call('XADD', KEYS[1], '*', 'id', ARGV[1]))
+redis.call('HDEL', KEYS[3], 'reason', 'at')
+return 1
+`
+
+/**
+ * depth — KEYS: stream, delayed, dead; ARGV: group. One script so the four counts are of one moment:
+ * ready = XLEN − pending, leased = pending (XPENDING summary), delayed = ZCARD, dead = LLEN.
+ */
+const depthScript = `
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+return { redis.call('XLEN', KEYS[1]) - pending, pending, redis.call('ZCARD', KEYS[2]), redis.call('LLEN', KEYS[3]) }
+`
+
+/**
+ * deadLetters — KEYS: dead; ARGV: jobPrefix. The dead list with each job's fields, read in one step.
+ */
+const deadLettersScript = `
+local letters = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local fields = redis.call('HMGET', ARGV[1] .. id, 'payload', 'attempts', 'reason', 'at')
+  table.insert(letters, { id, fields[1], fields[2], fields[3], fields[4] })
+end
+return letters
+`
+
+/**
+ * retire — KEYS: stream; ARGV: group, consumer. On close, the consumer leaves the group, but only if it holds
+ * no pending entry: DELCONSUMER drops the consumer's PEL, whose jobs would then never be delivered again.
+ */
+const retireScript = `
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`
+
+interface Script {
+  readonly lua: string
+  readonly sha: string
+}
+
+const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
+
+const scripts = {
+  offer: script(offerScript),
+  take: script(takeScript),
+  settle: script(settleScript),
+  promote: script(promoteScript),
+  requeue: script(requeueScript),
+  depth: script(depthScript),
+  deadLetters: script(deadLettersScript),
+  retire: script(retireScript)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+/** What the queue knows of a lease it granted; the Lease itself is the contract's plain object. */
+interface Held {
+  readonly consumer: string
+  readonly entry: string
+  readonly lost: Deferred.Deferred<void>
+  /** Settled by this process: the release and the lease watch have nothing more to do. */
+  settled: boolean
+  /** Settle calls in flight: the lease watch does not judge the lease meanwhile. */
+  settling: number
+}
+
+const held = new WeakMap<JobQueue.Lease, Held>()
+
+const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
+
+const describeError = (error: unknown) => (error instanceof Error ? error.message : String(error))
+
+const isClient = (redis: Options["redis"]): redis is Redis => typeof (redis as Redis).duplicate === "function"
+
+const connectionOptions = {
+  // While Redis is away a command fails at the next failed reconnection (at most 500 ms later) instead of
+  // waiting in the offline queue for Redis to return; at start it still waits for the first connection.
+  maxRetriesPerRequest: 0,
+  connectTimeout: 2_000,
+  retryStrategy: (times: number) => Math.min(50 * times, 500)
+}
+
+/** A queue living as long as the current Scope. */
+export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const leaseDuration = Duration.decode(options.leaseDuration)
+    const maxDeadLetters = options.maxDeadLetters ?? 1000
+    if (
+      !isCount(options.capacity, 1) || !isCount(options.maxAttempts, 1) || !isCount(maxDeadLetters, 1) ||
+      !Duration.isFinite(leaseDuration) || Duration.toMillis(leaseDuration) < 1 || options.name === ""
+    ) {
+      return yield* Effect.dieMessage(
+        `RedisJobQueue: capacity, maxAttempts and maxDeadLetters must be integers ≥ 1, leaseDuration a finite ` +
+          `duration of at least 1 ms and name not empty (got ${options.capacity}, ${options.maxAttempts}, ` +
+          `${maxDeadLetters}, ${Duration.format(leaseDuration)}, "${options.name}")`
+      )
+    }
+    const leaseMillis = Math.max(1, Math.round(Duration.toMillis(leaseDuration)))
+    const consumer = options.consumer ?? `${hostname()}:${process.pid}:${randomUUID()}`
+    const prefix = `keel:jobs:${options.name}:`
+    const keys = { stream: `${prefix}stream`, delayed: `${prefix}delayed`, dead: `${prefix}dead`, job: `${prefix}job:` }
+    const group = `${prefix}group`
+
+    // Connections: the caller's client (left open) or one of ours, and a dedicated one for the blocking read.
+    const ownsClient = !isClient(options.redis)
+    const client = isClient(options.redis)
+      ? options.redis
+      : new Redis(options.redis.url, connectionOptions)
+    const blocking = client.duplicate({ ...connectionOptions, commandTimeout: undefined })
+    // Failures reach the callers through their commands; without a listener ioredis would print each one.
+    const ignoreError = () => {}
+    if (ownsClient) client.on("error", ignoreError)
+    blocking.on("error", ignoreError)
+    const quit = (connection: Redis) =>
+      Effect.promise(() => connection.quit().catch(() => "")).pipe(
+        Effect.timeoutOption(Duration.seconds(1)),
+        Effect.ensuring(Effect.sync(() => connection.disconnect()))
+      )
+    // The blocking connection may be inside an XREAD BLOCK: a QUIT would wait behind it, so it is cut at once.
+    yield* Effect.addFinalizer(() =>
+      Effect.zipRight(Effect.sync(() => blocking.disconnect()), ownsClient ? quit(client) : Effect.void)
+    )
+
+    let groupReady = false
+
+    /**
+     * One Redis call, failing with QueueUnavailable after `timeout`. The wait is a Deferred completed by the
+     * reply or by a timer fiber, so the bound holds inside uninterruptible regions too (the take script runs
+     * in one, and `Effect.timeout` cannot interrupt there).
+     */
+    const attempt = <A>(what: string, send: () => Promise<A>, timeout: Duration.Duration = callTimeout) =>
+      Effect.suspend(() => {
+        const reply = Deferred.unsafeMake<A, JobQueue.QueueUnavailable>(FiberId.none)
+        const failed = (reason: string) => Deferred.unsafeDone(reply, Exit.fail(new JobQueue.QueueUnavailable({ reason })))
+        try {
+          send().then((value) => Deferred.unsafeDone(reply, Exit.succeed(value)), (error) => {
+            if (describeError(error).startsWith("NOGROUP")) groupReady = false
+            failed(`${what}: ${describeError(error)}`)
+          })
+        } catch (error) {
+          failed(`${what}: ${describeError(error)}`)
+        }
+        const timer = Effect.interruptible(Effect.zipRight(
+          Effect.sleep(timeout),
+          Effect.sync(() => failed(`${what}: no reply within ${Duration.format(timeout)}`))
+        ))
+        return Effect.flatMap(Effect.fork(timer), (fiber) => Effect.ensuring(Deferred.await(reply), Fiber.interrupt(fiber)))
+      })
+
+    const evalScript = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+      attempt(name, async () => {
+        const { lua, sha } = scripts[name]
+        try {
+          return await client.call("EVALSHA", [sha, keyList.length, ...keyList, ...args])
+        } catch (error) {
+          if (!describeError(error).startsWith("NOSCRIPT")) throw error
+          return await client.call("EVAL", [lua, keyList.length, ...keyList, ...args])
+        }
+      })
+
+    /** The stream and group exist (created once, again if someone deleted them). */
+    const ensureGroup = Effect.suspend(() =>
+      groupReady ? Effect.void : attempt("XGROUP CREATE", () =>
+        client.call("XGROUP", ["CREATE", keys.stream, group, "0", "MKSTREAM"]).catch((error) => {
+          if (!describeError(error).startsWith("BUSYGROUP")) throw error
+        })).pipe(Effect.tap(() => Effect.sync(() => void (groupReady = true))))
+    )
+
+    /** One try of a script, the group made sure of first. */
+    const once = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+      Effect.zipRight(ensureGroup, evalScript(name, keyList, args))
+
+    const run = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+      Effect.retry(once(name, keyList, args), retryPolicy)
+
+    // Local wake-ups: every change this process makes or sees bumps `version`; a waiter remembers the version
+    // it last acted on, so a change between its Redis call and its wait is not missed.
+    const changed = Waiters.make()
+    let version = 0
+    const bump = () => {
+      version++
+      changed.wake()
+    }
+    const changeSince = (seen: number, recheck: Duration.Duration) =>
+      Effect.asVoid(Effect.timeoutOption(changed.until(() => version !== seen), recheck))
+
+    const warnDropped = (dropped: ReadonlyArray<unknown>) =>
+      Effect.forEach(dropped, (id) =>
+        Effect.logWarning(`RedisJobQueue ${options.name}: dead letter ${String(id)} dropped (more than ${maxDeadLetters} kept)`), {
+        discard: true
+      })
+
+    // --- offer
+
+    const offerOnce = (id: string, payload: string, delayMillis: number) =>
+      Effect.flatMap(Clock.currentTimeMillis, (enqueuedAt) =>
+        run("offer", [keys.stream, keys.delayed, keys.job + id], [group, id, payload, enqueuedAt, delayMillis, options.capacity])
+      ).pipe(Effect.tap((status) => status === "added" ? Effect.sync(bump) : Effect.void))
+
+    const prepare = (payload: JobQueue.Json, offerOptions: JobQueue.OfferOptions | undefined) => ({
+      id: offerOptions?.id ?? `job-${randomUUID()}`,
+      payload: JSON.stringify(payload),
+      delayMillis: Math.max(0, Math.ceil(Duration.toMillis(Duration.decode(offerOptions?.delay ?? Duration.zero))))
+    })
+
+    const offer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions) =>
+      Effect.suspend(() => {
+        const job = prepare(payload, offerOptions)
+        const loop: Effect.Effect<string, JobQueue.QueueUnavailable> = Effect.suspend(() => {
+          const seen = version
+          return Effect.flatMap(offerOnce(job.id, job.payload, job.delayMillis), (status) =>
+            status === "full" ? Effect.zipRight(changeSince(seen, offerRecheck), loop) : Effect.succeed(job.id))
+        })
+        return loop
+      })
+
+    const tryOffer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions) =>
+      Effect.suspend(() => {
+        const job = prepare(payload, offerOptions)
+        return Effect.flatMap(offerOnce(job.id, job.payload, job.delayMillis), (status) =>
+          status === "full"
+            ? Effect.fail(new QueueFull({ capacity: options.capacity }))
+            : Effect.succeed(job.id))
+      })
+
+    // --- settling a lease
+
+    const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt })
+
+    type Action = "renew" | "ack" | "release" | "nack" | "dead"
+
+    const settleOnce = (lease: JobQueue.Lease, state: Held, action: Action, delayMillis: number, reason: string) =>
+      Effect.flatMap(Clock.currentTimeMillis, (at) =>
+        once("settle", [keys.stream, keys.delayed, keys.dead, keys.job + lease.id], [
+          group,
+          state.consumer,
+          state.entry,
+          lease.attempt,
+          action,
+          delayMillis,
+          reason,
+          at,
+          options.maxAttempts,
+          maxDeadLetters,
+          lease.id,
+          keys.job
+        ]))
+
+    const settle = (lease: JobQueue.Lease, action: Action, delayMillis = 0, reason = "") =>
+      Effect.suspend(() => {
+        const state = held.get(lease)
+        if (state === undefined || state.settled) return Effect.fail(lostOf(lease))
+        state.settling++
+        return Effect.retry(settleOnce(lease, state, action, delayMillis, reason), retryPolicy).pipe(
+          Effect.ensuring(Effect.sync(() => void state.settling--)),
+          Effect.flatMap((reply) => {
+            const [status, dropped] = reply as [string, string | null | undefined]
+            if (status === "lost") {
+              state.settled = true
+              return Effect.zipRight(Deferred.succeed(state.lost, undefined), Effect.fail(lostOf(lease)))
+            }
+            if (action !== "renew") {
+              state.settled = true
+              bump()
+            }
+            return warnDropped(typeof dropped === "string" ? [dropped] : [])
+          })
+        )
+      })
+
+    // Released unsettled when the taker's Scope closes: ready again at once. Failures are dropped: the lease
+    // then expires and is taken over.
+    const release = (lease: JobQueue.Lease) =>
+      Effect.suspend(() => {
+        const state = held.get(lease)
+        return state === undefined || state.settled ? Effect.void : Effect.ignore(settle(lease, "release"))
+      })
+
+    /** Completes `lost` once the job is no longer leased by this lease; polled every third of a lease. */
+    const watch = (lease: JobQueue.Lease, state: Held): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        while (true) {
+          yield* Effect.sleep(Duration.millis(Math.max(10, Math.floor(leaseMillis / 3))))
+          if (state.settled) return
+          const fields = yield* Effect.option(attempt("HMGET", () =>
+            client.hmget(keys.job + lease.id, "state", "entry", "attempts", "consumer")))
+          if (Option.isNone(fields) || state.settling > 0 || state.settled) continue
+          const [jobState, entry, attempts, owner] = fields.value
+          if (
+            jobState !== "leased" || entry !== state.entry || attempts !== String(lease.attempt) || owner !== state.consumer
+          ) {
+            yield* Deferred.succeed(state.lost, undefined)
+            return
+          }
+        }
+      })
+
+    // --- take
+
+    const grant = (reply: ReadonlyArray<unknown>) =>
+      Effect.gen(function*() {
+        const [id, entry, attempts, payload, enqueuedAt] = reply.slice(1) as ReadonlyArray<string>
+        const lost = yield* Deferred.make<void>()
+        const lease: JobQueue.Lease = {
+          id: id!,
+          payload: JSON.parse(payload!) as JobQueue.Json,
+          attempt: Number(attempts),
+          enqueuedAt: Number(enqueuedAt),
+          lost: Deferred.await(lost)
+        }
+        held.set(lease, { consumer, entry: entry!, lost, settled: false, settling: 0 })
+        return lease
+      })
+
+    // One try: the script call and the binding of its lease to the Scope are one uninterruptible step.
+    const takeOnce: Effect.Effect<Option.Option<JobQueue.Lease>, JobQueue.QueueUnavailable, Scope.Scope> = Effect
+      .acquireRelease(
+        Effect.gen(function*() {
+          const at = yield* Clock.currentTimeMillis
+          const reply = (yield* once("take", [keys.stream, keys.dead], [
+            group,
+            consumer,
+            leaseMillis,
+            options.maxAttempts,
+            keys.job,
+            at,
+            maxDeadLetters
+          ])) as ReadonlyArray<unknown>
+          const dropped = reply[0] as ReadonlyArray<string>
+          yield* warnDropped(dropped)
+          return reply.length > 1 ? Option.some(yield* grant(reply)) : Option.none()
+        }),
+        (granted) => Option.match(granted, { onNone: () => Effect.void, onSome: release })
+      )
+      .pipe(Effect.tap(Option.match({
+        onNone: () => Effect.void,
+        onSome: (lease) => {
+          bump()
+          return Effect.forkScoped(Effect.interruptible(watch(lease, held.get(lease)!)))
+        }
+      })))
+
+    const take: Effect.Effect<JobQueue.Lease, JobQueue.QueueUnavailable, Scope.Scope> = Effect.suspend(() => {
+      const seen = version
+      return Effect.flatMap(
+        Effect.retry(takeOnce, retryPolicy),
+        Option.match({ onNone: () => Effect.zipRight(changeSince(seen, takerRecheck), take), onSome: Effect.succeed })
+      )
+    })
+
+    // --- fibers of the queue
+
+    /** Moves due delayed jobs to the stream, sleeping until the next is due (at most `promoteInterval`). */
+    const promoter = Effect.gen(function*() {
+      while (true) {
+        const reply = yield* Effect.either(run("promote", [keys.stream, keys.delayed], [keys.job, promoteBatch]))
+        let pause = Duration.toMillis(promoteInterval)
+        if (reply._tag === "Right") {
+          const [moved, nextMillis] = reply.right as [number, string]
+          if (moved > 0) bump()
+          const next = Number(nextMillis)
+          if (moved >= promoteBatch) pause = 0
+          else if (next >= 0) pause = Math.min(pause, Math.max(1, next))
+        }
+        yield* Effect.sleep(Duration.millis(pause))
+      }
+    })
+
+    /**
+     * Wakes the local takers when an entry is added to the stream by anyone: a plain XREAD BLOCK (no group, so
+     * it takes nothing) from the newest entry seen, on the dedicated connection, bounded to `blockMillis`.
+     */
+    const watcher = Effect.gen(function*() {
+      let lastSeen: string | undefined
+      while (true) {
+        if (lastSeen === undefined) {
+          const newest = yield* Effect.either(attempt("XREVRANGE", () => blocking.xrevrange(keys.stream, "+", "-", "COUNT", 1)))
+          if (newest._tag === "Left") {
+            yield* Effect.sleep(Duration.millis(500))
+            continue
+          }
+          lastSeen = newest.right[0]?.[0] ?? "0-0"
+        }
+        const read = yield* Effect.either(attempt(
+          "XREAD",
+          () => blocking.call("XREAD", ["BLOCK", blockMillis, "COUNT", 100, "STREAMS", keys.stream, lastSeen!]),
+          Duration.sum(Duration.millis(blockMillis), callTimeout)
+        ))
+        if (read._tag === "Left") {
+          yield* Effect.sleep(Duration.millis(500))
+          continue
+        }
+        const streams = read.right as ReadonlyArray<[string, ReadonlyArray<[string, unknown]>]> | null
+        const entries = streams?.[0]?.[1] ?? []
+        if (entries.length > 0) {
+          lastSeen = entries[entries.length - 1]![0]
+          bump()
+        }
+      }
+    })
+
+    // Finalizers run in reverse: the fibers stop, then the consumer retires, then the connections close.
+    yield* Effect.addFinalizer(() =>
+      Effect.ignore(attempt("retire", () =>
+        groupReady ? client.call("EVAL", [scripts.retire.lua, 1, keys.stream, group, consumer]) : Promise.resolve(0)))
+    )
+    yield* Effect.forkScoped(Effect.interruptible(promoter))
+    yield* Effect.forkScoped(Effect.interruptible(watcher))
+
+    const service: JobQueue.JobQueueService = {
+      capacity: options.capacity,
+      leaseDuration,
+      maxAttempts: options.maxAttempts,
+      offer,
+      tryOffer,
+      take,
+      renew: (lease) => settle(lease, "renew"),
+      ack: (lease) => settle(lease, "ack"),
+      nack: (lease, nackOptions?: JobQueue.NackOptions) =>
+        settle(
+          lease,
+          "nack",
+          Math.max(0, Math.ceil(Duration.toMillis(Duration.decode(nackOptions?.delay ?? Duration.zero)))),
+          nackOptions?.error ?? `failed ${lease.attempt} attempt(s)`
+        ),
+      deadLetter: (lease, reason) => settle(lease, "dead", 0, reason),
+      deadLetters: Effect.map(run("deadLetters", [keys.dead], [keys.job]), (reply) =>
+        (reply as ReadonlyArray<[string, string, string, string, string]>).map(([id, payload, attempts, reason, at]) => ({
+          id,
+          payload: JSON.parse(payload) as JobQueue.Json,
+          attempts: Number(attempts),
+          reason,
+          at: Number(at)
+        }))),
+      requeue: (id) =>
+        Effect.map(run("requeue", [keys.stream, keys.dead, keys.job + id], [id]), (moved) => {
+          if (moved === 1) bump()
+          return moved === 1
+        }),
+      depth: Effect.map(run("depth", [keys.stream, keys.delayed, keys.dead], [group]), (reply) => {
+        const [ready, leased, delayed, dead] = reply as [number, number, number, number]
+        return { ready, leased, delayed, dead }
+      })
+    }
+    return service
+  })
+
+/** The queue as the `JobQueue` service, living as long as the layer. */
+export const layer = (options: Options): Layer.Layer<JobQueue.JobQueue> => Layer.scoped(JobQueue.JobQueue, make(options))
