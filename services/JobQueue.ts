@@ -15,7 +15,7 @@
  * fails with `QueueFull` instead. Payloads are JSON values, so any backend can store them as they are.
  * Each backend documents what survives what (a process, a restart, a machine).
  */
-import { Context, Data } from "effect"
+import { Context, Data, Duration as DurationModule } from "effect"
 import type { Duration, Effect, Scope } from "effect"
 import type { QueueFull } from "../src/Errors.js"
 
@@ -115,3 +115,32 @@ export interface JobQueueService {
 }
 
 export class JobQueue extends Context.Tag("keel/JobQueue")<JobQueue, JobQueueService>() {}
+
+/** The options every backend takes, besides how it reaches its storage. */
+export interface QueueOptions {
+  /** Ready plus delayed jobs at which offers wait. */
+  readonly capacity: number
+  /** How long a lease lasts without `renew`. */
+  readonly leaseDuration: Duration.DurationInput
+  /** Deliveries after which a nacked job is dead-lettered. */
+  readonly maxAttempts: number
+  /** Dead letters kept; past it the oldest is dropped. Default 1000. */
+  readonly maxDeadLetters?: number
+}
+
+export const defaultMaxDeadLetters = 1000
+
+const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
+
+/** What is wrong with `options`, as every backend checks them, or undefined when they are valid. */
+export const invalidOptions = (options: QueueOptions): string | undefined => {
+  const leaseDuration = DurationModule.decode(options.leaseDuration)
+  const maxDeadLetters = options.maxDeadLetters ?? defaultMaxDeadLetters
+  const valid = isCount(options.capacity, 1) && isCount(options.maxAttempts, 1) && isCount(maxDeadLetters, 1) &&
+    DurationModule.isFinite(leaseDuration) && DurationModule.toMillis(leaseDuration) >= 1
+  return valid ? undefined : (
+    `capacity, maxAttempts and maxDeadLetters must be integers ≥ 1 and leaseDuration a finite duration of at ` +
+    `least 1 ms (got ${options.capacity}, ${options.maxAttempts}, ${maxDeadLetters}, ` +
+    `${DurationModule.format(leaseDuration)})`
+  )
+}

@@ -16,16 +16,8 @@ import { QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import * as Waiters from "../../src/Waiters.js"
 
-export interface Options {
-  /** Ready plus delayed jobs at which offers wait. */
-  readonly capacity: number
-  /** How long a lease lasts without `renew`. */
-  readonly leaseDuration: Duration.DurationInput
-  /** Deliveries after which a nacked job is dead-lettered. */
-  readonly maxAttempts: number
-  /** Dead letters kept; past it the oldest is dropped. Default 1000. */
-  readonly maxDeadLetters?: number
-}
+/** The contract's options: `capacity`, `leaseDuration`, `maxAttempts`, `maxDeadLetters`. */
+export type Options = JobQueue.QueueOptions
 
 type State =
   | { readonly _tag: "Ready" }
@@ -49,23 +41,13 @@ interface Job {
   state: State
 }
 
-const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
-
 /** A queue living as long as the current Scope. */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
+    const problem = JobQueue.invalidOptions(options)
+    if (problem !== undefined) return yield* Effect.dieMessage(`MemoryJobQueue: ${problem}`)
     const leaseDuration = Duration.decode(options.leaseDuration)
-    const maxDeadLetters = options.maxDeadLetters ?? 1000
-    if (
-      !isCount(options.capacity, 1) || !isCount(options.maxAttempts, 1) || !isCount(maxDeadLetters, 1) ||
-      !Duration.isFinite(leaseDuration) || Duration.toMillis(leaseDuration) <= 0
-    ) {
-      return yield* Effect.dieMessage(
-        `MemoryJobQueue: capacity, maxAttempts and maxDeadLetters must be integers ≥ 1 and leaseDuration a ` +
-          `finite positive duration (got ${options.capacity}, ${options.maxAttempts}, ${maxDeadLetters}, ` +
-          `${Duration.format(leaseDuration)})`
-      )
-    }
+    const maxDeadLetters = options.maxDeadLetters ?? JobQueue.defaultMaxDeadLetters
     const scope = yield* Effect.scope
     const clock = yield* Effect.clock
     const jobs = new Map<string, Job>()

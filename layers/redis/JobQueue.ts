@@ -53,19 +53,11 @@ import { createHash, randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import * as Waiters from "../../src/Waiters.js"
 
-export interface Options {
+export interface Options extends JobQueue.QueueOptions {
   /** An ioredis client the caller owns (left open when the queue closes), or the URL of a Redis to connect to. */
   readonly redis: Redis | { readonly url: string }
   /** The queue's name: its keys are `keel:jobs:<name>:…`. Queues with the same name share their jobs. */
   readonly name: string
-  /** Ready plus delayed jobs at which offers wait. */
-  readonly capacity: number
-  /** How long a lease lasts without `renew` (to the millisecond, as Redis counts idle time). */
-  readonly leaseDuration: Duration.DurationInput
-  /** Deliveries after which a nacked job (or one whose lease expired) is dead-lettered. */
-  readonly maxAttempts: number
-  /** Dead letters kept; past it the oldest is dropped. Default 1000. */
-  readonly maxDeadLetters?: number
   /** This queue's consumer name in the group. Default: a fresh unique id per `make`. */
   readonly consumer?: string
 }
@@ -333,8 +325,6 @@ interface Held {
 
 const held = new WeakMap<JobQueue.Lease, Held>()
 
-const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
-
 const describeError = (error: unknown) => (error instanceof Error ? error.message : String(error))
 
 const isClient = (redis: Options["redis"]): redis is Redis => typeof (redis as Redis).duplicate === "function"
@@ -350,18 +340,10 @@ const connectionOptions = {
 /** A queue living as long as the current Scope. */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
+    const problem = JobQueue.invalidOptions(options) ?? (options.name === "" ? "name must not be empty" : undefined)
+    if (problem !== undefined) return yield* Effect.dieMessage(`RedisJobQueue: ${problem}`)
     const leaseDuration = Duration.decode(options.leaseDuration)
-    const maxDeadLetters = options.maxDeadLetters ?? 1000
-    if (
-      !isCount(options.capacity, 1) || !isCount(options.maxAttempts, 1) || !isCount(maxDeadLetters, 1) ||
-      !Duration.isFinite(leaseDuration) || Duration.toMillis(leaseDuration) < 1 || options.name === ""
-    ) {
-      return yield* Effect.dieMessage(
-        `RedisJobQueue: capacity, maxAttempts and maxDeadLetters must be integers ≥ 1, leaseDuration a finite ` +
-          `duration of at least 1 ms and name not empty (got ${options.capacity}, ${options.maxAttempts}, ` +
-          `${maxDeadLetters}, ${Duration.format(leaseDuration)}, "${options.name}")`
-      )
-    }
+    const maxDeadLetters = options.maxDeadLetters ?? JobQueue.defaultMaxDeadLetters
     const leaseMillis = Math.max(1, Math.round(Duration.toMillis(leaseDuration)))
     const consumer = options.consumer ?? `${hostname()}:${process.pid}:${randomUUID()}`
     const prefix = `keel:jobs:${options.name}:`
