@@ -13,11 +13,11 @@
  * runs on.
  */
 import { describe, expect, type it } from "@effect/vitest"
-import { Clock, Duration, Effect, Either, Fiber, FastCheck as fc, Option, TestServices } from "effect"
+import { Cause, Clock, Duration, Effect, Either, Exit, Fiber, FastCheck as fc, Option, TestServices } from "effect"
 import type { Scope } from "effect"
 import { Ledger, PropertyRuns } from "keel/testing"
-import type { Depth, Json, JobQueueService, Lease } from "../../services/JobQueue.js"
-import { LeaseLost } from "../../services/JobQueue.js"
+import type { Depth, Json, JobQueueService, Lease, QueueOptions } from "../../services/JobQueue.js"
+import { JobQueue, LeaseLost } from "../../services/JobQueue.js"
 import { QueueFull } from "../../src/Errors.js"
 
 export interface ContractOptions {
@@ -721,3 +721,40 @@ const runScenario = (backend: ContractBackend, capacity: number, operations: Rea
     const summary = yield* ledger.check
     expect(summary.settled).toBe(summary.accepted)
   })
+
+/** Options every backend refuses, from valid ones: counts below 1 or fractional, a zero or infinite lease. */
+export const invalidQueueOptions = <O extends QueueOptions>(valid: O): ReadonlyArray<O> => [
+  { ...valid, capacity: 0 },
+  { ...valid, capacity: 1.5 },
+  { ...valid, maxAttempts: 0 },
+  { ...valid, maxDeadLetters: 0 },
+  { ...valid, leaseDuration: Duration.zero },
+  { ...valid, leaseDuration: Duration.infinity }
+]
+
+/** `make` dies with each of `invalid` and builds a queue with `valid`. */
+export const expectOptionsChecked = <O>(
+  make: (options: O) => Effect.Effect<JobQueueService, never, Scope.Scope>,
+  valid: O,
+  invalid: ReadonlyArray<O>
+) =>
+  Effect.gen(function*() {
+    for (const options of invalid) {
+      const exit = yield* Effect.exit(Effect.scoped(make(options)))
+      expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+    }
+    expect(Exit.isSuccess(yield* Effect.exit(Effect.scoped(make(valid))))).toBe(true)
+  })
+
+/** The options `expectLayerService` expects the layer under test to be built with. */
+export const layerOptions = { capacity: 3, leaseDuration: "2 seconds", maxAttempts: 4 } as const
+
+/** The `JobQueue` a backend's layer provides has the options it was given and serves a job end to end. */
+export const expectLayerService = Effect.gen(function*() {
+  const queue = yield* JobQueue
+  expect([queue.capacity, Duration.toMillis(queue.leaseDuration), queue.maxAttempts]).toEqual([3, 2_000, 4])
+  yield* queue.offer({ via: "layer" }, { id: "l1" })
+  const lease = yield* Effect.scoped(Effect.tap(queue.take, queue.ack))
+  expect(lease).toMatchObject({ id: "l1", payload: { via: "layer" }, attempt: 1 })
+  expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
+})

@@ -4,10 +4,15 @@
  * nonsensical options die at construction, and `layer` provides the JobQueue service.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, TestClock } from "effect"
+import { Duration, Effect, TestClock } from "effect"
 import * as MemoryJobQueue from "../../../layers/memory/JobQueue.js"
-import { JobQueue } from "../../../services/JobQueue.js"
-import { describeJobQueueContract } from "../../services/JobQueueContract.js"
+import {
+  describeJobQueueContract,
+  expectLayerService,
+  expectOptionsChecked,
+  invalidQueueOptions,
+  layerOptions
+} from "../../services/JobQueueContract.js"
 
 describeJobQueueContract("memory", {
   make: (options) =>
@@ -47,28 +52,9 @@ describe("MemoryJobQueue", () => {
   it.effect("nonsensical options die: capacity, maxAttempts, maxDeadLetters below 1 or fractional, a zero lease", () =>
     Effect.gen(function*() {
       const valid: MemoryJobQueue.Options = { capacity: 2, leaseDuration: "1 second", maxAttempts: 3 }
-      const invalid: ReadonlyArray<MemoryJobQueue.Options> = [
-        { ...valid, capacity: 0 },
-        { ...valid, capacity: 1.5 },
-        { ...valid, maxAttempts: 0 },
-        { ...valid, maxDeadLetters: 0 },
-        { ...valid, leaseDuration: Duration.zero },
-        { ...valid, leaseDuration: Duration.infinity }
-      ]
-      for (const options of invalid) {
-        const exit = yield* Effect.exit(Effect.scoped(MemoryJobQueue.make(options)))
-        expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
-      }
-      expect(Exit.isSuccess(yield* Effect.exit(Effect.scoped(MemoryJobQueue.make(valid))))).toBe(true)
+      yield* expectOptionsChecked(MemoryJobQueue.make, valid, invalidQueueOptions(valid))
     }))
 
   it.effect("layer provides the JobQueue service with the options it was given", () =>
-    Effect.gen(function*() {
-      const queue = yield* JobQueue
-      expect([queue.capacity, Duration.toMillis(queue.leaseDuration), queue.maxAttempts]).toEqual([3, 2_000, 4])
-      yield* queue.offer({ via: "layer" }, { id: "l1" })
-      const lease = yield* Effect.scoped(Effect.tap(queue.take, queue.ack))
-      expect(lease).toMatchObject({ id: "l1", payload: { via: "layer" }, attempt: 1 })
-      expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
-    }).pipe(Effect.provide(MemoryJobQueue.layer({ capacity: 3, leaseDuration: "2 seconds", maxAttempts: 4 }))))
+    expectLayerService.pipe(Effect.provide(MemoryJobQueue.layer(layerOptions))))
 })

@@ -8,7 +8,7 @@
  * client is left open, and `layer` provides the service. Every wait is bounded.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import Redis from "ioredis"
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -16,8 +16,14 @@ import * as Net from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as RedisJobQueue from "../../../layers/redis/JobQueue.js"
-import { JobQueue, type JobQueueService, LeaseLost, QueueUnavailable } from "../../../services/JobQueue.js"
-import { describeJobQueueContract } from "../../services/JobQueueContract.js"
+import { type JobQueueService, LeaseLost, QueueUnavailable } from "../../../services/JobQueue.js"
+import {
+  describeJobQueueContract,
+  expectLayerService,
+  expectOptionsChecked,
+  invalidQueueOptions,
+  layerOptions
+} from "../../services/JobQueueContract.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // A real redis-server per test file (and a second one for the outage test).
@@ -323,31 +329,11 @@ describe("RedisJobQueue", () => {
         leaseDuration: "1 second",
         maxAttempts: 3
       }
-      const invalid: ReadonlyArray<RedisJobQueue.Options> = [
-        { ...valid, capacity: 0 },
-        { ...valid, capacity: 1.5 },
-        { ...valid, maxAttempts: 0 },
-        { ...valid, maxDeadLetters: 0 },
-        { ...valid, leaseDuration: Duration.zero },
-        { ...valid, leaseDuration: Duration.infinity },
-        { ...valid, name: "" }
-      ]
-      for (const options of invalid) {
-        const exit = yield* Effect.exit(Effect.scoped(RedisJobQueue.make(options)))
-        expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
-      }
-      expect(Exit.isSuccess(yield* Effect.exit(Effect.scoped(RedisJobQueue.make(valid))))).toBe(true)
+      yield* expectOptionsChecked(RedisJobQueue.make, valid, [...invalidQueueOptions(valid), { ...valid, name: "" }])
     }))
 
   it.live("layer provides the JobQueue service with the options it was given", () =>
-    Effect.gen(function*() {
-      const queue = yield* JobQueue
-      expect([queue.capacity, Duration.toMillis(queue.leaseDuration), queue.maxAttempts]).toEqual([3, 2_000, 4])
-      yield* queue.offer({ via: "layer" }, { id: "l1" })
-      const lease = yield* Effect.scoped(Effect.tap(queue.take, queue.ack))
-      expect(lease).toMatchObject({ id: "l1", payload: { via: "layer" }, attempt: 1 })
-      expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
-    }).pipe(Effect.provide(Layer.suspend(() =>
-      RedisJobQueue.layer({ redis: { url: url() }, name: freshName("layer"), capacity: 3, leaseDuration: "2 seconds", maxAttempts: 4 })
+    expectLayerService.pipe(Effect.provide(Layer.suspend(() =>
+      RedisJobQueue.layer({ redis: { url: url() }, name: freshName("layer"), ...layerOptions })
     ))))
 })
