@@ -12,8 +12,16 @@
  * with `QueueFull`. The pool is a scoped resource: closing its Scope (or Lifecycle draining) closes intake
  * with `ShuttingDown`; the drain finishes in-flight jobs and then drains the queue or hands it back, all
  * within the Lifecycle's one deadline, after which what is left is interrupted and listed.
+ *
+ * The same workers also run over a queue shared with other processes (`consume`: the JobQueue contract of
+ * keel/services, on Redis or in memory). There a worker holds a job as a lease bound to a Scope of its own:
+ * renewed every third of the lease duration while the job runs, acked when it completes, dead-lettered with its
+ * rendered Cause when it fails, and released — back to the queue at once, for any consumer — when the job is
+ * interrupted. A job whose lease is lost (it expired, so another consumer may be running it) is interrupted.
+ * The drain stops taking, lets in-flight jobs finish, and at the deadline interrupts the rest, which releases
+ * their leases so that another process takes them over without waiting for the lease to expire.
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
 import type { Schedule, Scope } from "effect"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
@@ -35,8 +43,32 @@ export interface Job<A> {
 /** What a handler knows about the job it runs. */
 export interface JobContext {
   readonly id: string
-  /** 1 on the first run, 2 on the first retry, … */
+  /** 1 on the first run, 2 on the first retry, … (counted within one delivery). */
   readonly attempt: number
+  /** Which delivery of the job this is: always 1 in a pool's own queue; higher after a lease was lost or released. */
+  readonly delivery: number
+}
+
+/** A job as a worker of `consume` holds it: one delivery, leased from a shared queue. */
+export interface Lease<A> extends Job<A> {
+  /** Which delivery this is, from 1. */
+  readonly attempt: number
+  /** Completes if the lease is lost (it expired and the job went back to the queue). */
+  readonly lost: Effect.Effect<void>
+}
+
+/**
+ * A queue shared by consumers, as `consume` uses it. The JobQueue contract (`JobQueue.JobQueue` in
+ * keel/services, with its memory and Redis backends) is one: pass the service itself.
+ */
+export interface Source<A> {
+  /** How long a lease lasts without `renew`; a running job's lease is renewed every third of it. */
+  readonly leaseDuration: Duration.Duration
+  /** Waits for a job and leases it to the Scope: closing the Scope unsettled releases it at once. */
+  readonly take: Effect.Effect<Lease<A>, unknown, Scope.Scope>
+  readonly renew: (lease: Lease<A>) => Effect.Effect<void, unknown>
+  readonly ack: (lease: Lease<A>) => Effect.Effect<void, unknown>
+  readonly deadLetter: (lease: Lease<A>, reason: string) => Effect.Effect<void, unknown>
 }
 
 export interface DeadLetter<A> {
@@ -49,9 +81,10 @@ export interface Unfinished<A> {
   readonly job: Job<A>
   /**
    * `interrupted`: it was running when waiting stopped; `notStarted`: still queued when the deadline came;
-   * `handedBack`: returned unstarted by the `handBack` policy.
+   * `handedBack`: returned unstarted by the `handBack` policy; `leaseLost`: its lease expired while it ran
+   * (`consume`), so it was interrupted and the queue delivers it again.
    */
-  readonly reason: "interrupted" | "notStarted" | "handedBack"
+  readonly reason: "interrupted" | "notStarted" | "handedBack" | "leaseLost"
   readonly attempts: number
 }
 
@@ -163,13 +196,236 @@ const logHandBack = <A>(jobs: ReadonlyArray<Unfinished<A>>) =>
 
 const interruptedBy = (cause: Cause.Cause<unknown>) => Cause.isInterruptedOnly(cause) && !Cause.isEmpty(cause)
 
-const validate = <A, E, R>(options: Options<A, E, R>) =>
-  Number.isInteger(options.capacity) && options.capacity >= 1 && Number.isInteger(options.workers) &&
-    options.workers >= 1
+const isPositiveInteger = (value: number) => Number.isInteger(value) && value >= 1
+
+const validate = (what: string, values: Record<string, number>) => {
+  const wrong = Object.entries(values).filter(([, value]) => !isPositiveInteger(value))
+  return wrong.length === 0
     ? Effect.void
     : Effect.dieMessage(
-      `WorkerPool: capacity and workers must be positive integers (got ${options.capacity}, ${options.workers})`
+      `WorkerPool.${what}: ${Object.keys(values).join(" and ")} must be positive integers (got ${
+        Object.values(values).join(", ")
+      })`
     )
+}
+
+/** The options `consume` takes: a pool's, less those of the pool's own queue. */
+export type ConsumeOptions<A, E, R> = Omit<Options<A, E, R>, "capacity" | "strategy" | "onShutdown">
+
+/** Workers consuming a shared queue (see `consume`). */
+export interface Consumer<A> {
+  /** For a consumer, `depth`, `capacity` and `waitingProducers` are 0: the shared queue has its own `depth`. */
+  readonly stats: Effect.Effect<Stats>
+  /** Stops taking, lets in-flight jobs finish within the deadline and releases the rest; same result for every caller. */
+  readonly shutdown: Effect.Effect<DrainResult<A>>
+}
+
+/**
+ * What both kinds of pool share: the workers' bookkeeping, attempts with timeout and retry, the one place an
+ * outcome is decided (`settle`), the deadline and the drain report.
+ */
+const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycle["Type"]) => {
+  const name = options.name ?? "worker-pool"
+  const attemptTimeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
+  const deadLetterSink = options.deadLetter ?? logDeadLetter
+  const handBackSink = options.handBack ?? logHandBack
+  // One tags array for every update: the metric registry caches its key by this array's identity.
+  const tags = [MetricLabel.make("pool", name)]
+  // Every series exists from the start, so a scrape shows 0 rather than nothing.
+  for (const metric of Object.values(poolMetrics)) metric.unsafeUpdate(0, tags)
+
+  // `accepted` includes offers still suspended on a full queue (`suspendedOffers`), so that `awaitIdle`
+  // also waits for them.
+  const count = {
+    accepted: 0,
+    suspendedOffers: 0,
+    settled: 0,
+    completed: 0,
+    failed: 0,
+    retried: 0,
+    deadLettered: 0,
+    unfinished: 0
+  }
+  const running = new Map<number, Job<A>>()
+  const unfinishedSinceDrain: Array<Unfinished<A>> = []
+  const state = { draining: false }
+  const idleWaiters = Waiters.make()
+  const isIdle = () => count.settled === count.accepted
+
+  const settle = (outcome: Outcome<A>): Effect.Effect<void> => {
+    count.settled++
+    let sink: Effect.Effect<void> = Effect.void
+    switch (outcome._tag) {
+      case "Completed":
+        count.completed++
+        poolMetrics.completed.unsafeUpdate(1, tags)
+        break
+      case "Failed":
+        if (!Cause.isFailType(outcome.letter.cause) || !(outcome.letter.cause.error instanceof Evicted)) {
+          count.failed++
+          poolMetrics.failed.unsafeUpdate(1, tags)
+        }
+        count.deadLettered++
+        poolMetrics.deadLettered.unsafeUpdate(1, tags)
+        sink = deadLetterSink(outcome.letter)
+        break
+      case "Unfinished":
+        count.unfinished++
+        poolMetrics.unfinished.unsafeUpdate(1, tags)
+        if (state.draining) unfinishedSinceDrain.push(outcome.unfinished)
+        else sink = handBackSink([outcome.unfinished])
+        break
+    }
+    if (isIdle()) idleWaiters.wake()
+    const observed = options.onOutcome === undefined ? sink : Effect.zipRight(sink, options.onOutcome(outcome))
+    return observed === Effect.void ? observed : Effect.catchAllCause(
+      observed,
+      (cause) => Effect.logError("WorkerPool: an outcome sink failed", cause)
+    )
+  }
+
+  // Calls the handler; a handler that throws instead of returning an Effect fails its job with a defect.
+  const callHandler = (job: Job<A>, attempt: number, delivery: number): Effect.Effect<unknown, E, R> => {
+    try {
+      return options.handler(job.payload, { id: job.id, attempt, delivery })
+    } catch (thrown) {
+      return Effect.die(thrown)
+    }
+  }
+
+  const runAttempt = (job: Job<A>, attempt: number, delivery: number) =>
+    attemptTimeout === undefined
+      ? callHandler(job, attempt, delivery)
+      : Effect.timeoutFail(callHandler(job, attempt, delivery), {
+        duration: attemptTimeout,
+        onTimeout: () => new Timeout({ after: attemptTimeout })
+      })
+
+  // Attempts of the job each worker slot is running (read when the job settles).
+  const attemptsBySlot = new Array<number>(options.workers).fill(0)
+
+  const runAttempts = (job: Job<A>, slot: number, delivery: number): Effect.Effect<unknown, unknown, R> => {
+    attemptsBySlot[slot] = 1
+    const retry = options.retry
+    if (retry === undefined) return runAttempt(job, 1, delivery)
+    attemptsBySlot[slot] = 0
+    const attempt = Effect.suspend(() => {
+      const attempts = ++attemptsBySlot[slot]!
+      if (attempts > 1) {
+        count.retried++
+        poolMetrics.retried.unsafeUpdate(1, tags)
+      }
+      return runAttempt(job, attempts, delivery)
+    })
+    return Effect.retry(attempt, retry)
+  }
+
+  const outcomeOf = (
+    job: Job<A>,
+    exit: Exit.Exit<unknown, unknown>,
+    slot: number,
+    interruption: Unfinished<A>["reason"] = "interrupted"
+  ): Outcome<A> => {
+    const attempts = attemptsBySlot[slot]!
+    return Exit.isSuccess(exit)
+      ? { _tag: "Completed", job, attempts, result: exit.value }
+      : interruptedBy(exit.cause)
+      ? { _tag: "Unfinished", unfinished: { job, reason: interruption, attempts } }
+      : { _tag: "Failed", letter: { job, cause: exit.cause, attempts } }
+  }
+
+  const markRunning = (slot: number, job: Job<A> | undefined) => {
+    if (job === undefined) running.delete(slot)
+    else running.set(slot, job)
+    poolMetrics.inFlight.unsafeUpdate(running.size, tags)
+  }
+
+  // The Lifecycle's deadline while it drains; otherwise (the pool closed on its own, or after the run
+  // ended) a deadline of the same length from now.
+  const deadline = Effect.flatMap(lifecycle.phase, (phase) =>
+    phase === "draining"
+      ? Effect.asVoid(lifecycle.awaitForced)
+      : Effect.raceFirst(Effect.asVoid(lifecycle.awaitForced), Effect.sleep(lifecycle.drainTimeout)))
+
+  /** Runs `drain` once, when the Scope closes or the Lifecycle starts draining, whichever comes first. */
+  const drainOnce = (
+    closeIntake: (reason: string) => Effect.Effect<void>,
+    body: Effect.Effect<void>
+  ): Effect.Effect<Effect.Effect<DrainResult<A>>, never, Scope.Scope> =>
+    Effect.gen(function*() {
+      const drain = Effect.gen(function*() {
+        yield* closeIntake(`worker pool ${name} is shutting down`)
+        state.draining = true
+        const startedAt = yield* Clock.currentTimeMillis
+        const settledAtStart = count.settled
+        yield* body
+        const unfinished = [...unfinishedSinceDrain]
+        const durationMs = (yield* Clock.currentTimeMillis) - startedAt
+        const finished = count.settled - settledAtStart - unfinished.length
+        if (unfinished.length > 0) {
+          yield* handBackSink(unfinished).pipe(
+            Effect.catchAllCause((cause) => Effect.logError("WorkerPool: the hand-back sink failed", cause))
+          )
+        }
+        yield* lifecycle.reportDrain({
+          component: name,
+          durationMs,
+          finished,
+          forced: unfinished.filter((item) => item.reason !== "handedBack").length,
+          unfinished: unfinished.map((item) => item.job.id)
+        })
+        return { durationMs, finished, unfinished }
+      })
+      // The drain starts once, in a fiber of its own: a caller interrupted while waiting cannot cut it short.
+      const runtime = yield* Effect.runtime<never>()
+      let drainFiber: Fiber.RuntimeFiber<DrainResult<A>> | undefined
+      const shutdown = Effect.suspend(() => Fiber.join(drainFiber ??= Runtime.runFork(runtime)(drain)))
+      yield* Effect.addFinalizer(() => shutdown)
+      // The pool reacts to the Lifecycle's one signal: intake closes and the drain starts at once.
+      yield* lifecycle.awaitDraining.pipe(
+        Effect.flatMap((trigger) => closeIntake(`draining (${describeTrigger(trigger)})`)),
+        Effect.zipRight(shutdown),
+        Effect.forkScoped
+      )
+      return shutdown
+    })
+
+  /** Starts the workers in the Scope, each named for logs and for the shutdown report's list of what is alive. */
+  const startWorkers = (worker: (slot: number) => Effect.Effect<void, never, R>) =>
+    Effect.forEach(
+      Array.from({ length: options.workers }, (_, slot) => slot),
+      (slot) => Effect.forkScoped(Effect.annotateLogs(worker(slot), { pool: name, worker: String(slot + 1) }))
+    )
+
+  const stats = (queue: { depth: number; capacity: number; waitingProducers: number; accepting: boolean }): Stats => ({
+    name,
+    workers: options.workers,
+    ...queue,
+    inFlight: running.size,
+    accepted: count.accepted - count.suspendedOffers,
+    completed: count.completed,
+    failed: count.failed,
+    retried: count.retried,
+    deadLettered: count.deadLettered,
+    unfinished: count.unfinished
+  })
+
+  return {
+    name,
+    tags,
+    count,
+    isIdle,
+    awaitIdle: idleWaiters.until(isIdle),
+    settle,
+    runAttempts,
+    outcomeOf,
+    markRunning,
+    deadline,
+    drainOnce,
+    startWorkers,
+    stats
+  }
+}
 
 /**
  * Starts a pool in the current Scope. Requires `Lifecycle`: its draining closes intake, and its deadline
@@ -179,76 +435,19 @@ export const make = <A, E = never, R = never>(
   options: Options<A, E, R>
 ): Effect.Effect<WorkerPool<A>, never, Scope.Scope | Lifecycle | R> =>
   Effect.gen(function*() {
-    yield* validate(options)
+    yield* validate("make", { capacity: options.capacity, workers: options.workers })
     const lifecycle = yield* Lifecycle
     const clock = yield* Effect.clock
-    const name = options.name ?? "worker-pool"
+    const core = makeCore(options, lifecycle)
+    const { count, name, settle, tags } = core
     const capacity = options.capacity
     const strategy = options.strategy ?? "suspend"
     const policy = options.onShutdown ?? "drain"
-    const attemptTimeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
-    const deadLetterSink = options.deadLetter ?? logDeadLetter
-    const handBackSink = options.handBack ?? logHandBack
-    // One tags array for every update: the metric registry caches its key by this array's identity.
-    const tags = [MetricLabel.make("pool", name)]
-    // Every series exists from the start, so a scrape shows 0 rather than nothing.
-    for (const metric of Object.values(poolMetrics)) metric.unsafeUpdate(0, tags)
     const queue = yield* Queue.bounded<Job<A>>(capacity)
-
-    // `accepted` includes offers still suspended on a full queue (`suspendedOffers`), so that `awaitIdle`
-    // also waits for them.
-    const count = {
-      accepted: 0,
-      suspendedOffers: 0,
-      settled: 0,
-      completed: 0,
-      failed: 0,
-      retried: 0,
-      deadLettered: 0,
-      unfinished: 0
-    }
-    const running = new Map<number, Job<A>>()
-    const unfinishedSinceDrain: Array<Unfinished<A>> = []
     let closedReason: string | undefined
-    let draining = false
     let sequence = 0
-    const idleWaiters = Waiters.make()
 
     const depth = () => Math.max(0, Math.min(capacity, Option.getOrElse(queue.unsafeSize(), () => 0)))
-    const isIdle = () => count.settled === count.accepted
-
-    // The one place an outcome is decided: counters, metrics, sinks.
-    const settle = (outcome: Outcome<A>): Effect.Effect<void> => {
-      count.settled++
-      let sink: Effect.Effect<void> = Effect.void
-      switch (outcome._tag) {
-        case "Completed":
-          count.completed++
-          poolMetrics.completed.unsafeUpdate(1, tags)
-          break
-        case "Failed":
-          if (!Cause.isFailType(outcome.letter.cause) || !(outcome.letter.cause.error instanceof Evicted)) {
-            count.failed++
-            poolMetrics.failed.unsafeUpdate(1, tags)
-          }
-          count.deadLettered++
-          poolMetrics.deadLettered.unsafeUpdate(1, tags)
-          sink = deadLetterSink(outcome.letter)
-          break
-        case "Unfinished":
-          count.unfinished++
-          poolMetrics.unfinished.unsafeUpdate(1, tags)
-          if (draining) unfinishedSinceDrain.push(outcome.unfinished)
-          else sink = handBackSink([outcome.unfinished])
-          break
-      }
-      if (isIdle()) idleWaiters.wake()
-      const observed = options.onOutcome === undefined ? sink : Effect.zipRight(sink, options.onOutcome(outcome))
-      return observed === Effect.void ? observed : Effect.catchAllCause(
-        observed,
-        (cause) => Effect.logError("WorkerPool: an outcome sink failed", cause)
-      )
-    }
 
     const newJob = (payload: A, submitOptions: SubmitOptions | undefined): Job<A> => ({
       id: submitOptions?.id ?? `${name}-${++sequence}`,
@@ -310,62 +509,19 @@ export const make = <A, E = never, R = never>(
         return Effect.as(evictOldestThenOffer(job), job.id)
       })
 
-    // Calls the handler; a handler that throws instead of returning an Effect fails its job with a defect.
-    const callHandler = (job: Job<A>, attempt: number): Effect.Effect<unknown, E, R> => {
-      try {
-        return options.handler(job.payload, { id: job.id, attempt })
-      } catch (thrown) {
-        return Effect.die(thrown)
-      }
-    }
-
-    const runAttempt = (job: Job<A>, attempt: number) =>
-      attemptTimeout === undefined ? callHandler(job, attempt) : Effect.timeoutFail(callHandler(job, attempt), {
-        duration: attemptTimeout,
-        onTimeout: () => new Timeout({ after: attemptTimeout })
-      })
-
-    // Attempts of the job each worker slot is running (read when the job settles).
-    const attemptsBySlot = new Array<number>(options.workers).fill(0)
-
-    const runAttempts = (job: Job<A>, slot: number): Effect.Effect<unknown, unknown, R> => {
-      attemptsBySlot[slot] = 1
-      const retry = options.retry
-      if (retry === undefined) return runAttempt(job, 1)
-      attemptsBySlot[slot] = 0
-      const attempt = Effect.suspend(() => {
-        const attempts = ++attemptsBySlot[slot]!
-        if (attempts > 1) {
-          count.retried++
-          poolMetrics.retried.unsafeUpdate(1, tags)
-        }
-        return runAttempt(job, attempts)
-      })
-      return Effect.retry(attempt, retry)
-    }
-
-    const outcomeOf = (job: Job<A>, exit: Exit.Exit<unknown, unknown>, attempts: number): Outcome<A> =>
-      Exit.isSuccess(exit)
-        ? { _tag: "Completed", job, attempts, result: exit.value }
-        : interruptedBy(exit.cause)
-        ? { _tag: "Unfinished", unfinished: { job, reason: "interrupted", attempts } }
-        : { _tag: "Failed", letter: { job, cause: exit.cause, attempts } }
-
     // A worker runs uninterruptibly except while it waits in `take` or runs a job, so a job taken is always
     // registered as running, and a job's exit is always settled. It loops without yielding between jobs
     // (`Effect.forever` would yield after each); the runtime still yields every 2048 operations.
     const takeJob = Effect.interruptible(Queue.take(queue))
     const worker = (slot: number) => {
       const finish = (job: Job<A>, exit: Exit.Exit<unknown, unknown>) => {
-        running.delete(slot)
-        poolMetrics.inFlight.unsafeUpdate(running.size, tags)
+        core.markRunning(slot, undefined)
         poolMetrics.depth.unsafeUpdate(depth(), tags)
-        return settle(outcomeOf(job, exit, attemptsBySlot[slot]!))
+        return settle(core.outcomeOf(job, exit, slot))
       }
       const runNext = Effect.flatMap(takeJob, (job) => {
-        running.set(slot, job)
-        poolMetrics.inFlight.unsafeUpdate(running.size, tags)
-        return Effect.matchCauseEffect(Effect.interruptible(runAttempts(job, slot)), {
+        core.markRunning(slot, job)
+        return Effect.matchCauseEffect(Effect.interruptible(core.runAttempts(job, slot, 1)), {
           onSuccess: (result) => finish(job, Exit.succeed(result)),
           onFailure: (cause) => finish(job, Exit.failCause(cause))
         })
@@ -374,17 +530,11 @@ export const make = <A, E = never, R = never>(
       return Effect.uninterruptible(loop)
     }
 
-    const workerFibers = yield* Effect.forEach(
-      Array.from({ length: options.workers }, (_, slot) => slot),
-      // Named for logs and for the shutdown report's list of what is still alive.
-      (slot) => Effect.forkScoped(Effect.annotateLogs(worker(slot), { pool: name, worker: String(slot + 1) }))
-    )
+    const workerFibers = yield* core.startWorkers(worker)
     // Let the workers reach `take`, so the pool is ready (and its first job is taken) when `make` returns.
     yield* Effect.yieldNow()
 
     const closeIntake = (reason: string) => Effect.sync(() => void (closedReason ??= reason))
-
-    const awaitIdle = idleWaiters.until(isIdle)
 
     // Takes every queued job (moving suspended producers' jobs in as room appears) and settles it unfinished.
     const takeAllQueued = (reason: Unfinished<A>["reason"]): Effect.Effect<void> =>
@@ -394,77 +544,156 @@ export const make = <A, E = never, R = never>(
             Effect.zipRight(takeAllQueued(reason))
           ))
 
-    // The Lifecycle's deadline while it drains; otherwise (the pool closed on its own, or after the run
-    // ended) a deadline of the same length from now.
-    const deadline = Effect.flatMap(lifecycle.phase, (phase) =>
-      phase === "draining"
-        ? Effect.asVoid(lifecycle.awaitForced)
-        : Effect.raceFirst(Effect.asVoid(lifecycle.awaitForced), Effect.sleep(lifecycle.drainTimeout)))
-
-    const drain: Effect.Effect<DrainResult<A>> = Effect.gen(function*() {
-      yield* closeIntake(`worker pool ${name} is shutting down`)
-      draining = true
-      const startedAt = yield* Clock.currentTimeMillis
-      const settledAtStart = count.settled
-      if (policy === "handBack") yield* takeAllQueued("handedBack")
-      yield* Effect.raceFirst(awaitIdle, deadline)
-      // Idle workers wait in `take`; after the deadline this also interrupts running jobs, which settle as unfinished.
-      yield* Fiber.interruptAll(workerFibers)
-      yield* takeAllQueued(policy === "handBack" ? "handedBack" : "notStarted")
-      yield* Queue.shutdown(queue)
-      const unfinished = [...unfinishedSinceDrain]
-      const durationMs = (yield* Clock.currentTimeMillis) - startedAt
-      const finished = count.settled - settledAtStart - unfinished.length
-      if (unfinished.length > 0) {
-        yield* handBackSink(unfinished).pipe(
-          Effect.catchAllCause((cause) => Effect.logError("WorkerPool: the hand-back sink failed", cause))
-        )
-      }
-      yield* lifecycle.reportDrain({
-        component: name,
-        durationMs,
-        finished,
-        forced: unfinished.filter((item) => item.reason !== "handedBack").length,
-        unfinished: unfinished.map((item) => item.job.id)
+    const shutdown = yield* core.drainOnce(
+      closeIntake,
+      Effect.gen(function*() {
+        if (policy === "handBack") yield* takeAllQueued("handedBack")
+        yield* Effect.raceFirst(core.awaitIdle, core.deadline)
+        // Idle workers wait in `take`; after the deadline this also interrupts running jobs, which settle as unfinished.
+        yield* Fiber.interruptAll(workerFibers)
+        yield* takeAllQueued(policy === "handBack" ? "handedBack" : "notStarted")
+        yield* Queue.shutdown(queue)
       })
-      return { durationMs, finished, unfinished }
-    })
-
-    // The drain starts once, in a fiber of its own: a caller interrupted while waiting cannot cut it short.
-    const runtime = yield* Effect.runtime<never>()
-    let drainFiber: Fiber.RuntimeFiber<DrainResult<A>> | undefined
-    const shutdown = Effect.suspend(() => Fiber.join(drainFiber ??= Runtime.runFork(runtime)(drain)))
-    yield* Effect.addFinalizer(() => shutdown)
-    // The pool reacts to the Lifecycle's one signal: intake closes and the drain starts at once.
-    yield* lifecycle.awaitDraining.pipe(
-      Effect.flatMap((trigger) => closeIntake(`draining (${describeTrigger(trigger)})`)),
-      Effect.zipRight(shutdown),
-      Effect.forkScoped
     )
 
     const pool: WorkerPool<A> = {
       submit: strategy === "suspend" ? submitSuspending : strategy === "dropNewest" ? trySubmit : submitEvicting,
       trySubmit,
-      awaitIdle,
+      awaitIdle: core.awaitIdle,
       shutdown,
-      stats: Effect.sync(() => {
-        const size = Option.getOrElse(queue.unsafeSize(), () => 0)
-        return {
-          name,
+      stats: Effect.sync(() =>
+        core.stats({
           capacity,
-          workers: options.workers,
-          accepting: closedReason === undefined,
           depth: depth(),
-          waitingProducers: Math.max(0, size - capacity),
-          inFlight: running.size,
-          accepted: count.accepted - count.suspendedOffers,
-          completed: count.completed,
-          failed: count.failed,
-          retried: count.retried,
-          deadLettered: count.deadLettered,
-          unfinished: count.unfinished
-        }
-      })
+          waitingProducers: Math.max(0, Option.getOrElse(queue.unsafeSize(), () => 0) - capacity),
+          accepting: closedReason === undefined
+        })
+      )
     }
     return pool
+  })
+
+/** How long a worker waits before taking again after the source failed to deliver. */
+const takeRetryPause = Duration.seconds(1)
+
+/**
+ * Starts workers consuming a shared queue in the current Scope: each takes a lease, runs the handler (with
+ * timeout and retry as in `make`) while renewing the lease, then acks it, or dead-letters it with the rendered
+ * Cause; an interrupted job's lease is released, a job whose lease is lost is interrupted. Outcomes, sinks,
+ * metrics and the drain report are those of `make`. Requires `Lifecycle`: draining stops the taking, and its
+ * deadline bounds the wait for in-flight jobs, after which they are interrupted and released. A source that
+ * fails to deliver (the backend is unreachable) is logged and tried again every second until the drain.
+ */
+export const consume = <A, E = never, R = never>(
+  source: Source<A>,
+  options: ConsumeOptions<A, E, R>
+): Effect.Effect<Consumer<A>, never, Scope.Scope | Lifecycle | R> =>
+  Effect.gen(function*() {
+    yield* validate("consume", { workers: options.workers })
+    const lifecycle = yield* Lifecycle
+    const core = makeCore(options, lifecycle)
+    const { count, settle } = core
+    const stopTaking = yield* Deferred.make<void>()
+    let taking = true
+    const renewEvery = Duration.millis(Math.max(1, Duration.toMillis(source.leaseDuration) / 3))
+
+    const takeOrRetry: Effect.Effect<Lease<A>, never, Scope.Scope> = Effect.catchAllCause(
+      source.take,
+      (cause) =>
+        Effect.logWarning("WorkerPool: taking a job failed; trying again", cause).pipe(
+          Effect.zipRight(Effect.sleep(takeRetryPause)),
+          Effect.zipRight(Effect.suspend(() => takeOrRetry))
+        )
+    )
+    const takeLease = Effect.raceFirst(
+      Effect.map(takeOrRetry, Option.some),
+      Effect.as(Deferred.await(stopTaking), Option.none())
+    )
+
+    // Renews the lease every third of its duration while the job runs (stopped when the job's Scope closes;
+    // interruptible, as the worker forking it is not). A failed renewal is logged; a lost lease is reported by
+    // the lease itself.
+    const keepRenewed = (lease: Lease<A>) =>
+      Effect.forkScoped(
+        Effect.interruptible(Effect.forever(
+          Effect.zipRight(
+            Effect.sleep(renewEvery),
+            Effect.catchAllCause(source.renew(lease), (cause) =>
+              Effect.logWarning(`WorkerPool: renewing the lease of job ${lease.id} failed`, cause))
+          )
+        ))
+      )
+
+    // The queue's side of an outcome: ack, dead-letter, or nothing (the Scope's close releases the lease).
+    const settleLease = (lease: Lease<A>, outcome: Outcome<A>): Effect.Effect<void> => {
+      const settled = outcome._tag === "Completed"
+        ? source.ack(lease)
+        : outcome._tag === "Failed"
+        ? source.deadLetter(lease, render(outcome.letter.cause))
+        : Effect.void
+      return Effect.catchAllCause(settled, (cause) =>
+        Effect.logWarning(`WorkerPool: settling job ${lease.id} with the queue failed`, cause))
+    }
+
+    // As in `make`, a worker is uninterruptible except while it takes or runs a job. Each job has a Scope of
+    // its own, closed when the job is settled: the lease and its renewal live exactly that long.
+    const worker = (slot: number): Effect.Effect<void, never, R> => {
+      let lost = false
+      const run = (lease: Lease<A>) => {
+        lost = false
+        count.accepted++
+        core.markRunning(slot, lease)
+        const whileLeased = Effect.raceFirst(
+          core.runAttempts(lease, slot, lease.attempt),
+          Effect.zipRight(lease.lost, Effect.suspend(() => {
+            lost = true
+            return Effect.interrupt
+          }))
+        )
+        const finish = (exit: Exit.Exit<unknown, unknown>) => {
+          core.markRunning(slot, undefined)
+          const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
+          return Effect.zipRight(settleLease(lease, outcome), settle(outcome))
+        }
+        return Effect.zipRight(
+          keepRenewed(lease),
+          Effect.matchCauseEffect(Effect.interruptible(whileLeased), {
+            onSuccess: (result) => finish(Exit.succeed(result)),
+            onFailure: (cause) => finish(Exit.failCause(cause))
+          })
+        )
+      }
+      const runNext = Effect.scoped(
+        Effect.flatMap(
+          // Checked before the race too: a ready job would otherwise win it after the drain began.
+          Effect.suspend(() => taking ? Effect.interruptible(takeLease) : Effect.succeed(Option.none())),
+          (next) => Option.isNone(next) ? Effect.succeed(false) : Effect.as(run(next.value), true)
+        )
+      )
+      const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) => more ? loop : Effect.void)
+      return Effect.uninterruptible(loop)
+    }
+
+    const workerFibers = yield* core.startWorkers(worker)
+
+    const closeIntake = () =>
+      Effect.suspend(() => {
+        taking = false
+        return Deferred.succeed(stopTaking, undefined)
+      })
+
+    const shutdown = yield* core.drainOnce(
+      closeIntake,
+      Effect.gen(function*() {
+        // Workers leave once their job is settled; at the deadline the rest are interrupted (leases released).
+        yield* Effect.raceFirst(Fiber.awaitAll(workerFibers), core.deadline)
+        yield* Fiber.interruptAll(workerFibers)
+      })
+    )
+
+    const consumer: Consumer<A> = {
+      shutdown,
+      stats: Effect.sync(() => core.stats({ capacity: 0, depth: 0, waitingProducers: 0, accepting: taking }))
+    }
+    return consumer
   })

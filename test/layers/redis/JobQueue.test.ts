@@ -10,11 +10,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import Redis from "ioredis"
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
-import * as Net from "node:net"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import * as RedisJobQueue from "../../../layers/redis/JobQueue.js"
 import { type JobQueueService, LeaseLost, QueueUnavailable } from "../../../services/JobQueue.js"
 import {
@@ -24,72 +19,7 @@ import {
   invalidQueueOptions,
   layerOptions
 } from "../../services/JobQueueContract.js"
-
-// ---------------------------------------------------------------------------------------------------------
-// A real redis-server per test file (and a second one for the outage test).
-
-interface RedisServer {
-  readonly url: string
-  readonly port: number
-  readonly process: ChildProcess
-  readonly stop: () => Promise<void>
-}
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = Net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as Net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-
-/** Resolves once the server answers PING with PONG; rejects after `timeoutMs`. */
-const waitForPong = async (port: number, timeoutMs: number) => {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    const answered = await new Promise<boolean>((resolve) => {
-      const socket = Net.connect(port, "127.0.0.1")
-      const done = (ok: boolean) => {
-        socket.destroy()
-        resolve(ok)
-      }
-      socket.setTimeout(500, () => done(false))
-      socket.once("error", () => done(false))
-      socket.once("connect", () => socket.write("PING\r\n"))
-      socket.once("data", (data) => done(data.toString().startsWith("+PONG")))
-    })
-    if (answered) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`redis-server on port ${port} did not answer PING within ${timeoutMs} ms`)
-}
-
-const startRedis = async (): Promise<RedisServer> => {
-  const port = await freePort()
-  const dir = mkdtempSync(join(tmpdir(), "keel-redis-"))
-  const child = spawn("redis-server", [
-    "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir
-  ], { stdio: "ignore" })
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM")
-      const killer = setTimeout(() => child.kill("SIGKILL"), 3_000)
-      await exited
-      clearTimeout(killer)
-    }
-    rmSync(dir, { recursive: true, force: true })
-  }
-  try {
-    await waitForPong(port, 10_000)
-  } catch (error) {
-    await stop()
-    throw error
-  }
-  return { url: `redis://127.0.0.1:${port}`, port, process: child, stop }
-}
+import { type RedisServer, startRedis } from "../../support/redisServer.js"
 
 let server: RedisServer | undefined
 beforeAll(async () => {
@@ -271,7 +201,7 @@ describe("RedisJobQueue", () => {
 
   it.live("with its redis-server gone, offer, take and depth fail with QueueUnavailable within a bounded time", () =>
     Effect.gen(function*() {
-      const lonely = yield* Effect.promise(startRedis)
+      const lonely = yield* Effect.promise(() => startRedis())
       yield* Effect.addFinalizer(() => Effect.promise(lonely.stop))
       const queue = yield* RedisJobQueue.make({
         redis: { url: lonely.url },
@@ -281,8 +211,8 @@ describe("RedisJobQueue", () => {
         maxAttempts: 3
       })
       yield* queue.offer("before", { id: "before" })
-      lonely.process.kill("SIGKILL")
-      yield* Effect.promise(() => new Promise<void>((resolve) => lonely.process.once("exit", () => resolve())))
+      lonely.process().kill("SIGKILL")
+      yield* Effect.promise(() => new Promise<void>((resolve) => lonely.process().once("exit", () => resolve())))
 
       for (const [what, call] of [["offer", queue.offer("after")], ["take", queue.take], ["depth", queue.depth]] as const) {
         // Bounded: the backend's own retries give up, well within the wait this allows.
