@@ -7,6 +7,10 @@
  * it already created), and a terminal state is final (a late or duplicated worker write cannot revive a
  * finished job). Records are plain JSON values, so a distributed backend can store them as they are. How
  * long a record survives — the process, a restart, a machine — is for each backend to document.
+ *
+ * A backend that reaches its records over a network can lose them for a while: after its own bounded retries
+ * every method then fails with `StoreUnavailable` (in bounded time, never hanging), so a caller can answer
+ * "try again" instead of waiting. The embedded backend never fails that way.
  */
 import { Context, Data } from "effect"
 import type { Effect, Option } from "effect"
@@ -43,6 +47,15 @@ export class StoreFull extends Data.TaggedError("StoreFull")<{
   }
 }
 
+/** The backend could not reach its records (after its own bounded retries); nothing is known to have changed. */
+export class StoreUnavailable extends Data.TaggedError("StoreUnavailable")<{
+  readonly reason: string
+}> {
+  override get message() {
+    return `job store unavailable: ${this.reason}`
+  }
+}
+
 export interface JobStoreService {
   /**
    * Creates a Queued record. With an idempotencyKey already held by a stored record, creates nothing and
@@ -53,21 +66,21 @@ export interface JobStoreService {
     readonly id: string
     readonly kind: string
     readonly idempotencyKey?: string
-  }) => Effect.Effect<{ readonly record: JobRecord; readonly created: boolean }, StoreFull>
+  }) => Effect.Effect<{ readonly record: JobRecord; readonly created: boolean }, StoreFull | StoreUnavailable>
   /**
    * Sets the state (and updatedAt); unknown ids are ignored (the record may have been evicted). A terminal
    * record is never changed again: a late Running (or a second outcome) after Completed is ignored.
    */
-  readonly update: (id: string, state: JobState) => Effect.Effect<void>
+  readonly update: (id: string, state: JobState) => Effect.Effect<void, StoreUnavailable>
   /** Forgets a record (and its idempotency key) — used when a job was recorded but then refused by the queue. */
-  readonly remove: (id: string) => Effect.Effect<void>
-  readonly get: (id: string) => Effect.Effect<Option.Option<JobRecord>>
+  readonly remove: (id: string) => Effect.Effect<void, StoreUnavailable>
+  readonly get: (id: string) => Effect.Effect<Option.Option<JobRecord>, StoreUnavailable>
   /** Records held now, by state tag, and the capacity. */
   readonly stats: Effect.Effect<{
     readonly size: number
     readonly capacity: number
     readonly byState: Readonly<Record<JobState["_tag"], number>>
-  }>
+  }, StoreUnavailable>
 }
 
 export class JobStore extends Context.Tag("keel/JobStore")<JobStore, JobStoreService>() {}

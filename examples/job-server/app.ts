@@ -40,6 +40,10 @@ const view = (record: JobStore.JobRecord) => {
   }
 }
 
+/** The store could not be reached: the client should try again shortly rather than wait on this request. */
+const storeUnavailable = (error: JobStore.StoreUnavailable) =>
+  Effect.succeed(errorResponse(503, "StoreUnavailable", error.message, { "retry-after": "1" }))
+
 const submitJob = Effect.gen(function*() {
   const request = yield* Body.json(JobRequest)
   const store = yield* JobStore.JobStore
@@ -55,7 +59,8 @@ const submitJob = Effect.gen(function*() {
   return json({ id, state: "queued" }, 202, { location: `/jobs/${id}` })
 }).pipe(
   Effect.catchTags({
-    StoreFull: (error) => Effect.succeed(errorResponse(503, "StoreFull", error.message, { "retry-after": "1" }))
+    StoreFull: (error) => Effect.succeed(errorResponse(503, "StoreFull", error.message, { "retry-after": "1" })),
+    StoreUnavailable: storeUnavailable
   })
 )
 
@@ -69,7 +74,7 @@ const getJob = Effect.gen(function*() {
     onNone: () => errorResponse(404, "NotFound", `no job ${id}`),
     onSome: (found) => json(view(found))
   })
-})
+}).pipe(Effect.catchTag("StoreUnavailable", storeUnavailable))
 
 const healthz = Effect.succeed(HttpServerResponse.text("ok"))
 

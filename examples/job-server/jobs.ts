@@ -86,6 +86,14 @@ const recordedState = (outcome: WorkerPool.Outcome<JobRequest>): readonly [strin
   }
 }
 
+/**
+ * A state change written to the store. A store that cannot be reached does not fail (or retry) the job itself:
+ * the change is logged and lost, and `GET /jobs/:id` keeps showing the record's earlier state.
+ */
+const recordState = (store: JobStore.JobStoreService, id: string, state: JobStore.JobState) =>
+  Effect.catchTag(store.update(id, state), "StoreUnavailable", (error) =>
+    Effect.logWarning(`job ${id}: state ${state._tag} not recorded: ${error.message}`))
+
 export class Jobs extends Context.Tag("job-server/Jobs")<Jobs, WorkerPool.WorkerPool<JobRequest>>() {}
 
 export const poolName = "jobs"
@@ -109,11 +117,14 @@ export const layer = (settings: Settings) =>
         }),
         onShutdown: "drain",
         handler: (job: JobRequest, context) =>
-          Effect.zipRight(store.update(context.id, { _tag: "Running", attempt: context.attempt }), run(job, context.attempt)),
+          Effect.zipRight(
+            recordState(store, context.id, { _tag: "Running", attempt: context.attempt }),
+            run(job, context.attempt)
+          ),
         onOutcome: (outcome) => {
           const [id, state] = recordedState(outcome)
           return Effect.zipRight(
-            store.update(id, state),
+            recordState(store, id, state),
             Effect.logDebug(`job ${id} ${state._tag.toLowerCase()} after ${state.attempts} attempt(s)`)
           )
         }

@@ -3,3 +3,4 @@
  * several machines share. What survives a Redis restart depends on Redis's own persistence (AOF / RDB).
  */
 export * as RedisJobQueue from "./JobQueue.js"
+export * as RedisJobStore from "./JobStore.js"
