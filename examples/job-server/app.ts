@@ -60,7 +60,9 @@ const submitJob = Effect.gen(function*() {
 }).pipe(
   Effect.catchTags({
     StoreFull: (error) => Effect.succeed(errorResponse(503, "StoreFull", error.message, { "retry-after": "1" })),
-    StoreUnavailable: storeUnavailable
+    StoreUnavailable: storeUnavailable,
+    QueueUnavailable: (error) =>
+      Effect.succeed(errorResponse(503, "QueueUnavailable", error.message, { "retry-after": "1" }))
   })
 )
 

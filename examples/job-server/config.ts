@@ -28,6 +28,13 @@ export const settings = Config.all({
   ),
   host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1")),
   workers: positiveInt("WORKERS", 4),
+  /** `memory`: the embedded queue and store (no service needed); `redis`: shared by every process on REDIS_URL. */
+  jobQueue: Config.literal("memory", "redis")("JOB_QUEUE").pipe(Config.withDefault("memory" as const)),
+  redisUrl: Config.string("REDIS_URL").pipe(Config.withDefault("redis://127.0.0.1:6379")),
+  /** Processes with the same name on one Redis share their jobs and records. */
+  queueName: Config.string("QUEUE_NAME").pipe(Config.withDefault("jobs")),
+  jobLease: duration("JOB_LEASE", "30 seconds"),
+  jobMaxDeliveries: positiveInt("JOB_MAX_DELIVERIES", 5),
   queueCapacity: positiveInt("QUEUE_CAPACITY", 100),
   storeCapacity: positiveInt("STORE_CAPACITY", 10_000),
   drainTimeout: duration("DRAIN_TIMEOUT", "30 seconds"),

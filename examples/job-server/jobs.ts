@@ -8,9 +8,9 @@
  * every accepted job's record follows the pool's one outcome for it (completed, failed, unfinished).
  */
 import { Context, Duration, Effect, Layer, Random, Schema } from "effect"
-import { Backoff, Middleware, render, Unavailable, withContext, WorkerPool } from "keel"
-import type { Timeout, WithContext } from "keel"
-import { JobStore } from "keel/services"
+import { Backoff, Lifecycle, Middleware, render, ShuttingDown, Unavailable, withContext, WorkerPool } from "keel"
+import type { QueueFull, Timeout, WithContext } from "keel"
+import { JobQueue, JobStore } from "keel/services"
 import type { Settings } from "./config.js"
 import { Downstream } from "./downstream.js"
 
@@ -68,8 +68,15 @@ const run = (job: JobRequest, attempt: number): Effect.Effect<unknown, JobError,
   }
 }
 
-/** The record a pool outcome leaves: what `GET /jobs/:id` shows once the job is over. */
-const recordedState = (outcome: WorkerPool.Outcome<JobRequest>): readonly [string, JobStore.JobState & { attempts: number }] => {
+/**
+ * The record a pool outcome leaves: what `GET /jobs/:id` shows once the job is over. With a shared queue an
+ * unfinished job is not over — its lease went back to the queue and another process runs it — so its record
+ * says queued again rather than a final `unfinished`.
+ */
+const recordedState = (
+  outcome: WorkerPool.Outcome<unknown>,
+  shared: boolean
+): readonly [string, JobStore.JobState & { attempts: number }] => {
   switch (outcome._tag) {
     case "Completed":
       return [outcome.job.id, { _tag: "Completed", result: outcome.result, attempts: outcome.attempts }]
@@ -81,7 +88,9 @@ const recordedState = (outcome: WorkerPool.Outcome<JobRequest>): readonly [strin
     case "Unfinished":
       return [
         outcome.unfinished.job.id,
-        { _tag: "Unfinished", reason: outcome.unfinished.reason, attempts: outcome.unfinished.attempts }
+        shared
+          ? { _tag: "Queued", attempts: outcome.unfinished.attempts }
+          : { _tag: "Unfinished", reason: outcome.unfinished.reason, attempts: outcome.unfinished.attempts }
       ]
   }
 }
@@ -94,40 +103,87 @@ const recordState = (store: JobStore.JobStoreService, id: string, state: JobStor
   Effect.catchTag(store.update(id, state), "StoreUnavailable", (error) =>
     Effect.logWarning(`job ${id}: state ${state._tag} not recorded: ${error.message}`))
 
-export class Jobs extends Context.Tag("job-server/Jobs")<Jobs, WorkerPool.WorkerPool<JobRequest>>() {}
+/** How the app hands a validated job to the workers: the pool's own queue, or the queue processes share. */
+export interface JobIntake {
+  readonly trySubmit: (
+    job: JobRequest,
+    options: { readonly id: string }
+  ) => Effect.Effect<string, QueueFull | ShuttingDown | JobQueue.QueueUnavailable>
+}
+
+export class Jobs extends Context.Tag("job-server/Jobs")<Jobs, JobIntake>() {}
 
 export const poolName = "jobs"
 
-/** The pool, writing every job's progress and single outcome to the JobStore. */
+/** What both runners share: timeout, Backoff retries, and every job's progress and outcome in the JobStore. */
+const runnerOptions = <A>(
+  settings: Settings,
+  store: JobStore.JobStoreService,
+  shared: boolean,
+  toRequest: (payload: A) => Effect.Effect<JobRequest>
+): WorkerPool.ConsumeOptions<A, JobError, Downstream> => ({
+  name: poolName,
+  workers: settings.workers,
+  timeout: settings.jobTimeout,
+  retry: Backoff.exponential({
+    base: settings.retryBase,
+    max: settings.retryMax,
+    jitter: "full",
+    maxAttempts: settings.jobMaxAttempts
+  }),
+  handler: (payload, context) =>
+    Effect.logDebug(`job ${context.id} started: delivery ${context.delivery}, attempt ${context.attempt}`).pipe(
+      Effect.zipRight(recordState(store, context.id, { _tag: "Running", attempt: context.attempt })),
+      Effect.zipRight(toRequest(payload)),
+      Effect.flatMap((job) => run(job, context.attempt))
+    ),
+  onOutcome: (outcome) => {
+    const [id, state] = recordedState(outcome, shared)
+    return Effect.zipRight(
+      recordState(store, id, state),
+      Effect.logDebug(`job ${id} ${state._tag.toLowerCase()} after ${state.attempts} attempt(s)`)
+    )
+  }
+})
+
+/** The embedded runner: a WorkerPool with its own bounded queue, drained on shutdown. */
 export const layer = (settings: Settings) =>
   Layer.scoped(
     Jobs,
     Effect.gen(function*() {
       const store = yield* JobStore.JobStore
-      return yield* WorkerPool.make<JobRequest, JobError, Downstream>({
-        name: poolName,
+      const pool = yield* WorkerPool.make<JobRequest, JobError, Downstream>({
+        ...runnerOptions<JobRequest>(settings, store, false, Effect.succeed),
         capacity: settings.queueCapacity,
-        workers: settings.workers,
-        timeout: settings.jobTimeout,
-        retry: Backoff.exponential({
-          base: settings.retryBase,
-          max: settings.retryMax,
-          jitter: "full",
-          maxAttempts: settings.jobMaxAttempts
-        }),
-        onShutdown: "drain",
-        handler: (job: JobRequest, context) =>
-          Effect.zipRight(
-            recordState(store, context.id, { _tag: "Running", attempt: context.attempt }),
-            run(job, context.attempt)
-          ),
-        onOutcome: (outcome) => {
-          const [id, state] = recordedState(outcome)
-          return Effect.zipRight(
-            recordState(store, id, state),
-            Effect.logDebug(`job ${id} ${state._tag.toLowerCase()} after ${state.attempts} attempt(s)`)
-          )
-        }
+        onShutdown: "drain"
       })
+      return { trySubmit: pool.trySubmit }
+    })
+  )
+
+const decodeRequest = Schema.decodeUnknown(JobRequest)
+
+/**
+ * The shared runner: workers consuming the JobQueue that every job-server process on it shares. A job is
+ * offered to the queue (refused with QueueFull at its capacity, ShuttingDown once this process drains) and
+ * may run in any process; a payload that is not a job request (written by something else) is dead-lettered.
+ */
+export const sharedLayer = (settings: Settings) =>
+  Layer.scoped(
+    Jobs,
+    Effect.gen(function*() {
+      const store = yield* JobStore.JobStore
+      const queue = yield* JobQueue.JobQueue
+      yield* WorkerPool.consume<JobQueue.Json, JobError, Downstream>(
+        queue,
+        runnerOptions(settings, store, true, (payload) => Effect.orDie(decodeRequest(payload)))
+      )
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const trySubmit: JobIntake["trySubmit"] = (job, options) =>
+        Effect.flatMap(lifecycle.isReady, (ready): ReturnType<JobIntake["trySubmit"]> =>
+          ready
+            ? queue.tryOffer(job as unknown as JobQueue.Json, options)
+            : Effect.fail(new ShuttingDown({ reason: "draining" })))
+      return { trySubmit }
     })
   )

@@ -2,7 +2,9 @@
  * The job server: `npm start`. An HTTP job service composed from Keel's public API.
  *
  * Layers, in dependency order: the JobStore (embedded, bounded), the simulated downstream with its client
- * stack, the worker pool, and the draining HTTP server serving the app. On SIGTERM or SIGINT readiness
+ * stack, the worker pool, and the draining HTTP server serving the app. With `JOB_QUEUE=redis` the queue and
+ * the store are on Redis instead, shared by every job-server process pointed at it, and the workers consume
+ * the shared queue. On SIGTERM or SIGINT readiness
  * turns 503, the pre-stop delay passes, the server stops accepting and finishes its requests while the
  * pool drains its jobs, then the shutdown report is logged and the process exits with Lifecycle's code.
  */
@@ -10,6 +12,7 @@ import { HttpServer } from "@effect/platform"
 import { Duration, Effect, Layer, Logger, Random } from "effect"
 import { MemoryJobStore } from "keel/memory"
 import { HttpServer as DrainingHttpServer, runMain } from "keel/node"
+import { RedisJobQueue, RedisJobStore } from "keel/redis"
 import * as App from "./app.js"
 import { settings } from "./config.js"
 import * as Downstream from "./downstream.js"
@@ -17,17 +20,31 @@ import * as Jobs from "./jobs.js"
 
 const program = Effect.gen(function*() {
   const config = yield* settings
-  const services = Jobs.layer(config).pipe(
-    Layer.provideMerge(Downstream.layer(config)),
-    Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity }))
-  )
+  const redis = { url: config.redisUrl }
+  const services = config.jobQueue === "memory"
+    ? Jobs.layer(config).pipe(
+      Layer.provideMerge(Downstream.layer(config)),
+      Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity }))
+    )
+    : Jobs.sharedLayer(config).pipe(
+      Layer.provideMerge(Downstream.layer(config)),
+      Layer.provideMerge(RedisJobStore.layer({ redis, name: config.queueName, capacity: config.storeCapacity })),
+      Layer.provideMerge(RedisJobQueue.layer({
+        redis,
+        name: config.queueName,
+        capacity: config.queueCapacity,
+        leaseDuration: config.jobLease,
+        maxAttempts: config.jobMaxDeliveries
+      }))
+    )
   const server = Layer.scopedDiscard(Effect.gen(function*() {
     const app = yield* App.make(config)
     yield* HttpServer.serve(app).pipe(Layer.build)
     const { address } = yield* DrainingHttpServer.DrainingHttpServer
     yield* Effect.logInfo(
       `job server listening on http://${address.host}:${address.port} ` +
-        `(${config.workers} workers, queue ${config.queueCapacity}, drain deadline ${Duration.format(config.drainTimeout)})`
+        `(${config.workers} workers, ${config.jobQueue === "memory" ? "embedded" : `${config.redisUrl} "${config.queueName}"`} ` +
+        `queue ${config.queueCapacity}, drain deadline ${Duration.format(config.drainTimeout)})`
     )
   })).pipe(
     Layer.provide(DrainingHttpServer.layer({
