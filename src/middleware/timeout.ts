@@ -6,13 +6,14 @@
  * `failAfter` is the mechanism, shared with `deadline`. Effect's `timeoutFail` races two forked fibers and
  * arms a timer on every call; here the call starts at once in a fiber of its own, and a call that has
  * already ended when it first yields (a cache hit, a validation failure) needs no timer and does not even
- * suspend its caller. Only a call still running races the clock.
+ * suspend its caller. A call whose effect is already its result (`Effect.succeed(answer)`: a health
+ * check, a constant) needs no fiber either. Only a call still running races the clock.
  *
  * The call runs in a fiber of its own, as across any service boundary: FiberRef changes it makes (other
  * than through `Effect.locally`, which undoes them anyway) stay with it and are not merged back into the
  * caller. Merging them, as `Fiber.join` does, would cost more than the rest of the middleware together.
  */
-import { Duration, Effect, Fiber, Option, Runtime, RuntimeFlags } from "effect"
+import { Duration, Effect, Exit, Fiber, Option, Runtime, RuntimeFlags } from "effect"
 import type { Context } from "effect"
 import { Timeout } from "../Errors.js"
 import { remainingFor } from "./deadline.js"
@@ -33,6 +34,8 @@ const runFor = <A, E, R, E2>(
   onTimeout: () => E2,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | E2, R> => {
+  // A call that is already its result (a constant answer) cannot run late: no fiber, no timer.
+  if (Exit.isExit(effect)) return effect
   const runtime = Runtime.make({
     context: caller.currentContext as Context.Context<R>,
     fiberRefs: caller.getFiberRefs(),
