@@ -23,6 +23,7 @@ const promised: ReadonlyArray<RegExp> = [
   /item 1, item 2, item 3 after 6 calls; breaker Closed/,
   /statuses 200 400 413[\s\S]*shutdown clean: trigger shutdown requested: demo over/,
   /attempts 1 then 2; ready 0, leased 0, delayed 0, dead 0/,
+  /3 mailed, each delivered once; queue ready 0, leased 0/,
   /bug found, shrunk to: call 0 fails with error 0\n.*LedgerViolation: ledger violated: 1 settled more than once \(p1 ×2\)\nfixed: 100 scenarios, every payment has exactly one outcome/
 ]
 
