@@ -21,7 +21,7 @@
  * The drain stops taking, lets in-flight jobs finish, and at the deadline interrupts the rest, which releases
  * their leases so that another process takes them over without waiting for the lease to expire.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
 import type { Schedule, Scope } from "effect"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
@@ -593,9 +593,11 @@ export const consume = <A, E = never, R = never>(
     const lifecycle = yield* Lifecycle
     const core = makeCore(options, lifecycle)
     const { count, settle } = core
-    const stopTaking = yield* Deferred.make<void>()
     let taking = true
     const renewEvery = Duration.millis(Math.max(1, Duration.toMillis(source.leaseDuration) / 3))
+    // Slots waiting in `take` (the drain interrupts them), and the leases of the jobs running in each slot.
+    const waiting = new Set<number>()
+    const leases = new Map<number, Lease<A>>()
 
     const takeOrRetry: Effect.Effect<Lease<A>, never, Scope.Scope> = Effect.catchAllCause(
       source.take,
@@ -605,24 +607,20 @@ export const consume = <A, E = never, R = never>(
           Effect.zipRight(Effect.suspend(() => takeOrRetry))
         )
     )
-    const takeLease = Effect.raceFirst(
-      Effect.map(takeOrRetry, Option.some),
-      Effect.as(Deferred.await(stopTaking), Option.none())
-    )
 
-    // Renews the lease every third of its duration while the job runs (stopped when the job's Scope closes;
-    // interruptible, as the worker forking it is not). A failed renewal is logged; a lost lease is reported by
-    // the lease itself.
-    const keepRenewed = (lease: Lease<A>) =>
-      Effect.forkScoped(
-        Effect.interruptible(Effect.forever(
-          Effect.zipRight(
-            Effect.sleep(renewEvery),
-            Effect.catchAllCause(source.renew(lease), (cause) =>
-              Effect.logWarning(`WorkerPool: renewing the lease of job ${lease.id} failed`, cause))
-          )
+    // One fiber renews the leases of all running jobs every third of the lease duration. A renewal that fails
+    // while its job still runs is logged; a lost lease is reported by the lease itself.
+    const renewOne = (lease: Lease<A>) =>
+      Effect.catchAllCause(source.renew(lease), (cause) =>
+        Effect.suspend(() =>
+          [...leases.values()].includes(lease)
+            ? Effect.logWarning(`WorkerPool: renewing the lease of job ${lease.id} failed`, cause)
+            : Effect.void
         ))
-      )
+    const renewAll = Effect.suspend(() =>
+      Effect.forEach([...leases.values()], renewOne, { concurrency: "unbounded", discard: true })
+    )
+    yield* Effect.forkScoped(Effect.interruptible(Effect.forever(Effect.zipRight(Effect.sleep(renewEvery), renewAll))))
 
     // The queue's side of an outcome: ack, dead-letter, or nothing (the Scope's close releases the lease).
     const settleLease = (lease: Lease<A>, outcome: Outcome<A>): Effect.Effect<void> => {
@@ -636,13 +634,14 @@ export const consume = <A, E = never, R = never>(
     }
 
     // As in `make`, a worker is uninterruptible except while it takes or runs a job. Each job has a Scope of
-    // its own, closed when the job is settled: the lease and its renewal live exactly that long.
+    // its own, closed when the job is settled: the lease lives exactly that long.
     const worker = (slot: number): Effect.Effect<void, never, R> => {
       let lost = false
       const run = (lease: Lease<A>) => {
         lost = false
         count.accepted++
         core.markRunning(slot, lease)
+        leases.set(slot, lease)
         const whileLeased = Effect.raceFirst(
           core.runAttempts(lease, slot, lease.attempt),
           Effect.zipRight(lease.lost, Effect.suspend(() => {
@@ -651,24 +650,27 @@ export const consume = <A, E = never, R = never>(
           }))
         )
         const finish = (exit: Exit.Exit<unknown, unknown>) => {
+          leases.delete(slot)
           core.markRunning(slot, undefined)
           const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
           return Effect.zipRight(settleLease(lease, outcome), settle(outcome))
         }
-        return Effect.zipRight(
-          keepRenewed(lease),
-          Effect.matchCauseEffect(Effect.interruptible(whileLeased), {
-            onSuccess: (result) => finish(Exit.succeed(result)),
-            onFailure: (cause) => finish(Exit.failCause(cause))
-          })
-        )
+        return Effect.matchCauseEffect(Effect.interruptible(whileLeased), {
+          onSuccess: (result) => finish(Exit.succeed(result)),
+          onFailure: (cause) => finish(Exit.failCause(cause))
+        })
       }
-      const runNext = Effect.scoped(
-        Effect.flatMap(
-          // Checked before the race too: a ready job would otherwise win it after the drain began.
-          Effect.suspend(() => taking ? Effect.interruptible(takeLease) : Effect.succeed(Option.none())),
-          (next) => Option.isNone(next) ? Effect.succeed(false) : Effect.as(run(next.value), true)
+      const takeNext = Effect.suspend(() => {
+        if (!taking) return Effect.succeed(Option.none<Lease<A>>())
+        waiting.add(slot)
+        return Effect.interruptible(takeOrRetry).pipe(
+          Effect.ensuring(Effect.sync(() => waiting.delete(slot))),
+          Effect.map(Option.some)
         )
+      })
+      // A job taken just as the drain began is not started: closing its Scope releases it.
+      const runNext = Effect.scoped(
+        Effect.flatMap(takeNext, (next) => Option.isNone(next) || !taking ? Effect.succeed(false) : Effect.as(run(next.value), true))
       )
       const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) => more ? loop : Effect.void)
       return Effect.uninterruptible(loop)
@@ -676,10 +678,11 @@ export const consume = <A, E = never, R = never>(
 
     const workerFibers = yield* core.startWorkers(worker)
 
+    // Stops the taking: workers waiting in `take` are interrupted, the others leave after their job.
     const closeIntake = () =>
       Effect.suspend(() => {
         taking = false
-        return Deferred.succeed(stopTaking, undefined)
+        return Effect.forEach([...waiting], (slot) => Fiber.interruptFork(workerFibers[slot]!), { discard: true })
       })
 
     const shutdown = yield* core.drainOnce(

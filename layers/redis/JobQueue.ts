@@ -39,13 +39,13 @@
  * Time: Redis's clock decides idle times (lease expiry) and when delayed jobs are due, so all processes agree;
  * the process's `Clock` stamps `enqueuedAt` and dead letters' `at`, and paces the fibers.
  *
- * Failures: each Redis call is bounded in time (`callTimeout`) and retried with `Backoff` (3 attempts); then
+ * Failures: each Redis call is bounded in time (`callTimeout`) and retried with `Backoff` (3 attempts in all); then
  * the operation fails with `QueueUnavailable`. Connections this module opens do not keep commands queued across
  * reconnection attempts (`maxRetriesPerRequest: 0`, reconnecting at most every 500 ms). A retried call may have run once already: offers are safe (the
  * id is chosen before the first try), a take may then leave a lease nobody holds (it expires and the job is
  * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
  */
-import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Layer, Option, Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, Layer, Option, Scope } from "effect"
 import Redis from "ioredis"
 import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
@@ -68,17 +68,23 @@ const callTimeout = Duration.seconds(2)
 const blockMillis = 1_000
 /** How often waiting takers look for expired leases, and offers for room made elsewhere. */
 const takerRecheck = Duration.seconds(1)
+const takerRecheckMillis = Duration.toMillis(takerRecheck)
 const offerRecheck = Duration.millis(50)
 /** How often due delayed jobs are moved to the stream, at most. */
 const promoteInterval = Duration.millis(50)
 const promoteBatch = 100
-/** Retries of a failed Redis call before `QueueUnavailable`. */
-const retryPolicy = Backoff.exponential<JobQueue.QueueUnavailable>({
+/**
+ * A Redis call is tried 3 times in all before `QueueUnavailable`: once, then again at once, then after a backoff.
+ * The schedule is only built once a call has failed, as almost every call succeeds the first time.
+ */
+const retriesAfterFirstFailure = Backoff.exponential<JobQueue.QueueUnavailable>({
   base: Duration.millis(100),
   max: Duration.seconds(1),
-  maxAttempts: 3,
+  maxAttempts: 2,
   retryOn: () => true
 })
+const withRetries = <A, R>(call: Effect.Effect<A, JobQueue.QueueUnavailable, R>) =>
+  Effect.catchAll(call, () => Effect.retry(call, retriesAfterFirstFailure))
 
 // ---------------------------------------------------------------------------------------------------------
 // Lua scripts. Each runs atomically in Redis; together they are every change of a job's state.
@@ -130,13 +136,16 @@ return 'added'
 `
 
 /**
- * take — KEYS: stream, dead; ARGV: group, consumer, leaseMs, maxAttempts, jobPrefix, at, maxDead.
- * First expired leases (any consumer's entry idle for leaseMs or more), walking the whole PEL with XAUTOCLAIM:
+ * take — KEYS: stream, dead; ARGV: group, consumer, leaseMs, maxAttempts, jobPrefix, at, maxDead, scan.
+ * First, when `scan` is 1, expired leases (any consumer's entry idle for leaseMs or more), walking the whole PEL
+ * with XAUTOCLAIM (the walk costs Redis time in proportion to the leased jobs, so a process asks for it at most
+ * once per `takerRecheck` unless the last walk found one):
  * a job already delivered maxAttempts times is dead-lettered instead (its worker keeps dying or hanging),
  * otherwise it is leased to this consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing
  * increments the hash's `attempts` in the same step, so the attempt is exact and a stale lease's token no
  * longer matches. Entries without a matching hash (never written by this module) are acknowledged and
- * dropped. Returns { dropped dead letters, and id, entry, attempts, payload, enqueuedAt } or just the former.
+ * dropped. Returns { dropped dead letters, and id, entry, attempts, payload, enqueuedAt, 'claimed' | 'new' } or
+ * just the former.
  */
 const takeScript = prelude + `
 local stream, dead = KEYS[1], KEYS[2]
@@ -146,15 +155,15 @@ local function forget(entry)
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
 end
-local function lease(entry, id)
+local function lease(entry, id, how)
   local job = jobPrefix .. id
   local attempts = redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'state', 'leased', 'consumer', consumer)
   local fields = redis.call('HMGET', job, 'payload', 'enqueuedAt')
-  return { dropped, id, entry, tostring(attempts), fields[1], fields[2] }
+  return { dropped, id, entry, tostring(attempts), fields[1], fields[2], how }
 end
 local cursor = '0-0'
-repeat
+if ARGV[8] == '1' then repeat
   local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, leaseMs, cursor, 'COUNT', 1)
   cursor = claimed[1]
   for _, message in ipairs(claimed[2]) do
@@ -167,17 +176,17 @@ repeat
       local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on attempt ' .. state[3], ARGV[6], ARGV[7])
       if gone then table.insert(dropped, gone) end
     else
-      return lease(entry, id)
+      return lease(entry, id, 'claimed')
     end
   end
-until cursor == '0-0'
+until cursor == '0-0' end
 while true do
   local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
   if not read then return { dropped } end
   local entry, fields = read[1][2][1][1], read[1][2][1][2]
   local id = fields and fields[2]
   local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry')
-  if state and state[1] == 'ready' and state[2] == entry then return lease(entry, id) end
+  if state and state[1] == 'ready' and state[2] == entry then return lease(entry, id, 'new') end
   forget(entry)
 end
 `
@@ -354,7 +363,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const ownsClient = !isClient(options.redis)
     const client = isClient(options.redis)
       ? options.redis
-      : new Redis(options.redis.url, connectionOptions)
+      : new Redis(options.redis.url, { ...connectionOptions, enableAutoPipelining: true })
     const blocking = client.duplicate({ ...connectionOptions, commandTimeout: undefined })
     // Failures reach the callers through their commands; without a listener ioredis would print each one.
     const ignoreError = () => {}
@@ -373,27 +382,33 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     let groupReady = false
 
     /**
-     * One Redis call, failing with QueueUnavailable after `timeout`. The wait is a Deferred completed by the
-     * reply or by a timer fiber, so the bound holds inside uninterruptible regions too (the take script runs
-     * in one, and `Effect.timeout` cannot interrupt there).
+     * One Redis call, failing with QueueUnavailable after `timeout`. The wait is a callback completed by the
+     * reply or by a timer of the event loop (the network's own clock, like the socket's: TestClock does not
+     * drive Redis), so the bound holds inside uninterruptible regions too (the take script runs in one, and
+     * `Effect.timeout` cannot interrupt there), at no fiber per call.
      */
     const attempt = <A>(what: string, send: () => Promise<A>, timeout: Duration.Duration = callTimeout) =>
-      Effect.suspend(() => {
-        const reply = Deferred.unsafeMake<A, JobQueue.QueueUnavailable>(FiberId.none)
-        const failed = (reason: string) => Deferred.unsafeDone(reply, Exit.fail(new JobQueue.QueueUnavailable({ reason })))
+      Effect.async<A, JobQueue.QueueUnavailable>((resume) => {
+        let done = false
+        const finish = (exit: Effect.Effect<A, JobQueue.QueueUnavailable>) => {
+          if (done) return
+          done = true
+          clearTimeout(timer)
+          resume(exit)
+        }
+        const failed = (reason: string) => finish(Effect.fail(new JobQueue.QueueUnavailable({ reason })))
+        const timer = setTimeout(
+          () => failed(`${what}: no reply within ${Duration.format(timeout)}`),
+          Duration.toMillis(timeout)
+        )
         try {
-          send().then((value) => Deferred.unsafeDone(reply, Exit.succeed(value)), (error) => {
+          send().then((value) => finish(Effect.succeed(value)), (error) => {
             if (describeError(error).startsWith("NOGROUP")) groupReady = false
             failed(`${what}: ${describeError(error)}`)
           })
         } catch (error) {
           failed(`${what}: ${describeError(error)}`)
         }
-        const timer = Effect.interruptible(Effect.zipRight(
-          Effect.sleep(timeout),
-          Effect.sync(() => failed(`${what}: no reply within ${Duration.format(timeout)}`))
-        ))
-        return Effect.flatMap(Effect.fork(timer), (fiber) => Effect.ensuring(Deferred.await(reply), Fiber.interrupt(fiber)))
       })
 
     const evalScript = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
@@ -420,7 +435,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       Effect.zipRight(ensureGroup, evalScript(name, keyList, args))
 
     const run = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
-      Effect.retry(once(name, keyList, args), retryPolicy)
+      withRetries(once(name, keyList, args))
 
     // Local wake-ups: every change this process makes or sees bumps `version`; a waiter remembers the version
     // it last acted on, so a change between its Redis call and its wait is not missed.
@@ -500,16 +515,18 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         const state = held.get(lease)
         if (state === undefined || state.settled) return Effect.fail(lostOf(lease))
         state.settling++
-        return Effect.retry(settleOnce(lease, state, action, delayMillis, reason), retryPolicy).pipe(
+        return withRetries(settleOnce(lease, state, action, delayMillis, reason)).pipe(
           Effect.ensuring(Effect.sync(() => void state.settling--)),
           Effect.flatMap((reply) => {
             const [status, dropped] = reply as [string, string | null | undefined]
             if (status === "lost") {
               state.settled = true
+              granted.delete(lease)
               return Effect.zipRight(Deferred.succeed(state.lost, undefined), Effect.fail(lostOf(lease)))
             }
             if (action !== "renew") {
               state.settled = true
+              granted.delete(lease)
               bump()
             }
             return warnDropped(typeof dropped === "string" ? [dropped] : [])
@@ -525,24 +542,44 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         return state === undefined || state.settled ? Effect.void : Effect.ignore(settle(lease, "release"))
       })
 
-    /** Completes `lost` once the job is no longer leased by this lease; polled every third of a lease. */
-    const watch = (lease: JobQueue.Lease, state: Held): Effect.Effect<void> =>
-      Effect.gen(function*() {
-        while (true) {
-          yield* Effect.sleep(Duration.millis(Math.max(10, Math.floor(leaseMillis / 3))))
-          if (state.settled) return
-          const fields = yield* Effect.option(attempt("HMGET", () =>
-            client.hmget(keys.job + lease.id, "state", "entry", "attempts", "consumer")))
-          if (Option.isNone(fields) || state.settling > 0 || state.settled) continue
-          const [jobState, entry, attempts, owner] = fields.value
+    // Leases this queue granted and has not settled, for the lease watch.
+    const granted = new Set<JobQueue.Lease>()
+
+    /**
+     * Completes `lost` of every granted lease whose job is no longer leased by it (its lease expired and someone
+     * took the job over): all granted leases are read in one pipelined round trip, every third of a lease.
+     */
+    const leaseWatch = Effect.gen(function*() {
+      while (true) {
+        yield* Effect.sleep(Duration.millis(Math.max(10, Math.floor(leaseMillis / 3))))
+        const watched = [...granted].filter((lease) => {
+          const state = held.get(lease)!
+          if (state.settled) granted.delete(lease)
+          return !state.settled && state.settling === 0
+        })
+        if (watched.length === 0) continue
+        const replies = yield* Effect.option(attempt("HMGET", () => {
+          const pipeline = client.pipeline()
+          for (const lease of watched) pipeline.hmget(keys.job + lease.id, "state", "entry", "attempts", "consumer")
+          return pipeline.exec()
+        }))
+        if (Option.isNone(replies) || replies.value === null) continue
+        for (let index = 0; index < watched.length; index++) {
+          const lease = watched[index]!
+          const state = held.get(lease)!
+          const [error, fields] = replies.value[index] ?? [null, null]
+          if (error !== null || fields === null || state.settling > 0 || state.settled) continue
+          const [jobState, entry, attempts, owner] = fields as ReadonlyArray<string | null>
           if (
             jobState !== "leased" || entry !== state.entry || attempts !== String(lease.attempt) || owner !== state.consumer
           ) {
+            state.settled = true
+            granted.delete(lease)
             yield* Deferred.succeed(state.lost, undefined)
-            return
           }
         }
-      })
+      }
+    })
 
     // --- take
 
@@ -562,10 +599,13 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       })
 
     // One try: the script call and the binding of its lease to the Scope are one uninterruptible step.
+    // Clock millis of the last walk for expired leases that found none (see the take script).
+    let lastEmptyScanAt = Number.NEGATIVE_INFINITY
     const takeOnce: Effect.Effect<Option.Option<JobQueue.Lease>, JobQueue.QueueUnavailable, Scope.Scope> = Effect
       .acquireRelease(
         Effect.gen(function*() {
           const at = yield* Clock.currentTimeMillis
+          const scan = at - lastEmptyScanAt >= takerRecheckMillis
           const reply = (yield* once("take", [keys.stream, keys.dead], [
             group,
             consumer,
@@ -573,8 +613,10 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
             options.maxAttempts,
             keys.job,
             at,
-            maxDeadLetters
+            maxDeadLetters,
+            scan ? 1 : 0
           ])) as ReadonlyArray<unknown>
+          if (scan && reply[6] !== "claimed") lastEmptyScanAt = at
           const dropped = reply[0] as ReadonlyArray<string>
           yield* warnDropped(dropped)
           return reply.length > 1 ? Option.some(yield* grant(reply)) : Option.none()
@@ -583,16 +625,17 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       )
       .pipe(Effect.tap(Option.match({
         onNone: () => Effect.void,
-        onSome: (lease) => {
-          bump()
-          return Effect.forkScoped(Effect.interruptible(watch(lease, held.get(lease)!)))
-        }
+        onSome: (lease) =>
+          Effect.sync(() => {
+            granted.add(lease)
+            bump()
+          })
       })))
 
     const take: Effect.Effect<JobQueue.Lease, JobQueue.QueueUnavailable, Scope.Scope> = Effect.suspend(() => {
       const seen = version
       return Effect.flatMap(
-        Effect.retry(takeOnce, retryPolicy),
+        withRetries(takeOnce),
         Option.match({ onNone: () => Effect.zipRight(changeSince(seen, takerRecheck), take), onSome: Effect.succeed })
       )
     })
@@ -655,6 +698,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     )
     yield* Effect.forkScoped(Effect.interruptible(promoter))
     yield* Effect.forkScoped(Effect.interruptible(watcher))
+    yield* Effect.forkScoped(Effect.interruptible(leaseWatch))
 
     const service: JobQueue.JobQueueService = {
       capacity: options.capacity,
