@@ -649,11 +649,15 @@ export const consume = <A, E = never, R = never>(
             return Effect.interrupt
           }))
         )
+        // The outcome is observed (sinks, `onOutcome`) before the queue hears of it, the lease still renewed
+        // meanwhile: a process dying in between leaves the job to be run again, never acked and unrecorded.
         const finish = (exit: Exit.Exit<unknown, unknown>) => {
-          leases.delete(slot)
           core.markRunning(slot, undefined)
           const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
-          return Effect.zipRight(settleLease(lease, outcome), settle(outcome))
+          return settle(outcome).pipe(
+            Effect.zipRight(settleLease(lease, outcome)),
+            Effect.ensuring(Effect.sync(() => leases.delete(slot)))
+          )
         }
         return Effect.matchCauseEffect(Effect.interruptible(whileLeased), {
           onSuccess: (result) => finish(Exit.succeed(result)),

@@ -27,14 +27,15 @@
  * lease watch, the wake-up read) are plain commands.
  *
  * Waiting. `take` does not block inside `XREADGROUP`: a blocked group read cannot be withdrawn, so a taker
- * interrupted while waiting would have its next job delivered to nobody (stuck in the PEL until its lease
- * expired, with one attempt spent). Instead one fiber per queue blocks on a dedicated connection in a plain
- * `XREAD BLOCK` (which takes nothing) and wakes the local takers when an entry is added anywhere; a taker then
- * runs the take script, whose non-blocking `XREADGROUP` and `XAUTOCLAIM` lease a job atomically with its
- * attempt count. The script call itself cannot be interrupted half way (its lease is always bound to the
- * taker's Scope); the wait between calls can. Takers also re-check every second (expired leases of other
- * consumers become claimable without any entry being added), and offers waiting for room re-check every 50 ms
- * (room is made by takers in other processes).
+ * interrupted while waiting would have its next job delivered to nobody (stuck in the PEL until its lease expired,
+ * with one attempt spent). Instead one fiber per queue blocks on a dedicated connection in a plain `XREAD BLOCK`
+ * (which takes nothing) and wakes the local takers when an entry is added anywhere; a taker then runs the take
+ * script, whose non-blocking `XREADGROUP` and `XAUTOCLAIM` lease a job atomically with its attempt count. Every
+ * wait can be interrupted, the wait for the script's reply too (a Redis that hangs must not hold up a shutdown): a
+ * lease that arrives for a taker no longer waiting is released at once, one that reaches its taker is bound to the
+ * taker's Scope. Takers also re-check every quarter of a lease, at most every second (expired leases of other
+ * consumers become claimable without any entry being added), and offers waiting for room re-check every 50 ms (room
+ * is made by takers in other processes).
  *
  * Time: Redis's clock decides idle times (lease expiry) and when delayed jobs are due, so all processes agree;
  * the process's `Clock` stamps `enqueuedAt` and dead letters' `at`, and paces the fibers.
@@ -45,13 +46,14 @@
  * id is chosen before the first try), a take may then leave a lease nobody holds (it expires and the job is
  * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
  */
-import { Clock, Deferred, Duration, Effect, Layer, Option, Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, FiberId, Layer, Option, Runtime, Scope } from "effect"
 import Redis from "ioredis"
 import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import { createHash, randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import * as Waiters from "../../src/Waiters.js"
+import { quit, quitWithinMillis } from "./Connection.js"
 
 export interface Options extends JobQueue.QueueOptions {
   /** An ioredis client the caller owns (left open when the queue closes), or the URL of a Redis to connect to. */
@@ -66,9 +68,8 @@ export interface Options extends JobQueue.QueueOptions {
 const callTimeout = Duration.seconds(2)
 /** How long the wake-up read blocks in Redis; bounds how late shutdown finds it. */
 const blockMillis = 1_000
-/** How often waiting takers look for expired leases, and offers for room made elsewhere. */
+/** How often, at most, waiting takers look for expired leases; how often offers look for room made elsewhere. */
 const takerRecheck = Duration.seconds(1)
-const takerRecheckMillis = Duration.toMillis(takerRecheck)
 const offerRecheck = Duration.millis(50)
 /** How often due delayed jobs are moved to the stream, at most. */
 const promoteInterval = Duration.millis(50)
@@ -139,7 +140,7 @@ return 'added'
  * take — KEYS: stream, dead; ARGV: group, consumer, leaseMs, maxAttempts, jobPrefix, at, maxDead, scan.
  * First, when `scan` is 1, expired leases (any consumer's entry idle for leaseMs or more), walking the whole PEL
  * with XAUTOCLAIM (the walk costs Redis time in proportion to the leased jobs, so a process asks for it at most
- * once per `takerRecheck` unless the last walk found one):
+ * once per `recheck` — a quarter of the lease, at most `takerRecheck` — unless the last walk found one):
  * a job already delivered maxAttempts times is dead-lettered instead (its worker keeps dying or hanging),
  * otherwise it is leased to this consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing
  * increments the hash's `attempts` in the same step, so the attempt is exact and a stale lease's token no
@@ -354,6 +355,10 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const leaseDuration = Duration.decode(options.leaseDuration)
     const maxDeadLetters = options.maxDeadLetters ?? JobQueue.defaultMaxDeadLetters
     const leaseMillis = Math.max(1, Math.round(Duration.toMillis(leaseDuration)))
+    // Expired leases are looked for this often, so a dead consumer's jobs are taken over at most a quarter of
+    // a lease (and at most `takerRecheck`) after their lease ran out.
+    const recheckMillis = Math.max(10, Math.min(Duration.toMillis(takerRecheck), leaseMillis / 4))
+    const recheck = Duration.millis(recheckMillis)
     const consumer = options.consumer ?? `${hostname()}:${process.pid}:${randomUUID()}`
     const prefix = `keel:jobs:${options.name}:`
     const keys = { stream: `${prefix}stream`, delayed: `${prefix}delayed`, dead: `${prefix}dead`, job: `${prefix}job:` }
@@ -369,11 +374,6 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const ignoreError = () => {}
     if (ownsClient) client.on("error", ignoreError)
     blocking.on("error", ignoreError)
-    const quit = (connection: Redis) =>
-      Effect.promise(() => connection.quit().catch(() => "")).pipe(
-        Effect.timeoutOption(Duration.seconds(1)),
-        Effect.ensuring(Effect.sync(() => connection.disconnect()))
-      )
     // The blocking connection may be inside an XREAD BLOCK: a QUIT would wait behind it, so it is cut at once.
     yield* Effect.addFinalizer(() =>
       Effect.zipRight(Effect.sync(() => blocking.disconnect()), ownsClient ? quit(client) : Effect.void)
@@ -387,9 +387,16 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
      * drive Redis), so the bound holds inside uninterruptible regions too (the take script runs in one, and
      * `Effect.timeout` cannot interrupt there), at no fiber per call.
      */
-    const attempt = <A>(what: string, send: () => Promise<A>, timeout: Duration.Duration = callTimeout) =>
+    const attempt = <A>(
+      what: string,
+      send: () => Promise<A>,
+      timeout: Duration.Duration = callTimeout,
+      onAbandoned?: (value: A) => void
+    ) =>
       Effect.async<A, JobQueue.QueueUnavailable>((resume) => {
         let done = false
+        let abandoned = false
+        let delivered: { readonly value: A } | undefined
         const finish = (exit: Effect.Effect<A, JobQueue.QueueUnavailable>) => {
           if (done) return
           done = true
@@ -401,17 +408,34 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           () => failed(`${what}: no reply within ${Duration.format(timeout)}`),
           Duration.toMillis(timeout)
         )
+        const succeeded = (value: A) => {
+          if (abandoned) return onAbandoned?.(value)
+          delivered = { value }
+          finish(Effect.succeed(value))
+        }
         try {
-          send().then((value) => finish(Effect.succeed(value)), (error) => {
+          send().then(succeeded, (error) => {
             if (describeError(error).startsWith("NOGROUP")) groupReady = false
             failed(`${what}: ${describeError(error)}`)
           })
         } catch (error) {
           failed(`${what}: ${describeError(error)}`)
         }
+        // The waiter was interrupted: a reply still to come, or one delivered but never taken up, is handed
+        // to `onAbandoned`.
+        return Effect.sync(() => {
+          abandoned = true
+          clearTimeout(timer)
+          if (delivered !== undefined) onAbandoned?.(delivered.value)
+        })
       })
 
-    const evalScript = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+    const evalScript = (
+      name: keyof typeof scripts,
+      keyList: ReadonlyArray<string>,
+      args: ReadonlyArray<string | number>,
+      onAbandoned?: (reply: unknown) => void
+    ) =>
       attempt(name, async () => {
         const { lua, sha } = scripts[name]
         try {
@@ -420,7 +444,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           if (!describeError(error).startsWith("NOSCRIPT")) throw error
           return await client.call("EVAL", [lua, keyList.length, ...keyList, ...args])
         }
-      })
+      }, callTimeout, onAbandoned)
 
     /** The stream and group exist (created once, again if someone deleted them). */
     const ensureGroup = Effect.suspend(() =>
@@ -583,60 +607,62 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     // --- take
 
-    const grant = (reply: ReadonlyArray<unknown>) =>
-      Effect.gen(function*() {
-        const [id, entry, attempts, payload, enqueuedAt] = reply.slice(1) as ReadonlyArray<string>
-        const lost = yield* Deferred.make<void>()
-        const lease: JobQueue.Lease = {
-          id: id!,
-          payload: JSON.parse(payload!) as JobQueue.Json,
-          attempt: Number(attempts),
-          enqueuedAt: Number(enqueuedAt),
-          lost: Deferred.await(lost)
-        }
-        held.set(lease, { consumer, entry: entry!, lost, settled: false, settling: 0 })
-        return lease
-      })
+    /** The lease a take script's reply grants, now held (and watched) by this queue. */
+    const grant = (reply: ReadonlyArray<unknown>): JobQueue.Lease => {
+      const [id, entry, attempts, payload, enqueuedAt] = reply.slice(1) as ReadonlyArray<string>
+      const lost = Deferred.unsafeMake<void>(FiberId.none)
+      const lease: JobQueue.Lease = {
+        id: id!,
+        payload: JSON.parse(payload!) as JobQueue.Json,
+        attempt: Number(attempts),
+        enqueuedAt: Number(enqueuedAt),
+        lost: Deferred.await(lost)
+      }
+      held.set(lease, { consumer, entry: entry!, lost, settled: false, settling: 0 })
+      granted.add(lease)
+      bump()
+      return lease
+    }
 
-    // One try: the script call and the binding of its lease to the Scope are one uninterruptible step.
+    // A lease granted after its taker stopped waiting goes back to the queue at once, in the background.
+    const runtime = yield* Effect.runtime<never>()
+    const releaseAbandoned = (reply: unknown) => {
+      const granting = reply as ReadonlyArray<unknown>
+      if (granting.length > 1) Runtime.runFork(runtime)(release(grant(granting)))
+    }
+
     // Clock millis of the last walk for expired leases that found none (see the take script).
     let lastEmptyScanAt = Number.NEGATIVE_INFINITY
+
+    /**
+     * One try. The wait for the script's reply can be interrupted, so a Redis that does not answer never holds
+     * up a shutdown: a lease granted after its taker stopped waiting is released (above). A lease that reaches
+     * its taker is bound to the taker's Scope in the same uninterruptible step.
+     */
     const takeOnce: Effect.Effect<Option.Option<JobQueue.Lease>, JobQueue.QueueUnavailable, Scope.Scope> = Effect
-      .acquireRelease(
-        Effect.gen(function*() {
-          const at = yield* Clock.currentTimeMillis
-          const scan = at - lastEmptyScanAt >= takerRecheckMillis
-          const reply = (yield* once("take", [keys.stream, keys.dead], [
-            group,
-            consumer,
-            leaseMillis,
-            options.maxAttempts,
-            keys.job,
-            at,
-            maxDeadLetters,
-            scan ? 1 : 0
-          ])) as ReadonlyArray<unknown>
-          if (scan && reply[6] !== "claimed") lastEmptyScanAt = at
-          const dropped = reply[0] as ReadonlyArray<string>
-          yield* warnDropped(dropped)
-          return reply.length > 1 ? Option.some(yield* grant(reply)) : Option.none()
-        }),
-        (granted) => Option.match(granted, { onNone: () => Effect.void, onSome: release })
-      )
-      .pipe(Effect.tap(Option.match({
-        onNone: () => Effect.void,
-        onSome: (lease) =>
-          Effect.sync(() => {
-            granted.add(lease)
-            bump()
-          })
-      })))
+      .flatMap(Effect.scope, (scope) =>
+        Effect.flatMap(Clock.currentTimeMillis, (at) => {
+          const scan = at - lastEmptyScanAt >= recheckMillis
+          const args = [group, consumer, leaseMillis, options.maxAttempts, keys.job, at, maxDeadLetters, scan ? 1 : 0]
+          const call = Effect.zipRight(ensureGroup, evalScript("take", [keys.stream, keys.dead], args, releaseAbandoned))
+          return Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(restore(call), (answer) => {
+              const reply = answer as ReadonlyArray<unknown>
+              if (scan && reply[6] !== "claimed") lastEmptyScanAt = at
+              const lease = reply.length > 1 ? grant(reply) : undefined
+              const bound = lease === undefined
+                ? Effect.succeed(Option.none<JobQueue.Lease>())
+                : Effect.as(Scope.addFinalizer(scope, release(lease)), Option.some(lease))
+              return Effect.zipRight(warnDropped(reply[0] as ReadonlyArray<string>), bound)
+            })
+          )
+        }))
 
     const take: Effect.Effect<JobQueue.Lease, JobQueue.QueueUnavailable, Scope.Scope> = Effect.suspend(() => {
       const seen = version
       return Effect.flatMap(
         withRetries(takeOnce),
-        Option.match({ onNone: () => Effect.zipRight(changeSince(seen, takerRecheck), take), onSome: Effect.succeed })
+        Option.match({ onNone: () => Effect.zipRight(changeSince(seen, recheck), take), onSome: Effect.succeed })
       )
     })
 
@@ -693,8 +719,11 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     // Finalizers run in reverse: the fibers stop, then the consumer retires, then the connections close.
     yield* Effect.addFinalizer(() =>
-      Effect.ignore(attempt("retire", () =>
-        groupReady ? client.call("EVAL", [scripts.retire.lua, 1, keys.stream, group, consumer]) : Promise.resolve(0)))
+      Effect.ignore(attempt(
+        "retire",
+        () => groupReady ? client.call("EVAL", [scripts.retire.lua, 1, keys.stream, group, consumer]) : Promise.resolve(0),
+        Duration.millis(quitWithinMillis)
+      ))
     )
     yield* Effect.forkScoped(Effect.interruptible(promoter))
     yield* Effect.forkScoped(Effect.interruptible(watcher))

@@ -42,6 +42,7 @@ import Redis from "ioredis"
 import { Backoff } from "keel"
 import { JobStore } from "keel/services"
 import { createHash, randomUUID } from "node:crypto"
+import { quit } from "./Connection.js"
 
 export interface Options {
   /** An ioredis client the caller owns (left open when the store closes), or the URL of a Redis to connect to. */
@@ -231,10 +232,7 @@ const connect = (url: string) =>
       connection.on("error", () => {})
       return connection
     }),
-    (connection) =>
-      Effect.ignore(once("QUIT", () => connection.quit())).pipe(
-        Effect.ensuring(Effect.sync(() => connection.disconnect()))
-      )
+    (connection) => quit(connection)
   )
 
 /** A store living as long as the current Scope (which closes its connection, when it opened one). */

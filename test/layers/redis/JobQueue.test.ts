@@ -221,6 +221,49 @@ describe("RedisJobQueue", () => {
       }
     }).pipe(Effect.scoped))
 
+  it.live("with its redis-server hung, a waiting taker is interrupted at once, a lease granted after that is released, and the queue closes in bounded time", () =>
+    Effect.gen(function*() {
+      const hung = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(() => {
+          hung.process().kill("SIGCONT")
+          return hung.stop()
+        })
+      )
+      const name = freshName("hung")
+      const options = { redis: { url: hung.url }, name, capacity: 10, leaseDuration: "30 seconds", maxAttempts: 3 } as const
+      const observer = yield* RedisJobQueue.make(options)
+      const closing = yield* Effect.gen(function*() {
+        const queue = yield* RedisJobQueue.make(options)
+        yield* queue.depth // connected
+        hung.process().kill("SIGSTOP")
+        // The take script is sent and its reply will only come once Redis runs again.
+        const taker = yield* Effect.fork(Effect.scoped(queue.take))
+        yield* Effect.sleep(Duration.millis(200))
+        yield* within(Fiber.interrupt(taker), 1_000, "interrupting a taker waiting on a hung Redis")
+      }).pipe(Effect.scoped, Effect.fork)
+      yield* Effect.sleep(Duration.millis(100))
+      // Redis runs the take script queued while it was hung (no job yet: nothing granted) …
+      hung.process().kill("SIGCONT")
+      yield* within(Fiber.join(closing), 5_000, "closing a queue whose Redis hung")
+
+      // … and when a job is granted to a taker that stopped waiting, it goes back to the queue at once, not after
+      // its 30 s lease.
+      yield* Effect.gen(function*() {
+        const queue = yield* RedisJobQueue.make(options)
+        yield* queue.offer("wanted", { id: "wanted" })
+        hung.process().kill("SIGSTOP")
+        const taker = yield* Effect.fork(Effect.scoped(queue.take))
+        yield* Effect.sleep(Duration.millis(200))
+        yield* within(Fiber.interrupt(taker), 1_000, "interrupting the taker")
+        hung.process().kill("SIGCONT")
+        const depth = yield* eventually(observer.depth, (counts) => counts.ready === 1 && counts.leased === 0, 3_000, "release of the abandoned lease")
+        expect(depth).toEqual({ ready: 1, leased: 0, delayed: 0, dead: 0 })
+        const lease = yield* Effect.scoped(Effect.tap(observer.take, observer.ack))
+        expect([lease.id, lease.attempt]).toEqual(["wanted", 2])
+      }).pipe(Effect.scoped)
+    }).pipe(Effect.scoped))
+
   it.live("a client passed in is used and left open; a queue made from a URL closes its own connections", () =>
     Effect.gen(function*() {
       const client = new Redis(url(), { maxRetriesPerRequest: 1 })
