@@ -12,7 +12,8 @@ const benchmarks = [
   { file: "shutdown-latency.ts", nodeFlags: [] },
   { file: "middleware.ts", nodeFlags: ["--expose-gc"] },
   { file: "http.ts", nodeFlags: [] },
-  { file: "mini-redis.ts", nodeFlags: [] }
+  { file: "mini-redis.ts", nodeFlags: [] },
+  { file: "jobqueue.ts", nodeFlags: [] }
 ]
 
 const startedAt = performance.now()
