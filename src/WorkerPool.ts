@@ -114,8 +114,11 @@ export interface Options<A, E, R> {
   readonly deadLetter?: (letter: DeadLetter<A>) => Effect.Effect<void>
   /** Receives the jobs a drain did not finish, once, at its end. Default: a warning log listing them. */
   readonly handBack?: (jobs: ReadonlyArray<Unfinished<A>>) => Effect.Effect<void>
-  /** Observes every outcome as it is decided. */
-  readonly onOutcome?: (outcome: Outcome<A>) => Effect.Effect<void>
+  /**
+   * Observes every outcome as it is decided. A failure is logged; with `consume` it also keeps the outcome from
+   * the queue: the job is not acked (nor dead-lettered), its lease is released and it runs again.
+   */
+  readonly onOutcome?: (outcome: Outcome<A>) => Effect.Effect<void, unknown>
 }
 
 export interface Stats {
@@ -194,6 +197,8 @@ const logHandBack = <A>(jobs: ReadonlyArray<Unfinished<A>>) =>
     `${jobs.length} job(s) handed back unfinished: ${jobs.map((item) => `${item.job.id} (${item.reason})`).join(", ")}`
   )
 
+const succeeded = Effect.succeed(true)
+
 const interruptedBy = (cause: Cause.Cause<unknown>) => Cause.isInterruptedOnly(cause) && !Cause.isEmpty(cause)
 
 const isPositiveInteger = (value: number) => Number.isInteger(value) && value >= 1
@@ -252,7 +257,8 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
   const idleWaiters = Waiters.make()
   const isIdle = () => count.settled === count.accepted
 
-  const settle = (outcome: Outcome<A>): Effect.Effect<void> => {
+  // Succeeds with false when a sink or `onOutcome` failed (logged): a consumer then does not settle the lease.
+  const settle = (outcome: Outcome<A>): Effect.Effect<boolean> => {
     count.settled++
     let sink: Effect.Effect<void> = Effect.void
     switch (outcome._tag) {
@@ -278,10 +284,10 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
     }
     if (isIdle()) idleWaiters.wake()
     const observed = options.onOutcome === undefined ? sink : Effect.zipRight(sink, options.onOutcome(outcome))
-    return observed === Effect.void ? observed : Effect.catchAllCause(
-      observed,
-      (cause) => Effect.logError("WorkerPool: an outcome sink failed", cause)
-    )
+    return observed === Effect.void ? succeeded : Effect.matchCauseEffect(observed, {
+      onSuccess: () => succeeded,
+      onFailure: (cause) => Effect.as(Effect.logError("WorkerPool: an outcome sink failed", cause), false)
+    })
   }
 
   // Calls the handler; a handler that throws instead of returning an Effect fails its job with a defect.
@@ -655,7 +661,9 @@ export const consume = <A, E = never, R = never>(
           core.markRunning(slot, undefined)
           const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
           return settle(outcome).pipe(
-            Effect.zipRight(settleLease(lease, outcome)),
+            // An outcome that could not be recorded is not reported to the queue either: the lease is released
+            // when the job's Scope closes, and the job runs again.
+            Effect.flatMap((recorded) => recorded ? settleLease(lease, outcome) : Effect.void),
             Effect.ensuring(Effect.sync(() => leases.delete(slot)))
           )
         }

@@ -96,7 +96,7 @@ const recordedState = (
 }
 
 /**
- * A state change written to the store. A store that cannot be reached does not fail (or retry) the job itself:
+ * A job's start written to the store. A store that cannot be reached does not fail (or retry) the job itself:
  * the change is logged and lost, and `GET /jobs/:id` keeps showing the record's earlier state.
  */
 const recordState = (store: JobStore.JobStoreService, id: string, state: JobStore.JobState) =>
@@ -137,10 +137,12 @@ const runnerOptions = <A>(
       Effect.zipRight(toRequest(payload)),
       Effect.flatMap((job) => run(job, context.attempt))
     ),
+  // A store that cannot be reached fails the observation: with the shared queue the job is then not acked but
+  // released, and runs again, so that no job ends acked with its record still `running`.
   onOutcome: (outcome) => {
     const [id, state] = recordedState(outcome, shared)
     return Effect.zipRight(
-      recordState(store, id, state),
+      store.update(id, state),
       Effect.logDebug(`job ${id} ${state._tag.toLowerCase()} after ${state.attempts} attempt(s)`)
     )
   }

@@ -1,7 +1,7 @@
 /**
  * WorkerPool.consume over a shared queue (the JobQueue contract, here its memory backend on the TestClock):
  * completed jobs are acked, failed ones dead-lettered with their rendered cause, retries stay within one
- * delivery, a running job's lease is renewed so it is never delivered twice, a job whose lease is lost is
+ * delivery, an outcome that cannot be recorded is not acked (the job runs again), a running job's lease is renewed so it is never delivered twice, a job whose lease is lost is
  * interrupted and runs again, and the drain stops taking, lets in-flight jobs finish, and at the deadline
  * releases what still runs so the queue has it ready again at once.
  */
@@ -116,6 +116,27 @@ describe("WorkerPool.consume", () => {
       for (let step = 0; step < 30; step++) yield* TestClock.adjust("100 millis")
       expect(finished).toEqual([2])
       expect(outcomes).toEqual(["job-1:unfinished:leaseLost", "job-1:completed"])
+      expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
+    }).pipe(withLifecycle))
+
+  it.scoped("an outcome that cannot be recorded is not acked: the lease is released and the job runs again", () =>
+    Effect.gen(function*() {
+      const queue = yield* queueOf()
+      const runs: Array<string> = []
+      let recordFails = true
+      yield* offerAll(queue, ["once recorded"])
+      yield* WorkerPool.consume(queue, {
+        workers: 1,
+        handler: (_, job) => Effect.sync(() => runs.push(`${job.id}@${job.delivery}`)),
+        onOutcome: () =>
+          Effect.suspend(() => {
+            if (!recordFails) return Effect.void
+            recordFails = false
+            return Effect.fail(new Refused({ attempt: 0 }))
+          })
+      })
+      yield* TestClock.adjust(0)
+      expect(runs).toEqual(["job-1@1", "job-1@2"])
       expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
     }).pipe(withLifecycle))
 
