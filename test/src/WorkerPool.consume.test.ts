@@ -1,9 +1,10 @@
 /**
  * WorkerPool.consume over a shared queue (the JobQueue contract, here its memory backend on the TestClock):
  * completed jobs are acked, failed ones dead-lettered with their rendered cause, retries stay within one
- * delivery, an outcome that cannot be recorded is not acked (the job runs again), a running job's lease is renewed so it is never delivered twice, a job whose lease is lost is
- * interrupted and runs again, and the drain stops taking, lets in-flight jobs finish, and at the deadline
- * releases what still runs so the queue has it ready again at once.
+ * delivery, an outcome that cannot be recorded is not acked (the job runs again), a running job's lease is
+ * renewed so it is never delivered twice, a job whose lease is lost is interrupted and runs again, and the drain
+ * stops taking, lets in-flight jobs finish, and at the deadline releases what still runs so the queue has it
+ * ready again at once.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Data, Deferred, Duration, Effect, Fiber, Schedule, TestClock } from "effect"
