@@ -38,13 +38,27 @@ import Redis from "ioredis"
 import { RedisJobQueue } from "keel/redis"
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
-import { accessSync, constants, readFileSync, rmSync } from "node:fs"
+import { readFileSync, rmSync } from "node:fs"
 import { mkdtemp, rm } from "node:fs/promises"
-import * as Net from "node:net"
 import { tmpdir } from "node:os"
-import { delimiter, join } from "node:path"
+import { join } from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
-import { benchPath, describeExit, finish, median, max, ms, perSecond, ratio, section, spawnTs, stopServer, verdict } from "./lib.js"
+import {
+  benchPath,
+  describeExit,
+  finish,
+  freePort,
+  max,
+  median,
+  ms,
+  perSecond,
+  ratio,
+  requireProgram,
+  section,
+  spawnTs,
+  stopServer,
+  verdict
+} from "./lib.js"
 import type { Row } from "./lib.js"
 
 const jobs = Number(process.env["BENCH_QUEUE_JOBS"] ?? 6_000)
@@ -91,31 +105,7 @@ const track = (child: ChildProcess) => {
   child.once("exit", () => running.delete(child))
 }
 
-/** The absolute path of `name` on PATH, or an error naming it and the Debian package that provides it. */
-const requireProgram = (name: string, debianPackage: string): string => {
-  for (const directory of (process.env["PATH"] ?? "").split(delimiter)) {
-    if (directory === "") continue
-    const path = join(directory, name)
-    try {
-      accessSync(path, constants.X_OK)
-      return path
-    } catch {
-      // not in this directory
-    }
-  }
-  throw new Error(`jobqueue benchmark: ${name} is not installed (not found on PATH); on Debian: apt-get install ${debianPackage}`)
-}
 
-/** A port nothing listens on right now: listened on at port 0, then closed. */
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const probe = Net.createServer()
-    probe.once("error", reject)
-    probe.listen(0, host, () => {
-      const { port } = probe.address() as Net.AddressInfo
-      probe.close(() => resolve(port))
-    })
-  })
 
 interface RedisServer {
   readonly child: ChildProcess

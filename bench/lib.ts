@@ -9,6 +9,9 @@
  */
 import { spawn } from "node:child_process"
 import type { ChildProcess, StdioOptions } from "node:child_process"
+import { accessSync, constants } from "node:fs"
+import * as Net from "node:net"
+import { delimiter, join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 /** One line of the final summary table. */
@@ -122,3 +125,29 @@ export const stopServer = (name: string, child: ChildProcess, graceMs = 10_000):
 
 export const describeExit = (exit: Exit): string =>
   `${exit.signal === null ? `code ${exit.code}` : `signal ${exit.signal}`} ${ms(exit.afterMs)} after SIGTERM`
+
+/** The absolute path of `name` on PATH, or an error naming it and the Debian package that provides it. */
+export const requireProgram = (name: string, debianPackage: string): string => {
+  for (const directory of (process.env["PATH"] ?? "").split(delimiter)) {
+    if (directory === "") continue
+    const path = join(directory, name)
+    try {
+      accessSync(path, constants.X_OK)
+      return path
+    } catch {
+      // not in this directory
+    }
+  }
+  throw new Error(`${name} is not installed (not found on PATH); on Debian: apt-get install ${debianPackage}`)
+}
+
+/** A port of 127.0.0.1 nothing listens on right now: listened on at port 0, then closed. */
+export const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const probe = Net.createServer()
+    probe.once("error", reject)
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as Net.AddressInfo
+      probe.close(() => resolve(port))
+    })
+  })

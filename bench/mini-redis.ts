@@ -20,12 +20,23 @@
  */
 import { execFile, spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
-import { accessSync, constants } from "node:fs"
 import { mkdtemp, rm } from "node:fs/promises"
-import * as Net from "node:net"
 import { tmpdir } from "node:os"
-import { delimiter, join } from "node:path"
-import { benchPath, describeExit, finish, median, perSecond, ratio, section, spawnTs, stopServer, verdict } from "./lib.js"
+import { join } from "node:path"
+import {
+  benchPath,
+  describeExit,
+  finish,
+  freePort,
+  median,
+  perSecond,
+  ratio,
+  requireProgram,
+  section,
+  spawnTs,
+  stopServer,
+  verdict
+} from "./lib.js"
 import type { Row } from "./lib.js"
 
 const requests = Number(process.env["BENCH_REDIS_REQUESTS"] ?? 200_000)
@@ -62,22 +73,6 @@ process.on("exit", () => {
   for (const child of running) child.kill("SIGKILL")
 })
 
-/** The absolute path of `name` on PATH, or an error naming it and the Debian package that provides it. */
-const requireProgram = (name: string, debianPackage: string): string => {
-  for (const directory of (process.env["PATH"] ?? "").split(delimiter)) {
-    if (directory === "") continue
-    const path = join(directory, name)
-    try {
-      accessSync(path, constants.X_OK)
-      return path
-    } catch {
-      // not in this directory
-    }
-  }
-  throw new Error(
-    `mini-redis benchmark: ${name} is not installed (not found on PATH); on Debian: apt-get install ${debianPackage}`
-  )
-}
 
 interface Ran {
   readonly code: number | null
@@ -102,16 +97,6 @@ const runProgram = (file: string, args: ReadonlyArray<string>, timeoutMs: number
     child.once("exit", () => running.delete(child))
   })
 
-/** A port nothing listens on right now: listened on at port 0, then closed. */
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const probe = Net.createServer()
-    probe.once("error", reject)
-    probe.listen(0, host, () => {
-      const { port } = probe.address() as Net.AddressInfo
-      probe.close(() => resolve(port))
-    })
-  })
 
 // ---------------------------------------------------------------------------------------------------------------
 // Server processes
