@@ -165,7 +165,7 @@ export const render = (leftovers: Leftovers): Array<string> => {
   const lines: Array<string> = []
   const total = leftovers.fibers.length + leftovers.moreFibers
   if (total > 0) {
-    lines.push(`  still alive: ${total} fiber${total === 1 ? "" : "s"}`)
+    lines.push(`  still alive: ${plural(total, "fiber")}`)
     for (const fiber of leftovers.fibers) {
       const waiting = fiber.waitingOn.length > 0 ? `, waiting on ${fiber.waitingOn.map((id) => `#${id}`).join(", ")}` : ""
       const name = fiber.name === `#${fiber.id}` ? "" : ` ${fiber.name}`

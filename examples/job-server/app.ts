@@ -40,9 +40,9 @@ const view = (record: JobStore.JobRecord) => {
   }
 }
 
-/** The store could not be reached: the client should try again shortly rather than wait on this request. */
-const storeUnavailable = (error: JobStore.StoreUnavailable) =>
-  Effect.succeed(errorResponse(503, "StoreUnavailable", error.message, { "retry-after": "1" }))
+/** The store is full or a backend could not be reached: the client should try again shortly. */
+const retryLater = (error: { readonly _tag: string; readonly message: string }) =>
+  Effect.succeed(errorResponse(503, error._tag, error.message, { "retry-after": "1" }))
 
 const submitJob = Effect.gen(function*() {
   const request = yield* Body.json(JobRequest)
@@ -58,12 +58,7 @@ const submitJob = Effect.gen(function*() {
   yield* jobs.trySubmit(request, { id }).pipe(Effect.tapError(() => store.remove(id)))
   return json({ id, state: "queued" }, 202, { location: `/jobs/${id}` })
 }).pipe(
-  Effect.catchTags({
-    StoreFull: (error) => Effect.succeed(errorResponse(503, "StoreFull", error.message, { "retry-after": "1" })),
-    StoreUnavailable: storeUnavailable,
-    QueueUnavailable: (error) =>
-      Effect.succeed(errorResponse(503, "QueueUnavailable", error.message, { "retry-after": "1" }))
-  })
+  Effect.catchTags({ StoreFull: retryLater, StoreUnavailable: retryLater, QueueUnavailable: retryLater })
 )
 
 const jobIdFrom = (url: string) => decodeURIComponent(url.slice("/jobs/".length).split("?")[0] ?? "")
@@ -76,7 +71,7 @@ const getJob = Effect.gen(function*() {
     onNone: () => errorResponse(404, "NotFound", `no job ${id}`),
     onSome: (found) => json(view(found))
   })
-}).pipe(Effect.catchTag("StoreUnavailable", storeUnavailable))
+}).pipe(Effect.catchTag("StoreUnavailable", retryLater))
 
 const healthz = Effect.succeed(HttpServerResponse.text("ok"))
 

@@ -21,13 +21,10 @@ import * as Jobs from "./jobs.js"
 const program = Effect.gen(function*() {
   const config = yield* settings
   const redis = { url: config.redisUrl }
-  const services = config.jobQueue === "memory"
-    ? Jobs.layer(config).pipe(
-      Layer.provideMerge(Downstream.layer(config)),
-      Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity }))
-    )
+  // The runner and where jobs and records live: the process itself, or the Redis it shares with others.
+  const jobs = config.jobQueue === "memory"
+    ? Jobs.layer(config).pipe(Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity })))
     : Jobs.sharedLayer(config).pipe(
-      Layer.provideMerge(Downstream.layer(config)),
       Layer.provideMerge(RedisJobStore.layer({ redis, name: config.queueName, capacity: config.storeCapacity })),
       Layer.provideMerge(RedisJobQueue.layer({
         redis,
@@ -37,6 +34,7 @@ const program = Effect.gen(function*() {
         maxAttempts: config.jobMaxDeliveries
       }))
     )
+  const services = jobs.pipe(Layer.provideMerge(Downstream.layer(config)))
   const server = Layer.scopedDiscard(Effect.gen(function*() {
     const app = yield* App.make(config)
     yield* HttpServer.serve(app).pipe(Layer.build)

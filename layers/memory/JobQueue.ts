@@ -60,6 +60,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     const runInScope = (effect: Effect.Effect<void>) => Effect.forkIn(Effect.interruptible(effect), scope)
 
+    const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt })
+
     const makeReady = (job: Job) => {
       job.state = { _tag: "Ready" }
       ready.push(job.id)
@@ -149,7 +151,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const settle = <A>(lease: JobQueue.Lease, next: (job: Job) => Effect.Effect<A>): Effect.Effect<A, JobQueue.LeaseLost> =>
       Effect.suspend(() => {
         const job = current(lease)
-        if (job === undefined) return Effect.fail(new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt }))
+        if (job === undefined) return Effect.fail(lostOf(lease))
         const timer = (job.state as Extract<State, { _tag: "Leased" }>).timer
         leave(job)
         return Effect.zipRight(Fiber.interruptFork(timer), next(job))
@@ -218,7 +220,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       renew: (granted) =>
         Effect.suspend(() => {
           const job = current(granted)
-          if (job === undefined) return Effect.fail(new JobQueue.LeaseLost({ id: granted.id, attempt: granted.attempt }))
+          if (job === undefined) return Effect.fail(lostOf(granted))
           ;(job.state as Extract<State, { _tag: "Leased" }>).expiresAt = clock.unsafeCurrentTimeMillis() +
             Duration.toMillis(leaseDuration)
           return Effect.void

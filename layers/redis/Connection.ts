@@ -1,14 +1,112 @@
 /**
- * Closing a Redis connection within a bound. Finalizers run uninterruptibly, where `Effect.timeout` cannot stop
- * the wait for a Redis that does not answer (hung, or behind a partition), so QUIT is cut by a timer of the event
- * loop instead, and the socket dropped either way: a shutdown is never held up by Redis for more than `millis`.
+ * What Keel's Redis backends share about talking to Redis: opening a connection that fails fast while Redis is
+ * away, recognising a client the caller owns, running a Lua script by its SHA, bounding one call in time, and
+ * closing within a bound.
+ *
+ * Bounds are timers of the event loop, not sleeps on the Clock: they measure a network wait, which virtual time
+ * does not shorten, and they end the wait without interrupting anything, so they hold inside uninterruptible
+ * regions (finalizers, a worker recording an outcome) where `Effect.timeout` could not stop a Redis that does not
+ * answer (hung, or behind a partition).
  */
-import { Effect } from "effect"
-import type Redis from "ioredis"
+import { Duration, Effect } from "effect"
+import Redis from "ioredis"
+import { createHash } from "node:crypto"
+
+/** Longest wait for one Redis reply before the call counts as failed. */
+export const callTimeout = Duration.seconds(2)
+
+export const describeError = (error: unknown) => (error instanceof Error ? error.message : String(error))
+
+/** A client the caller owns (of whichever copy of ioredis), rather than `{ url }`. */
+export const isClient = (redis: Redis | { readonly url: string }): redis is Redis =>
+  typeof (redis as Redis).evalsha === "function"
+
+export const connectionOptions = {
+  // While Redis is away a command fails at the next failed reconnection (at most 500 ms later) instead of
+  // waiting in the offline queue for Redis to return; at start it still waits for the first connection.
+  maxRetriesPerRequest: 0,
+  connectTimeout: 2_000,
+  retryStrategy: (times: number) => Math.min(50 * times, 500)
+}
+
+/** Failures reach the callers through their commands; without a listener ioredis would print each one. */
+export const quiet = (connection: Redis): Redis => connection.on("error", () => {})
+
+/** A connection of our own to `url`, with `connectionOptions` (and `extra`). */
+export const open = (url: string, extra: Partial<typeof connectionOptions> & { enableAutoPipelining?: boolean } = {}) =>
+  quiet(new Redis(url, { ...connectionOptions, ...extra }))
+
+export interface Script {
+  readonly lua: string
+  readonly sha: string
+}
+
+export const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
+
+/** Runs `script` by its SHA, sending its text only when Redis does not have it yet (NOSCRIPT). */
+export const evalScript = (
+  client: Redis,
+  { lua, sha }: Script,
+  keys: ReadonlyArray<string>,
+  args: ReadonlyArray<string | number>
+): Promise<unknown> =>
+  client.evalsha(sha, keys.length, ...keys, ...args).catch((error: unknown) =>
+    describeError(error).startsWith("NOSCRIPT") ? client.eval(lua, keys.length, ...keys, ...args) : Promise.reject(error)
+  )
+
+export interface CallOptions<A, E> {
+  /** Longest wait for the reply. */
+  readonly timeout: Duration.Duration
+  /** The typed error for a failed call, from a reason that starts with `what`. */
+  readonly fail: (reason: string) => E
+  /**
+   * Receives a reply that came (or was delivered but never taken up) after the waiter was interrupted, so that
+   * what the call obtained (a lease) can be given back.
+   */
+  readonly onAbandoned?: (value: A) => void
+}
+
+/**
+ * One Redis call: its reply, or `fail(reason)` on an error or after `timeout`. The wait is a callback completed
+ * by the reply or by a timer, at no fiber per call; it can be interrupted.
+ */
+export const call = <A, E>(what: string, send: () => Promise<A>, options: CallOptions<A, E>) =>
+  Effect.async<A, E>((resume) => {
+    let done = false
+    let abandoned = false
+    let delivered: { readonly value: A } | undefined
+    const finish = (exit: Effect.Effect<A, E>) => {
+      if (done || abandoned) return
+      done = true
+      clearTimeout(timer)
+      resume(exit)
+    }
+    const failed = (reason: string) => finish(Effect.fail(options.fail(`${what}: ${reason}`)))
+    const timer = setTimeout(
+      () => failed(`no reply within ${Duration.format(options.timeout)}`),
+      Duration.toMillis(options.timeout)
+    )
+    const succeeded = (value: A) => {
+      if (abandoned) return options.onAbandoned?.(value)
+      delivered = { value }
+      finish(Effect.succeed(value))
+    }
+    try {
+      send().then(succeeded, (error) => failed(describeError(error)))
+    } catch (error) {
+      failed(describeError(error))
+    }
+    return Effect.sync(() => {
+      abandoned = true
+      clearTimeout(timer)
+      if (delivered !== undefined) options.onAbandoned?.(delivered.value)
+    })
+  })
 
 /** How long a closing connection waits for QUIT's reply, at most. */
 export const quitWithinMillis = 500
 
+/** QUIT, then the socket dropped either way: a shutdown is never held up by Redis for more than `millis`. */
 export const quit = (connection: Redis, millis = quitWithinMillis): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
     let done = false

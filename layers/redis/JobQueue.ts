@@ -47,13 +47,25 @@
  * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
  */
 import { Clock, Deferred, Duration, Effect, FiberId, Layer, Option, Runtime, Scope } from "effect"
-import Redis from "ioredis"
+import type Redis from "ioredis"
 import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
-import { createHash, randomUUID } from "node:crypto"
+import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import * as Waiters from "../../src/Waiters.js"
-import { quit, quitWithinMillis } from "./Connection.js"
+import {
+  call,
+  callTimeout,
+  connectionOptions,
+  describeError,
+  evalScript,
+  isClient,
+  open,
+  quiet,
+  quit,
+  quitWithinMillis,
+  script
+} from "./Connection.js"
 
 export interface Options extends JobQueue.QueueOptions {
   /** An ioredis client the caller owns (left open when the queue closes), or the URL of a Redis to connect to. */
@@ -64,8 +76,9 @@ export interface Options extends JobQueue.QueueOptions {
   readonly consumer?: string
 }
 
-/** Longest wait for one Redis reply before the call counts as failed. */
-const callTimeout = Duration.seconds(2)
+/** A delay option in whole milliseconds (rounded up, so a job is never due early). */
+const delayMillisOf = (delay: Duration.DurationInput | undefined) =>
+  Math.max(0, Math.ceil(Duration.toMillis(Duration.decode(delay ?? Duration.zero))))
 /** How long the wake-up read blocks in Redis; bounds how late shutdown finds it. */
 const blockMillis = 1_000
 /** How often, at most, waiting takers look for expired leases; how often offers look for room made elsewhere. */
@@ -302,13 +315,6 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 `
 
-interface Script {
-  readonly lua: string
-  readonly sha: string
-}
-
-const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
-
 const scripts = {
   offer: script(offerScript),
   take: script(takeScript),
@@ -335,18 +341,6 @@ interface Held {
 
 const held = new WeakMap<JobQueue.Lease, Held>()
 
-const describeError = (error: unknown) => (error instanceof Error ? error.message : String(error))
-
-const isClient = (redis: Options["redis"]): redis is Redis => typeof (redis as Redis).duplicate === "function"
-
-const connectionOptions = {
-  // While Redis is away a command fails at the next failed reconnection (at most 500 ms later) instead of
-  // waiting in the offline queue for Redis to return; at start it still waits for the first connection.
-  maxRetriesPerRequest: 0,
-  connectTimeout: 2_000,
-  retryStrategy: (times: number) => Math.min(50 * times, 500)
-}
-
 /** A queue living as long as the current Scope. */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -366,14 +360,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     // Connections: the caller's client (left open) or one of ours, and a dedicated one for the blocking read.
     const ownsClient = !isClient(options.redis)
-    const client = isClient(options.redis)
-      ? options.redis
-      : new Redis(options.redis.url, { ...connectionOptions, enableAutoPipelining: true })
-    const blocking = client.duplicate({ ...connectionOptions, commandTimeout: undefined })
-    // Failures reach the callers through their commands; without a listener ioredis would print each one.
-    const ignoreError = () => {}
-    if (ownsClient) client.on("error", ignoreError)
-    blocking.on("error", ignoreError)
+    const client = isClient(options.redis) ? options.redis : open(options.redis.url, { enableAutoPipelining: true })
+    const blocking = quiet(client.duplicate({ ...connectionOptions, commandTimeout: undefined }))
     // The blocking connection may be inside an XREAD BLOCK: a QUIT would wait behind it, so it is cut at once.
     yield* Effect.addFinalizer(() =>
       Effect.zipRight(Effect.sync(() => blocking.disconnect()), ownsClient ? quit(client) : Effect.void)
@@ -381,70 +369,27 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     let groupReady = false
 
-    /**
-     * One Redis call, failing with QueueUnavailable after `timeout`. The wait is a callback completed by the
-     * reply or by a timer of the event loop (the network's own clock, like the socket's: TestClock does not
-     * drive Redis), so the bound holds inside uninterruptible regions too (the take script runs in one, and
-     * `Effect.timeout` cannot interrupt there), at no fiber per call.
-     */
+    const unavailable = (reason: string) => new JobQueue.QueueUnavailable({ reason })
+
+    /** One Redis call (Connection.call), failing with QueueUnavailable; a missing group is noted for re-creation. */
     const attempt = <A>(
       what: string,
       send: () => Promise<A>,
       timeout: Duration.Duration = callTimeout,
       onAbandoned?: (value: A) => void
     ) =>
-      Effect.async<A, JobQueue.QueueUnavailable>((resume) => {
-        let done = false
-        let abandoned = false
-        let delivered: { readonly value: A } | undefined
-        const finish = (exit: Effect.Effect<A, JobQueue.QueueUnavailable>) => {
-          if (done) return
-          done = true
-          clearTimeout(timer)
-          resume(exit)
-        }
-        const failed = (reason: string) => finish(Effect.fail(new JobQueue.QueueUnavailable({ reason })))
-        const timer = setTimeout(
-          () => failed(`${what}: no reply within ${Duration.format(timeout)}`),
-          Duration.toMillis(timeout)
-        )
-        const succeeded = (value: A) => {
-          if (abandoned) return onAbandoned?.(value)
-          delivered = { value }
-          finish(Effect.succeed(value))
-        }
-        try {
-          send().then(succeeded, (error) => {
-            if (describeError(error).startsWith("NOGROUP")) groupReady = false
-            failed(`${what}: ${describeError(error)}`)
-          })
-        } catch (error) {
-          failed(`${what}: ${describeError(error)}`)
-        }
-        // The waiter was interrupted: a reply still to come, or one delivered but never taken up, is handed
-        // to `onAbandoned`.
-        return Effect.sync(() => {
-          abandoned = true
-          clearTimeout(timer)
-          if (delivered !== undefined) onAbandoned?.(delivered.value)
-        })
-      })
+      call(what, () =>
+        send().catch((error: unknown) => {
+          if (describeError(error).startsWith("NOGROUP")) groupReady = false
+          throw error
+        }), { timeout, fail: unavailable, ...(onAbandoned === undefined ? {} : { onAbandoned }) })
 
-    const evalScript = (
+    const runScript = (
       name: keyof typeof scripts,
       keyList: ReadonlyArray<string>,
       args: ReadonlyArray<string | number>,
       onAbandoned?: (reply: unknown) => void
-    ) =>
-      attempt(name, async () => {
-        const { lua, sha } = scripts[name]
-        try {
-          return await client.call("EVALSHA", [sha, keyList.length, ...keyList, ...args])
-        } catch (error) {
-          if (!describeError(error).startsWith("NOSCRIPT")) throw error
-          return await client.call("EVAL", [lua, keyList.length, ...keyList, ...args])
-        }
-      }, callTimeout, onAbandoned)
+    ) => attempt(name, () => evalScript(client, scripts[name], keyList, args), callTimeout, onAbandoned)
 
     /** The stream and group exist (created once, again if someone deleted them). */
     const ensureGroup = Effect.suspend(() =>
@@ -456,7 +401,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     /** One try of a script, the group made sure of first. */
     const once = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
-      Effect.zipRight(ensureGroup, evalScript(name, keyList, args))
+      Effect.zipRight(ensureGroup, runScript(name, keyList, args))
 
     const run = (name: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
       withRetries(once(name, keyList, args))
@@ -488,7 +433,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const prepare = (payload: JobQueue.Json, offerOptions: JobQueue.OfferOptions | undefined) => ({
       id: offerOptions?.id ?? `job-${randomUUID()}`,
       payload: JSON.stringify(payload),
-      delayMillis: Math.max(0, Math.ceil(Duration.toMillis(Duration.decode(offerOptions?.delay ?? Duration.zero))))
+      delayMillis: delayMillisOf(offerOptions?.delay)
     })
 
     const offer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions) =>
@@ -644,9 +589,9 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         Effect.flatMap(Clock.currentTimeMillis, (at) => {
           const scan = at - lastEmptyScanAt >= recheckMillis
           const args = [group, consumer, leaseMillis, options.maxAttempts, keys.job, at, maxDeadLetters, scan ? 1 : 0]
-          const call = Effect.zipRight(ensureGroup, evalScript("take", [keys.stream, keys.dead], args, releaseAbandoned))
+          const taking = Effect.zipRight(ensureGroup, runScript("take", [keys.stream, keys.dead], args, releaseAbandoned))
           return Effect.uninterruptibleMask((restore) =>
-            Effect.flatMap(restore(call), (answer) => {
+            Effect.flatMap(restore(taking), (answer) => {
               const reply = answer as ReadonlyArray<unknown>
               if (scan && reply[6] !== "claimed") lastEmptyScanAt = at
               const lease = reply.length > 1 ? grant(reply) : undefined
@@ -721,7 +666,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     yield* Effect.addFinalizer(() =>
       Effect.ignore(attempt(
         "retire",
-        () => groupReady ? client.call("EVAL", [scripts.retire.lua, 1, keys.stream, group, consumer]) : Promise.resolve(0),
+        () => groupReady ? evalScript(client, scripts.retire, [keys.stream], [group, consumer]) : Promise.resolve(0),
         Duration.millis(quitWithinMillis)
       ))
     )
@@ -742,7 +687,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         settle(
           lease,
           "nack",
-          Math.max(0, Math.ceil(Duration.toMillis(Duration.decode(nackOptions?.delay ?? Duration.zero)))),
+          delayMillisOf(nackOptions?.delay),
           nackOptions?.error ?? `failed ${lease.attempt} attempt(s)`
         ),
       deadLetter: (lease, reason) => settle(lease, "dead", 0, reason),

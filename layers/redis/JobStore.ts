@@ -38,11 +38,11 @@
  */
 import { Clock, Duration, Effect, Layer, Option } from "effect"
 import type { Scope } from "effect"
-import Redis from "ioredis"
+import type Redis from "ioredis"
 import { Backoff } from "keel"
 import { JobStore } from "keel/services"
-import { createHash, randomUUID } from "node:crypto"
-import { quit } from "./Connection.js"
+import { randomUUID } from "node:crypto"
+import { call, callTimeout, describeError, evalScript, isClient, open, quit, script } from "./Connection.js"
 
 export interface Options {
   /** An ioredis client the caller owns (left open when the store closes), or the URL of a Redis to connect to. */
@@ -53,8 +53,6 @@ export interface Options {
   readonly capacity: number
 }
 
-/** Longest wait for one Redis reply before the call counts as failed. */
-const callTimeout = Duration.seconds(2)
 const attempts = 3
 /** Retries of a failed Redis call before `StoreUnavailable`. */
 const retryPolicy = Backoff.exponential<JobStore.StoreUnavailable>({
@@ -162,50 +160,14 @@ forget(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2])
 return 0
 `
 
-interface Script {
-  readonly lua: string
-  readonly sha: string
-}
-
-const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
-
 const scripts = { create: script(createScript), update: script(updateScript), remove: script(removeScript) }
 
 // ---------------------------------------------------------------------------------------------------------
 
-const reasonOf = (error: unknown) => (error instanceof Error ? error.message : String(error))
-
 const unavailable = (reason: string) => new JobStore.StoreUnavailable({ reason })
 
-/**
- * One try of a Redis request: its reply, or `StoreUnavailable` on an error or after `callTimeout` of real
- * time. The bound is a timer, not a sleep on the Clock: it measures a network wait, which virtual time does
- * not shorten (under TestClock a Clock bound would never fire), and it ends the wait without interrupting it,
- * so it holds where the caller cannot be interrupted (a worker recording an outcome may be).
- */
-const once = <A>(what: string, send: () => Promise<A>) =>
-  Effect.async<A, JobStore.StoreUnavailable>((resume) => {
-    let pending = true
-    const settle = (outcome: Effect.Effect<A, JobStore.StoreUnavailable>) => {
-      if (!pending) return
-      pending = false
-      clearTimeout(timer)
-      resume(outcome)
-    }
-    const timer = setTimeout(
-      () => settle(Effect.fail(unavailable(`${what}: no reply within ${Duration.format(callTimeout)}`))),
-      Duration.toMillis(callTimeout)
-    )
-    try {
-      send().then(Effect.succeed, (error) => Effect.fail(unavailable(`${what}: ${reasonOf(error)}`))).then(settle)
-    } catch (error) {
-      settle(Effect.fail(unavailable(`${what}: ${reasonOf(error)}`)))
-    }
-    return Effect.sync(() => {
-      pending = false
-      clearTimeout(timer)
-    })
-  })
+/** One try of a Redis request (Connection.call): its reply, or `StoreUnavailable` after `callTimeout`. */
+const once = <A>(what: string, send: () => Promise<A>) => call(what, send, { timeout: callTimeout, fail: unavailable })
 
 /** A Redis request, tried up to `attempts` times (Backoff between tries), then `StoreUnavailable`. */
 const request = <A>(what: string, send: () => Promise<A>): Effect.Effect<A, JobStore.StoreUnavailable> =>
@@ -214,26 +176,8 @@ const request = <A>(what: string, send: () => Promise<A>): Effect.Effect<A, JobS
     Effect.mapError((error) => unavailable(`${error.reason} (${attempts} attempts)`))
   )
 
-/** A client (of whichever copy of ioredis), not `{ url }`. */
-const isClient = (redis: Options["redis"]): redis is Redis => typeof (redis as Redis).evalsha === "function"
-
-/** The store's own connection, closed with the Scope: QUIT (its reply awaited `callTimeout` at most), then cut. */
-const connect = (url: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const connection = new Redis(url, {
-        // While Redis is away a command fails at the next failed reconnection instead of waiting in the
-        // offline queue for Redis to return.
-        maxRetriesPerRequest: 0,
-        connectTimeout: 2_000,
-        retryStrategy: (times: number) => Math.min(50 * times, 500)
-      })
-      // Failures reach the callers through their commands; without a listener ioredis would print each one.
-      connection.on("error", () => {})
-      return connection
-    }),
-    (connection) => quit(connection)
-  )
+/** The store's own connection, closed with the Scope (within Connection's bound). */
+const connect = (url: string) => Effect.acquireRelease(Effect.sync(() => open(url)), (connection) => quit(connection))
 
 /** A store living as long as the current Scope (which closes its connection, when it opened one). */
 export const make = (options: Options): Effect.Effect<JobStore.JobStoreService, never, Scope.Scope> =>
@@ -254,20 +198,13 @@ export const make = (options: Options): Effect.Effect<JobStore.JobStoreService, 
     const client = isClient(options.redis) ? options.redis : yield* connect(options.redis.url)
 
     const run = (which: keyof typeof scripts, keyList: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
-      request(which, () => {
-        const { lua, sha } = scripts[which]
-        return client.evalsha(sha, keyList.length, ...keyList, ...args).catch((error: unknown) =>
-          reasonOf(error).startsWith("NOSCRIPT")
-            ? client.eval(lua, keyList.length, ...keyList, ...args)
-            : Promise.reject(error)
-        )
-      })
+      request(which, () => evalScript(client, scripts[which], keyList, args))
 
     /** Encodes a state, dying on one that is not JSON (the contract's records are JSON values). */
     const stateText = (id: string, state: JobStore.JobState) =>
       Effect.try({
         try: () => JSON.stringify(state),
-        catch: (error) => new Error(`RedisJobStore: the state of job ${JSON.stringify(id)} is not JSON: ${reasonOf(error)}`)
+        catch: (error) => new Error(`RedisJobStore: the state of job ${JSON.stringify(id)} is not JSON: ${describeError(error)}`)
       }).pipe(Effect.orDie)
 
     const recordOf = (id: string, fields: ReadonlyArray<string | null>): JobStore.JobRecord => {

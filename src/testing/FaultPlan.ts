@@ -95,14 +95,15 @@ export const arbitrary = (options: PlanOptions = {}): fc.Arbitrary<FaultPlan> =>
   const signals = options.signals ?? true
   const latestSignalMs = typeof signals === "object" ? signals.latestMs : 5000
   const noSignal = fc.constant(undefined)
+  const signalAt = signals === false ? noSignal : fc.option(fc.integer({ min: 0, max: latestSignalMs }), { nil: undefined })
   return fc.record({
     calls: fc.array(call, { minLength: options.calls?.min ?? 0, maxLength: options.calls?.max ?? 20 }),
     jobDurationsMs: fc.array(fc.integer({ min: 0, max: jobs.maxDurationMs ?? 2000 }), {
       minLength: jobs.min ?? 0,
       maxLength: jobs.max ?? 10
     }),
-    sigtermAtMs: signals === false ? noSignal : fc.option(fc.integer({ min: 0, max: latestSignalMs }), { nil: undefined }),
-    secondSignalAfterMs: signals === false ? noSignal : fc.option(fc.integer({ min: 0, max: latestSignalMs }), { nil: undefined })
+    sigtermAtMs: signalAt,
+    secondSignalAfterMs: signalAt
   }).map(printable)
 }
 

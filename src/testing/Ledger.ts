@@ -46,7 +46,7 @@ export interface SettledMoreThanOnce<Id, Outcome> {
 /** How many ids of each list the message shows; the fields hold them all. */
 const shownInMessage = 10
 
-const formatId = (id: unknown): string => (typeof id === "string" ? id : String(id))
+const formatId = (id: unknown): string => String(id)
 
 const listed = (ids: ReadonlyArray<string>): string => {
   const shown = ids.slice(0, shownInMessage).join(", ")
