@@ -39,6 +39,11 @@ export interface Lease {
   readonly enqueuedAt: number
   /** Completes if the lease is lost (expired and delivered again): the job should stop at once. */
   readonly lost: Effect.Effect<void>
+  /**
+   * Calls `listener` once, synchronously, when the lease is lost (at once if it already is); the returned
+   * function stops listening. For runners that stop a job without a fiber watching `lost` (WorkerPool.consume).
+   */
+  readonly onLost: (listener: () => void) => () => void
 }
 
 export interface NackOptions {

@@ -21,8 +21,8 @@
  * The drain stops taking, lets in-flight jobs finish, and at the deadline interrupts the rest, which releases
  * their leases so that another process takes them over without waiting for the lease to expire.
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime } from "effect"
-import type { Schedule, Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime, Scope } from "effect"
+import type { Schedule } from "effect"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
 import * as Waiters from "./Waiters.js"
@@ -55,6 +55,8 @@ export interface Lease<A> extends Job<A> {
   readonly attempt: number
   /** Completes if the lease is lost (it expired and the job went back to the queue). */
   readonly lost: Effect.Effect<void>
+  /** Calls `listener` once, synchronously, when the lease is lost (at once if it is); returns how to stop listening. */
+  readonly onLost: (listener: () => void) => () => void
 }
 
 /**
@@ -396,12 +398,12 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
       return shutdown
     })
 
-  /** Starts the workers in the Scope, each named for logs and for the shutdown report's list of what is alive. */
+  /** Starts a worker in the Scope, named for logs and for the shutdown report's list of what is alive. */
+  const startWorker = (slot: number, worker: (slot: number) => Effect.Effect<void, never, R>) =>
+    Effect.forkScoped(Effect.annotateLogs(worker(slot), { pool: name, worker: String(slot + 1) }))
+
   const startWorkers = (worker: (slot: number) => Effect.Effect<void, never, R>) =>
-    Effect.forEach(
-      Array.from({ length: options.workers }, (_, slot) => slot),
-      (slot) => Effect.forkScoped(Effect.annotateLogs(worker(slot), { pool: name, worker: String(slot + 1) }))
-    )
+    Effect.forEach(Array.from({ length: options.workers }, (_, slot) => slot), (slot) => startWorker(slot, worker))
 
   const stats = (queue: { depth: number; capacity: number; waitingProducers: number; accepting: boolean }): Stats => ({
     name,
@@ -428,6 +430,7 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
     markRunning,
     deadline,
     drainOnce,
+    startWorker,
     startWorkers,
     stats
   }
@@ -640,38 +643,45 @@ export const consume = <A, E = never, R = never>(
     }
 
     // As in `make`, a worker is uninterruptible except while it takes or runs a job. Each job has a Scope of
-    // its own, closed when the job is settled: the lease lives exactly that long.
+    // its own, closed when the job is settled: the lease lives exactly that long. A job runs in its worker's
+    // fiber (a fiber per job would cost more than all the rest of its bookkeeping), and a lost lease interrupts
+    // that fiber from the lease's listener, but only while the job runs. Such a fiber may stay marked
+    // interrupted after the job, which would cut its next take short, so it settles the job and then leaves,
+    // a fresh fiber taking its slot.
     const worker = (slot: number): Effect.Effect<void, never, R> => {
-      let lost = false
-      const run = (lease: Lease<A>) => {
-        lost = false
-        count.accepted++
-        core.markRunning(slot, lease)
-        leases.set(slot, lease)
-        const whileLeased = Effect.raceFirst(
-          core.runAttempts(lease, slot, lease.attempt),
-          Effect.zipRight(lease.lost, Effect.suspend(() => {
+      let interruptedForLoss = false
+      const run = (lease: Lease<A>) =>
+        Effect.withFiberRuntime<void, never, R>((fiber) => {
+          count.accepted++
+          core.markRunning(slot, lease)
+          leases.set(slot, lease)
+          let running = true
+          let lost = false
+          const stopListening = lease.onLost(() => {
             lost = true
-            return Effect.interrupt
-          }))
-        )
-        // The outcome is observed (sinks, `onOutcome`) before the queue hears of it, the lease still renewed
-        // meanwhile: a process dying in between leaves the job to be run again, never acked and unrecorded.
-        const finish = (exit: Exit.Exit<unknown, unknown>) => {
-          core.markRunning(slot, undefined)
-          const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
-          return settle(outcome).pipe(
-            // An outcome that could not be recorded is not reported to the queue either: the lease is released
-            // when the job's Scope closes, and the job runs again.
-            Effect.flatMap((recorded) => recorded ? settleLease(lease, outcome) : Effect.void),
-            Effect.ensuring(Effect.sync(() => leases.delete(slot)))
-          )
-        }
-        return Effect.matchCauseEffect(Effect.interruptible(whileLeased), {
-          onSuccess: (result) => finish(Exit.succeed(result)),
-          onFailure: (cause) => finish(Exit.failCause(cause))
+            if (!running) return
+            interruptedForLoss = true
+            fiber.unsafeInterruptAsFork(fiber.id())
+          })
+          // The outcome is observed (sinks, `onOutcome`) before the queue hears of it, the lease still renewed
+          // meanwhile: a process dying in between leaves the job to be run again, never acked and unrecorded.
+          const finish = (exit: Exit.Exit<unknown, unknown>) => {
+            running = false
+            stopListening()
+            core.markRunning(slot, undefined)
+            const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
+            return settle(outcome).pipe(
+              // An outcome that could not be recorded is not reported to the queue either: the lease is released
+              // when the job's Scope closes, and the job runs again.
+              Effect.flatMap((recorded) => recorded ? settleLease(lease, outcome) : Effect.void),
+              Effect.ensuring(Effect.sync(() => leases.delete(slot)))
+            )
+          }
+          return Effect.matchCauseEffect(Effect.interruptible(core.runAttempts(lease, slot, lease.attempt)), {
+            onSuccess: (result) => finish(Exit.succeed(result)),
+            onFailure: (cause) => finish(Exit.failCause(cause))
+          })
         })
-      }
       const takeNext = Effect.suspend(() => {
         if (!taking) return Effect.succeed(Option.none<Lease<A>>())
         waiting.add(slot)
@@ -684,10 +694,19 @@ export const consume = <A, E = never, R = never>(
       const runNext = Effect.scoped(
         Effect.flatMap(takeNext, (next) => Option.isNone(next) || !taking ? Effect.succeed(false) : Effect.as(run(next.value), true))
       )
-      const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) => more ? loop : Effect.void)
+      const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) =>
+        !more ? Effect.void : interruptedForLoss ? replace(slot) : loop)
       return Effect.uninterruptible(loop)
     }
 
+    // The consumer's workers, by slot: a worker that leaves after a lost lease is replaced in its slot.
+    const scope = yield* Effect.scope
+    const replace = (slot: number): Effect.Effect<void, never, R> =>
+      core.startWorker(slot, worker).pipe(
+        Effect.tap((fiber) => Effect.sync(() => void (workerFibers[slot] = fiber))),
+        Effect.provideService(Scope.Scope, scope),
+        Effect.asVoid
+      )
     const workerFibers = yield* core.startWorkers(worker)
 
     // Stops the taking: workers waiting in `take` are interrupted, the others leave after their job.

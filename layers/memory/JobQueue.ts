@@ -10,10 +10,11 @@
  * `maxDeadLetters` (past it the oldest is dropped, with a warning logged); leased jobs are bounded by the
  * takers.
  */
-import { Deferred, Duration, Effect, Exit, Fiber, Layer, Option } from "effect"
+import { Duration, Effect, Fiber, Layer, Option } from "effect"
 import type { Scope } from "effect"
 import { QueueFull } from "keel"
 import { JobQueue } from "keel/services"
+import * as Signal from "../../src/Signal.js"
 import * as Waiters from "../../src/Waiters.js"
 
 /** The contract's options: `capacity`, `leaseDuration`, `maxAttempts`, `maxDeadLetters`. */
@@ -25,7 +26,7 @@ type State =
   | {
     readonly _tag: "Leased"
     readonly lease: JobQueue.Lease
-    readonly lost: Deferred.Deferred<void>
+    readonly lost: Signal.Signal
     /** Clock millis; `renew` moves it. */
     expiresAt: number
     readonly timer: Fiber.RuntimeFiber<void>
@@ -164,7 +165,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         const left = expiresAt - clock.unsafeCurrentTimeMillis()
         if (left > 0) return Effect.zipRight(Effect.sleep(Duration.millis(left)), expire(job))
         leave(job)
-        Deferred.unsafeDone(lost, Exit.void)
+        lost.fire()
         makeReady(job)
         return Effect.void
       })
@@ -173,13 +174,14 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       const job = jobs.get(ready.shift()!)!
       job.deliveries++
       leased++
-      const lost = yield* Deferred.make<void>()
+      const lost = Signal.make()
       const granted: JobQueue.Lease = {
         id: job.id,
         payload: job.payload,
         attempt: job.deliveries,
         enqueuedAt: job.enqueuedAt,
-        lost: Deferred.await(lost)
+        lost: lost.await,
+        onLost: lost.listen
       }
       const expiresAt = clock.unsafeCurrentTimeMillis() + Duration.toMillis(leaseDuration)
       // The state exists before its timer runs: the timer reads it.

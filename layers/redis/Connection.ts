@@ -66,9 +66,38 @@ export interface CallOptions<A, E> {
   readonly onAbandoned?: (value: A) => void
 }
 
+// The bounds of all calls in flight share one timer: a timer per call costs more than the rest of the call.
+interface Bounded {
+  readonly deadline: number
+  readonly expire: () => void
+}
+const bounded = new Set<Bounded>()
+/** How often calls in flight are checked against their bound: a bound may be overrun by up to this much. */
+const boundCheckMillis = 50
+let boundChecker: ReturnType<typeof setInterval> | undefined
+const checkBounds = () => {
+  const now = Date.now()
+  for (const call of bounded) {
+    if (call.deadline > now) continue
+    bounded.delete(call)
+    call.expire()
+  }
+  if (bounded.size === 0 && boundChecker !== undefined) {
+    clearInterval(boundChecker)
+    boundChecker = undefined
+  }
+}
+const bound = (millis: number, expire: () => void): Bounded => {
+  const call = { deadline: Date.now() + millis, expire }
+  bounded.add(call)
+  boundChecker ??= setInterval(checkBounds, boundCheckMillis)
+  return call
+}
+
 /**
- * One Redis call: its reply, or `fail(reason)` on an error or after `timeout`. The wait is a callback completed
- * by the reply or by a timer, at no fiber per call; it can be interrupted.
+ * One Redis call: its reply, or `fail(reason)` on an error or after `timeout` (checked every 50 ms). The wait
+ * is a callback completed by the reply or by the shared bound check, at no fiber or timer per call; it can be
+ * interrupted.
  */
 export const call = <A, E>(what: string, send: () => Promise<A>, options: CallOptions<A, E>) =>
   Effect.async<A, E>((resume) => {
@@ -78,13 +107,13 @@ export const call = <A, E>(what: string, send: () => Promise<A>, options: CallOp
     const finish = (exit: Effect.Effect<A, E>) => {
       if (done || abandoned) return
       done = true
-      clearTimeout(timer)
+      bounded.delete(limit)
       resume(exit)
     }
     const failed = (reason: string) => finish(Effect.fail(options.fail(`${what}: ${reason}`)))
-    const timer = setTimeout(
-      () => failed(`no reply within ${Duration.format(options.timeout)}`),
-      Duration.toMillis(options.timeout)
+    const limit = bound(
+      Duration.toMillis(options.timeout),
+      () => failed(`no reply within ${Duration.format(options.timeout)}`)
     )
     const succeeded = (value: A) => {
       if (abandoned) return options.onAbandoned?.(value)
@@ -96,10 +125,14 @@ export const call = <A, E>(what: string, send: () => Promise<A>, options: CallOp
     } catch (error) {
       failed(describeError(error))
     }
+    // Without `onAbandoned` an interrupted wait needs no canceler (its reply is dropped, its bound lapses);
+    // with it, the canceler hands a reply that comes too late to `onAbandoned`.
+    if (options.onAbandoned === undefined) return
+    const onAbandoned = options.onAbandoned
     return Effect.sync(() => {
       abandoned = true
-      clearTimeout(timer)
-      if (delivered !== undefined) options.onAbandoned?.(delivered.value)
+      bounded.delete(limit)
+      if (delivered !== undefined) onAbandoned(delivered.value)
     })
   })
 

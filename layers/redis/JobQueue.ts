@@ -46,12 +46,13 @@
  * id is chosen before the first try), a take may then leave a lease nobody holds (it expires and the job is
  * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
  */
-import { Clock, Deferred, Duration, Effect, FiberId, Layer, Option, Runtime, Scope } from "effect"
+import { Clock, Duration, Effect, Layer, Option, Runtime, Scope } from "effect"
 import type Redis from "ioredis"
 import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
+import * as Signal from "../../src/Signal.js"
 import * as Waiters from "../../src/Waiters.js"
 import {
   call,
@@ -332,7 +333,7 @@ const scripts = {
 interface Held {
   readonly consumer: string
   readonly entry: string
-  readonly lost: Deferred.Deferred<void>
+  readonly lost: Signal.Signal
   /** Settled by this process: the release and the lease watch have nothing more to do. */
   settled: boolean
   /** Settle calls in flight: the lease watch does not judge the lease meanwhile. */
@@ -491,7 +492,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
             if (status === "lost") {
               state.settled = true
               granted.delete(lease)
-              return Effect.zipRight(Deferred.succeed(state.lost, undefined), Effect.fail(lostOf(lease)))
+              state.lost.fire()
+              return Effect.fail(lostOf(lease))
             }
             if (action !== "renew") {
               state.settled = true
@@ -544,7 +546,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           ) {
             state.settled = true
             granted.delete(lease)
-            yield* Deferred.succeed(state.lost, undefined)
+            state.lost.fire()
           }
         }
       }
@@ -555,13 +557,14 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     /** The lease a take script's reply grants, now held (and watched) by this queue. */
     const grant = (reply: ReadonlyArray<unknown>): JobQueue.Lease => {
       const [id, entry, attempts, payload, enqueuedAt] = reply.slice(1) as ReadonlyArray<string>
-      const lost = Deferred.unsafeMake<void>(FiberId.none)
+      const lost = Signal.make()
       const lease: JobQueue.Lease = {
         id: id!,
         payload: JSON.parse(payload!) as JobQueue.Json,
         attempt: Number(attempts),
         enqueuedAt: Number(enqueuedAt),
-        lost: Deferred.await(lost)
+        lost: lost.await,
+        onLost: lost.listen
       }
       held.set(lease, { consumer, entry: entry!, lost, settled: false, settling: 0 })
       granted.add(lease)

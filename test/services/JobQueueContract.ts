@@ -461,20 +461,28 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* takeNow(queue)).toMatchObject({ id: "after", attempt: 1 })
       })))
 
-    test("a lease not renewed for leaseDuration is taken over: attempt 2, lost completes, settling it fails with LeaseLost", () =>
+    test("a lease not renewed for leaseDuration is taken over: attempt 2, lost completes, onLost listeners are called, settling it fails with LeaseLost", () =>
       Effect.scoped(Effect.gen(function*() {
         const queue = yield* make({ leaseDurationMs: 1_000, maxAttempts: 5 })
         yield* queue.offer({ step: 1 }, { id: "expiring" })
         const stale = yield* takeNow(queue)
         const lostWatch = yield* Effect.fork(stale.lost)
+        const heard: Array<string> = []
+        stale.onLost(() => heard.push("listening"))
+        const stopListening = stale.onLost(() => heard.push("stopped"))
+        stopListening()
         yield* pause(500)
         yield* expectWaiting(lostWatch)
+        expect(heard).toEqual([])
 
         yield* pause(1_000) // 1.5 × leaseDuration since the take, no renew
         const takeover = yield* Effect.scoped(Effect.gen(function*() {
           const lease = yield* takeNow(queue)
           expect(lease).toMatchObject({ id: "expiring", payload: { step: 1 }, attempt: 2, enqueuedAt: stale.enqueuedAt })
           yield* joinWithin(lostWatch, "the expired lease's lost")
+          expect(heard).toEqual(["listening"])
+          stale.onLost(() => heard.push("added after the loss"))
+          expect(heard).toEqual(["listening", "added after the loss"])
 
           const lost = yield* Effect.flip(queue.ack(stale))
           expect(lost).toBeInstanceOf(LeaseLost)

@@ -98,26 +98,32 @@ describe("WorkerPool.consume", () => {
       expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
     }).pipe(withLifecycle))
 
-  it.scoped("a job whose lease is lost is interrupted, and runs again on its next delivery", () =>
+  it.scoped("a job whose lease is lost is interrupted, and runs again on its next delivery; the worker goes on taking", () =>
     Effect.gen(function*() {
       const queue = yield* queueOf(1)
       // A consumer that cannot renew: its leases expire while the job runs.
       const forgetful: WorkerPool.Source<JobQueue.Json> = { ...queue, renew: () => Effect.void }
       const { onOutcome, outcomes } = outcomeLog()
-      const finished: Array<number> = []
+      const finished: Array<string> = []
       yield* offerAll(queue, ["slow at first"])
-      yield* WorkerPool.consume(forgetful, {
+      const consumer = yield* WorkerPool.consume(forgetful, {
         workers: 1,
         handler: (_, job) =>
-          Effect.sleep(job.delivery === 1 ? "5 seconds" : "100 millis").pipe(
-            Effect.zipRight(Effect.sync(() => finished.push(job.delivery)))
+          Effect.sleep(job.id === "job-1" && job.delivery === 1 ? "5 seconds" : "100 millis").pipe(
+            Effect.zipRight(Effect.sync(() => finished.push(`${job.id}@${job.delivery}`)))
           ),
         onOutcome
       })
       for (let step = 0; step < 30; step++) yield* TestClock.adjust("100 millis")
-      expect(finished).toEqual([2])
+      expect(finished).toEqual(["job-1@2"])
       expect(outcomes).toEqual(["job-1:unfinished:leaseLost", "job-1:completed"])
+      // The one worker slot still takes and runs jobs after the interruption.
+      yield* queue.offer("next", { id: "job-2" })
+      yield* queue.offer("and the next", { id: "job-3" })
+      for (let step = 0; step < 5; step++) yield* TestClock.adjust("100 millis")
+      expect(finished).toEqual(["job-1@2", "job-2@1", "job-3@1"])
       expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
+      expect(yield* consumer.stats).toMatchObject({ workers: 1, inFlight: 0, completed: 3, unfinished: 1 })
     }).pipe(withLifecycle))
 
   it.scoped("an outcome that cannot be recorded is not acked: the lease is released and the job runs again", () =>
