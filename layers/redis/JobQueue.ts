@@ -88,6 +88,8 @@ const offerRecheck = Duration.millis(50)
 /** How often due delayed jobs are moved to the stream, at most. */
 const promoteInterval = Duration.millis(50)
 const promoteBatch = 100
+/** At most this many jobs are leased, or acked, in one script call. */
+const maxBatch = 100
 /**
  * A Redis call is tried 3 times in all before `QueueUnavailable`: once, then again at once, then after a backoff.
  * The schedule is only built once a call has failed, as almost every call succeeds the first time.
@@ -151,59 +153,96 @@ return 'added'
 `
 
 /**
- * take — KEYS: stream, dead; ARGV: group, consumer, leaseMs, maxAttempts, jobPrefix, at, maxDead, scan.
- * First, when `scan` is 1, expired leases (any consumer's entry idle for leaseMs or more), walking the whole PEL
- * with XAUTOCLAIM (the walk costs Redis time in proportion to the leased jobs, so a process asks for it at most
- * once per `recheck` — a quarter of the lease, at most `takerRecheck` — unless the last walk found one):
- * a job already delivered maxAttempts times is dead-lettered instead (its worker keeps dying or hanging),
- * otherwise it is leased to this consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing
- * increments the hash's `attempts` in the same step, so the attempt is exact and a stale lease's token no
- * longer matches. Entries without a matching hash (never written by this module) are acknowledged and
- * dropped. Returns { dropped dead letters, and id, entry, attempts, payload, enqueuedAt, 'claimed' | 'new' } or
- * just the former.
+ * take — KEYS: stream, dead; ARGV: group, consumer, leaseMs, maxAttempts, jobPrefix, at, maxDead, scan, wanted.
+ * Leases up to `wanted` jobs to this consumer (one per taker waiting in this process). First, when `scan` is 1,
+ * expired leases (any consumer's entry idle for leaseMs or more), walking the PEL with XAUTOCLAIM (the walk costs
+ * Redis time in proportion to the leased jobs, so a process asks for it at most once per `recheck` — a quarter
+ * of the lease, at most `takerRecheck` — unless the last walk stopped early): a job already delivered
+ * maxAttempts times is dead-lettered instead (its worker keeps dying or hanging), otherwise it is leased to this
+ * consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing increments the hash's `attempts` in the
+ * same step, so the attempt is exact and a stale lease's token no longer matches. Entries without a matching hash
+ * (never written by this module) are acknowledged and dropped. Returns { dropped dead letters, 1 if the walk
+ * stopped before the end of the PEL (else 0), then id, entry, attempts, payload, enqueuedAt of each lease }.
  */
 const takeScript = prelude + `
 local stream, dead = KEYS[1], KEYS[2]
 local group, consumer, leaseMs, maxAttempts, jobPrefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local wanted = tonumber(ARGV[9])
 local dropped = {}
+local reply = { dropped, 0 }
+local leased = 0
 local function forget(entry)
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
 end
-local function lease(entry, id, how)
+local function lease(entry, id)
   local job = jobPrefix .. id
   local attempts = redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'state', 'leased', 'consumer', consumer)
   local fields = redis.call('HMGET', job, 'payload', 'enqueuedAt')
-  return { dropped, id, entry, tostring(attempts), fields[1], fields[2], how }
+  local n = #reply
+  reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4], reply[n + 5] = id, entry, tostring(attempts), fields[1], fields[2]
+  leased = leased + 1
 end
-local cursor = '0-0'
-if ARGV[8] == '1' then repeat
-  local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, leaseMs, cursor, 'COUNT', 1)
-  cursor = claimed[1]
-  for _, message in ipairs(claimed[2]) do
+if ARGV[8] == '1' then
+  local cursor = '0-0'
+  repeat
+    local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, leaseMs, cursor, 'COUNT', wanted - leased)
+    cursor = claimed[1]
+    for _, message in ipairs(claimed[2]) do
+      local entry, fields = message[1], message[2]
+      local id = fields and fields[2]
+      local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry', 'attempts')
+      if not state or state[1] ~= 'leased' or state[2] ~= entry then
+        forget(entry)
+      elseif tonumber(state[3]) >= maxAttempts then
+        local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on attempt ' .. state[3], ARGV[6], ARGV[7])
+        if gone then table.insert(dropped, gone) end
+      else
+        lease(entry, id)
+      end
+    end
+  until cursor == '0-0' or leased >= wanted
+  if cursor ~= '0-0' then reply[2] = 1 end
+end
+while leased < wanted do
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', wanted - leased, 'STREAMS', stream, '>')
+  if not read then break end
+  for _, message in ipairs(read[1][2]) do
     local entry, fields = message[1], message[2]
     local id = fields and fields[2]
-    local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry', 'attempts')
-    if not state or state[1] ~= 'leased' or state[2] ~= entry then
-      forget(entry)
-    elseif tonumber(state[3]) >= maxAttempts then
-      local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on attempt ' .. state[3], ARGV[6], ARGV[7])
-      if gone then table.insert(dropped, gone) end
-    else
-      return lease(entry, id, 'claimed')
-    end
+    local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry')
+    if state and state[1] == 'ready' and state[2] == entry then lease(entry, id) else forget(entry) end
   end
-until cursor == '0-0' end
-while true do
-  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
-  if not read then return { dropped } end
-  local entry, fields = read[1][2][1][1], read[1][2][1][2]
-  local id = fields and fields[2]
-  local state = id and redis.call('HMGET', jobPrefix .. id, 'state', 'entry')
-  if state and state[1] == 'ready' and state[2] == entry then return lease(entry, id, 'new') end
-  forget(entry)
 end
+return reply
+`
+
+/**
+ * ack — KEYS: stream; ARGV: group, consumer, jobPrefix, then id, entry, attempts of each lease to ack.
+ * For each lease: refused ("lost") unless the job is still leased by it (same consumer, entry and attempts);
+ * else the job is gone: XACK + XDEL of its entry and DEL of its hash, its id free again ("acked"). Acks made
+ * while one is on its way to Redis are sent together, so under load one call settles many jobs.
+ */
+const ackScript = `
+local stream, group, consumer, jobPrefix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local statuses, entries = {}, {}
+for i = 4, #ARGV, 3 do
+  local job = jobPrefix .. ARGV[i]
+  local state = redis.call('HMGET', job, 'state', 'entry', 'attempts', 'consumer')
+  if state[1] == 'leased' and state[2] == ARGV[i + 1] and state[3] == ARGV[i + 2] and state[4] == consumer then
+    redis.call('DEL', job)
+    table.insert(entries, ARGV[i + 1])
+    table.insert(statuses, 'acked')
+  else
+    table.insert(statuses, 'lost')
+  end
+end
+if #entries > 0 then
+  redis.call('XACK', stream, group, unpack(entries))
+  redis.call('XDEL', stream, unpack(entries))
+end
+return statuses
 `
 
 /**
@@ -212,7 +251,6 @@ end
  * Refuses ("lost") unless the job is still leased by this lease: same consumer, entry and attempts. Then:
  * - renew: XCLAIM to the same consumer with JUSTID, which resets the entry's idle time (the lease's age)
  *   without counting a delivery;
- * - ack: XACK + XDEL + DEL of the hash: the job is gone, its id free again;
  * - release (the lease's Scope closed unsettled) and nack without delay: XACK + XDEL + a new XADD at the back
  *   of the stream, so the job is ready at once (not merely claimable later) and `depth` says so; the attempt
  *   already counted stays counted;
@@ -227,12 +265,6 @@ if state[1] ~= 'leased' or state[2] ~= entry or state[3] ~= attempts or state[4]
 if action == 'renew' then
   redis.call('XCLAIM', stream, group, consumer, 0, entry, 'JUSTID')
   return { 'renewed' }
-end
-if action == 'ack' then
-  redis.call('XACK', stream, group, entry)
-  redis.call('XDEL', stream, entry)
-  redis.call('DEL', job)
-  return { 'acked' }
 end
 if action == 'nack' and tonumber(attempts) >= tonumber(ARGV[9]) then action = 'dead' end
 if action == 'dead' then
@@ -319,6 +351,7 @@ return 1
 const scripts = {
   offer: script(offerScript),
   take: script(takeScript),
+  ack: script(ackScript),
   settle: script(settleScript),
   promote: script(promoteScript),
   requeue: script(requeueScript),
@@ -369,6 +402,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     )
 
     let groupReady = false
+    let closed = false
 
     const unavailable = (reason: string) => new JobQueue.QueueUnavailable({ reason })
 
@@ -461,7 +495,23 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt })
 
-    type Action = "renew" | "ack" | "release" | "nack" | "dead"
+    type Action = "renew" | "release" | "nack" | "dead"
+
+    /** What the queue records of a settle's answer from Redis; the lease's lost listeners hear of a loss at once. */
+    const concluded = (lease: JobQueue.Lease, state: Held, status: string, ends: boolean) => {
+      if (status === "lost") {
+        state.settled = true
+        granted.delete(lease)
+        state.lost.fire()
+        return false
+      }
+      if (ends) {
+        state.settled = true
+        granted.delete(lease)
+        bump()
+      }
+      return true
+    }
 
     const settleOnce = (lease: JobQueue.Lease, state: Held, action: Action, delayMillis: number, reason: string) =>
       Effect.flatMap(Clock.currentTimeMillis, (at) =>
@@ -489,21 +539,63 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           Effect.ensuring(Effect.sync(() => void state.settling--)),
           Effect.flatMap((reply) => {
             const [status, dropped] = reply as [string, string | null | undefined]
-            if (status === "lost") {
-              state.settled = true
-              granted.delete(lease)
-              state.lost.fire()
-              return Effect.fail(lostOf(lease))
-            }
-            if (action !== "renew") {
-              state.settled = true
-              granted.delete(lease)
-              bump()
-            }
-            return warnDropped(typeof dropped === "string" ? [dropped] : [])
+            if (!concluded(lease, state, status, action !== "renew")) return Effect.fail(lostOf(lease))
+            return typeof dropped === "string" ? warnDropped([dropped]) : Effect.void
           })
         )
       })
+
+    // Acks wait here for the acker (below), which sends all that are waiting in one script call, one call at a
+    // time: an ack costs one call when the queue is quiet, a share of one under load.
+    interface PendingAck {
+      readonly lease: JobQueue.Lease
+      readonly state: Held
+      readonly resume: (result: Effect.Effect<void, JobQueue.QueueUnavailable | JobQueue.LeaseLost>) => void
+    }
+    let pendingAcks: Array<PendingAck> = []
+    const acksWaiting = Waiters.make()
+
+    let sendingAcks: Array<PendingAck> = []
+
+    const ack = (lease: JobQueue.Lease) =>
+      Effect.suspend(() => {
+        const state = held.get(lease)
+        if (state === undefined || state.settled) return Effect.fail(lostOf(lease))
+        if (closed) return Effect.fail(unavailable("ack: the queue is closed"))
+        state.settling++
+        return Effect.async<void, JobQueue.QueueUnavailable | JobQueue.LeaseLost>((resume) => {
+          pendingAcks.push({ lease, state, resume })
+          acksWaiting.wake()
+        })
+      })
+
+    const answerAck = ({ lease, resume, state }: PendingAck, status: string | JobQueue.QueueUnavailable) => {
+      state.settling--
+      if (typeof status !== "string") resume(Effect.fail(status))
+      else resume(concluded(lease, state, status, true) ? Effect.void : Effect.fail(lostOf(lease)))
+    }
+
+    /** Sends the acks waiting, at most `maxBatch` a call; when the queue closes, the acks left fail. */
+    const acker = Effect.gen(function*() {
+      while (true) {
+        yield* acksWaiting.until(() => pendingAcks.length > 0)
+        sendingAcks = pendingAcks.slice(0, maxBatch)
+        pendingAcks = pendingAcks.slice(sendingAcks.length)
+        const args: Array<string | number> = [group, consumer, keys.job]
+        for (const { lease, state } of sendingAcks) args.push(lease.id, state.entry, lease.attempt)
+        const reply = yield* Effect.either(run("ack", [keys.stream], args))
+        const sent = sendingAcks
+        sendingAcks = []
+        sent.forEach((pending, index) =>
+          answerAck(pending, reply._tag === "Left" ? reply.left : (reply.right as ReadonlyArray<string>)[index] ?? "lost")
+        )
+      }
+    }).pipe(Effect.ensuring(Effect.sync(() => {
+      const left = [...sendingAcks, ...pendingAcks]
+      sendingAcks = []
+      pendingAcks = []
+      for (const pending of left) answerAck(pending, unavailable("ack: the queue is closed"))
+    })))
 
     // Released unsettled when the taker's Scope closes: ready again at once. Failures are dropped: the lease
     // then expires and is taken over.
@@ -554,9 +646,9 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     // --- take
 
-    /** The lease a take script's reply grants, now held (and watched) by this queue. */
-    const grant = (reply: ReadonlyArray<unknown>): JobQueue.Lease => {
-      const [id, entry, attempts, payload, enqueuedAt] = reply.slice(1) as ReadonlyArray<string>
+    /** A lease the take script granted (id, entry, attempts, payload, enqueuedAt), now held and watched here. */
+    const grant = (fields: ReadonlyArray<unknown>): JobQueue.Lease => {
+      const [id, entry, attempts, payload, enqueuedAt] = fields as ReadonlyArray<string>
       const lost = Signal.make()
       const lease: JobQueue.Lease = {
         id: id!,
@@ -574,45 +666,113 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     // A lease granted after its taker stopped waiting goes back to the queue at once, in the background.
     const runtime = yield* Effect.runtime<never>()
-    const releaseAbandoned = (reply: unknown) => {
-      const granting = reply as ReadonlyArray<unknown>
-      if (granting.length > 1) Runtime.runFork(runtime)(release(grant(granting)))
-    }
+    const releaseInBackground = (lease: JobQueue.Lease) => void Runtime.runFork(runtime)(release(lease))
 
-    // Clock millis of the last walk for expired leases that found none (see the take script).
-    let lastEmptyScanAt = Number.NEGATIVE_INFINITY
+    // Takers waiting for a lease, oldest first. One fetcher (below) leases as many jobs as takers wait in one
+    // script call, one call at a time, and hands them out in order.
+    interface Taker {
+      readonly resume: (result: Effect.Effect<JobQueue.Lease, JobQueue.QueueUnavailable>) => void
+      /** The lease handed to this taker, until its fiber has taken it up. */
+      lease: JobQueue.Lease | undefined
+    }
+    const takers = new Set<Taker>()
+    const takersWaiting = Waiters.make()
 
     /**
-     * One try. The wait for the script's reply can be interrupted, so a Redis that does not answer never holds
-     * up a shutdown: a lease granted after its taker stopped waiting is released (above). A lease that reaches
-     * its taker is bound to the taker's Scope in the same uninterruptible step.
+     * Waits for the fetcher to hand this taker a lease. A taker interrupted while waiting leaves the line; a
+     * lease already handed to it goes back to the queue at once.
      */
-    const takeOnce: Effect.Effect<Option.Option<JobQueue.Lease>, JobQueue.QueueUnavailable, Scope.Scope> = Effect
-      .flatMap(Effect.scope, (scope) =>
-        Effect.flatMap(Clock.currentTimeMillis, (at) => {
-          const scan = at - lastEmptyScanAt >= recheckMillis
-          const args = [group, consumer, leaseMillis, options.maxAttempts, keys.job, at, maxDeadLetters, scan ? 1 : 0]
-          const taking = Effect.zipRight(ensureGroup, runScript("take", [keys.stream, keys.dead], args, releaseAbandoned))
-          return Effect.uninterruptibleMask((restore) =>
-            Effect.flatMap(restore(taking), (answer) => {
-              const reply = answer as ReadonlyArray<unknown>
-              if (scan && reply[6] !== "claimed") lastEmptyScanAt = at
-              const lease = reply.length > 1 ? grant(reply) : undefined
-              const bound = lease === undefined
-                ? Effect.succeed(Option.none<JobQueue.Lease>())
-                : Effect.as(Scope.addFinalizer(scope, release(lease)), Option.some(lease))
-              return Effect.zipRight(warnDropped(reply[0] as ReadonlyArray<string>), bound)
-            })
-          )
-        }))
-
-    const take: Effect.Effect<JobQueue.Lease, JobQueue.QueueUnavailable, Scope.Scope> = Effect.suspend(() => {
-      const seen = version
-      return Effect.flatMap(
-        withRetries(takeOnce),
-        Option.match({ onNone: () => Effect.zipRight(changeSince(seen, recheck), take), onSome: Effect.succeed })
-      )
+    const awaitLease = Effect.async<JobQueue.Lease, JobQueue.QueueUnavailable>((resume) => {
+      if (closed) return resume(Effect.fail(unavailable("take: the queue is closed")))
+      const taker: Taker = { resume, lease: undefined }
+      takers.add(taker)
+      takersWaiting.wake()
+      return Effect.sync(() => {
+        takers.delete(taker)
+        if (taker.lease !== undefined) releaseInBackground(taker.lease)
+      })
     })
+
+    /** A lease that reaches its taker is bound to the taker's Scope in the same uninterruptible step. */
+    const take: Effect.Effect<JobQueue.Lease, JobQueue.QueueUnavailable, Scope.Scope> = Effect.flatMap(
+      Effect.scope,
+      (scope) =>
+        Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(awaitLease), (lease) => Effect.as(Scope.addFinalizer(scope, release(lease)), lease))
+        )
+    )
+
+    /** Hands the leases to the takers in line; a lease no one is left to take goes back to the queue. */
+    const handOut = (leases: ReadonlyArray<JobQueue.Lease>) => {
+      for (const lease of leases) {
+        const taker = takers.values().next().value
+        if (taker === undefined) {
+          releaseInBackground(lease)
+          continue
+        }
+        takers.delete(taker)
+        taker.lease = lease
+        taker.resume(Effect.succeed(lease))
+      }
+    }
+
+    /** Every taker in line fails with `error` (the queue is unreachable); each decides when to try again. */
+    const failTakers = (error: JobQueue.QueueUnavailable) => {
+      const failed = [...takers]
+      takers.clear()
+      for (const taker of failed) taker.resume(Effect.fail(error))
+    }
+
+    // Clock millis of the last walk for expired leases that reached the end of the PEL (see the take script).
+    let lastFullScanAt = Number.NEGATIVE_INFINITY
+
+    /** The leases a take script's reply grants, now held (and watched) by this queue. */
+    const leasesOf = (reply: ReadonlyArray<unknown>) => {
+      const leases: Array<JobQueue.Lease> = []
+      for (let index = 2; index + 4 < reply.length; index += 5) leases.push(grant(reply.slice(index, index + 5)))
+      return leases
+    }
+
+    // A reply that comes after the fetcher stopped waiting (the queue is closing): its leases go back at once.
+    const releaseAbandoned = (reply: unknown) => {
+      for (const lease of leasesOf(reply as ReadonlyArray<unknown>)) releaseInBackground(lease)
+    }
+
+    /** One take script call for `wanted` takers; the wait for its reply can be interrupted (see above). */
+    const fetchOnce = (wanted: number) =>
+      Effect.flatMap(Clock.currentTimeMillis, (at) => {
+        const scan = at - lastFullScanAt >= recheckMillis
+        const args = [group, consumer, leaseMillis, options.maxAttempts, keys.job, at, maxDeadLetters, scan ? 1 : 0, wanted]
+        return Effect.zipRight(ensureGroup, runScript("take", [keys.stream, keys.dead], args, releaseAbandoned)).pipe(
+          Effect.flatMap((answer) => {
+            const reply = answer as ReadonlyArray<unknown>
+            if (scan && reply[1] === 0) lastFullScanAt = at
+            const leases = leasesOf(reply)
+            const dropped = reply[0] as ReadonlyArray<string>
+            return dropped.length === 0 ? Effect.succeed(leases) : Effect.as(warnDropped(dropped), leases)
+          })
+        )
+      })
+
+    /**
+     * Serves the takers in line: as many jobs as they are (at most `maxBatch`) in one call; when the queue had
+     * fewer, it waits for a change (an offer anywhere, a release, a due delayed job) or the recheck, as expired
+     * leases of other consumers become claimable without any change.
+     */
+    const fetcher = Effect.gen(function*() {
+      while (true) {
+        yield* takersWaiting.until(() => takers.size > 0)
+        const seen = version
+        const wanted = Math.min(takers.size, maxBatch)
+        const fetched = yield* Effect.either(withRetries(fetchOnce(wanted)))
+        if (fetched._tag === "Left") {
+          failTakers(fetched.left)
+          continue
+        }
+        handOut(fetched.right)
+        if (fetched.right.length < wanted) yield* changeSince(seen, recheck)
+      }
+    }).pipe(Effect.ensuring(Effect.sync(() => failTakers(unavailable("take: the queue is closed")))))
 
     // --- fibers of the queue
 
@@ -676,6 +836,10 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     yield* Effect.forkScoped(Effect.interruptible(promoter))
     yield* Effect.forkScoped(Effect.interruptible(watcher))
     yield* Effect.forkScoped(Effect.interruptible(leaseWatch))
+    yield* Effect.forkScoped(Effect.interruptible(fetcher))
+    yield* Effect.forkScoped(Effect.interruptible(acker))
+    // Before the fibers stop: takes and acks from now on fail at once instead of waiting for them.
+    yield* Effect.addFinalizer(() => Effect.sync(() => void (closed = true)))
 
     const service: JobQueue.JobQueueService = {
       capacity: options.capacity,
@@ -685,7 +849,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       tryOffer,
       take,
       renew: (lease) => settle(lease, "renew"),
-      ack: (lease) => settle(lease, "ack"),
+      ack,
       nack: (lease, nackOptions?: JobQueue.NackOptions) =>
         settle(
           lease,
