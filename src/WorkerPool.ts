@@ -21,7 +21,7 @@
  * The drain stops taking, lets in-flight jobs finish, and at the deadline interrupts the rest, which releases
  * their leases so that another process takes them over without waiting for the lease to expire.
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime, Scope } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime, Scope } from "effect"
 import type { Schedule } from "effect"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
@@ -696,7 +696,12 @@ export const consume = <A, E = never, R = never>(
       )
       const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) =>
         !more ? Effect.void : interruptedForLoss ? replace(slot) : loop)
-      return Effect.uninterruptible(loop)
+      // The worker's context holds no Scope of its own: providing each job's Scope then adds a service rather
+      // than replacing one, which Effect tells apart without comparing the two contexts service by service.
+      // (A handler needing a Scope gets its job's, as before.)
+      return Effect.uninterruptible(
+        Effect.mapInputContext(loop, (context: Context.Context<R>) => Context.omit(Scope.Scope)(context) as Context.Context<R>)
+      )
     }
 
     // The consumer's workers, by slot: a worker that leaves after a lost lease is replaced in its slot.
