@@ -648,6 +648,8 @@ export const consume = <A, E = never, R = never>(
     // that fiber from the lease's listener, but only while the job runs. Such a fiber may stay marked
     // interrupted after the job, which would cut its next take short, so it settles the job and then leaves,
     // a fresh fiber taking its slot.
+    const noLease = Effect.succeed(undefined)
+    const notMore = Effect.succeed(false)
     const worker = (slot: number): Effect.Effect<void, never, R> => {
       let interruptedForLoss = false
       const run = (lease: Lease<A>) =>
@@ -670,11 +672,12 @@ export const consume = <A, E = never, R = never>(
             stopListening()
             core.markRunning(slot, undefined)
             const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
+            // (Neither step fails, and the worker is uninterruptible here: the lease leaves `leases` after them.)
             return settle(outcome).pipe(
               // An outcome that could not be recorded is not reported to the queue either: the lease is released
               // when the job's Scope closes, and the job runs again.
               Effect.flatMap((recorded) => recorded ? settleLease(lease, outcome) : Effect.void),
-              Effect.ensuring(Effect.sync(() => leases.delete(slot)))
+              Effect.zipRight(Effect.sync(() => void leases.delete(slot)))
             )
           }
           return Effect.matchCauseEffect(Effect.interruptible(core.runAttempts(lease, slot, lease.attempt)), {
@@ -682,17 +685,21 @@ export const consume = <A, E = never, R = never>(
             onFailure: (cause) => finish(Exit.failCause(cause))
           })
         })
+      // The worker is uninterruptible around its take, so the slot leaves `waiting` however the take ends.
       const takeNext = Effect.suspend(() => {
-        if (!taking) return Effect.succeed(Option.none<Lease<A>>())
+        if (!taking) return noLease
         waiting.add(slot)
-        return Effect.interruptible(takeOrRetry).pipe(
-          Effect.ensuring(Effect.sync(() => waiting.delete(slot))),
-          Effect.map(Option.some)
-        )
+        return Effect.matchCauseEffect(Effect.interruptible(takeOrRetry), {
+          onFailure: (cause) => Effect.zipRight(Effect.sync(() => waiting.delete(slot)), Effect.failCause(cause)),
+          onSuccess: (lease) => {
+            waiting.delete(slot)
+            return Effect.succeed(lease)
+          }
+        })
       })
       // A job taken just as the drain began is not started: closing its Scope releases it.
       const runNext = Effect.scoped(
-        Effect.flatMap(takeNext, (next) => Option.isNone(next) || !taking ? Effect.succeed(false) : Effect.as(run(next.value), true))
+        Effect.flatMap(takeNext, (lease) => lease === undefined || !taking ? notMore : Effect.as(run(lease), true))
       )
       const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) =>
         !more ? Effect.void : interruptedForLoss ? replace(slot) : loop)
