@@ -104,6 +104,15 @@ export interface JobQueueService {
    * unsettled, the job is ready again at once.
    */
   readonly take: Effect.Effect<Lease, QueueUnavailable, Scope.Scope>
+  /**
+   * `take` without a Scope, as `Semaphore.take` is to `withPermits`: the caller must settle the lease or
+   * `release` it on every path (else it is taken over only when it expires). For runners whose own loop
+   * guarantees that, and that would otherwise open and close a Scope per job (WorkerPool.consume). An
+   * interrupted wait leases nothing.
+   */
+  readonly acquire: Effect.Effect<Lease, QueueUnavailable>
+  /** The job is ready again at once, for any taker (what closing `take`'s Scope does); nothing if settled. */
+  readonly release: (lease: Lease) => Effect.Effect<void>
   /** Extends the lease by `leaseDuration` from now. */
   readonly renew: (lease: Lease) => Effect.Effect<void, LeaseLost | QueueUnavailable>
   /** The job is done: it leaves the queue. */

@@ -14,14 +14,15 @@
  * within the Lifecycle's one deadline, after which what is left is interrupted and listed.
  *
  * The same workers also run over a queue shared with other processes (`consume`: the JobQueue contract of
- * keel/services, on Redis or in memory). There a worker holds a job as a lease bound to a Scope of its own:
- * renewed every third of the lease duration while the job runs, acked when it completes, dead-lettered with its
+ * keel/services, on Redis or in memory). There a worker holds a job as a lease, which its loop settles or
+ * releases on every path (a Scope per job would cost as much as the rest of the job's bookkeeping): renewed
+ * every third of the lease duration while the job runs, acked when it completes, dead-lettered with its
  * rendered Cause when it fails, and released — back to the queue at once, for any consumer — when the job is
  * interrupted. A job whose lease is lost (it expired, so another consumer may be running it) is interrupted.
  * The drain stops taking, lets in-flight jobs finish, and at the deadline interrupts the rest, which releases
  * their leases so that another process takes them over without waiting for the lease to expire.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime, Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime, Scope } from "effect"
 import type { Schedule } from "effect"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
@@ -66,8 +67,13 @@ export interface Lease<A> extends Job<A> {
 export interface Source<A> {
   /** How long a lease lasts without `renew`; a running job's lease is renewed every third of it. */
   readonly leaseDuration: Duration.Duration
-  /** Waits for a job and leases it to the Scope: closing the Scope unsettled releases it at once. */
-  readonly take: Effect.Effect<Lease<A>, unknown, Scope.Scope>
+  /**
+   * Waits for a job and leases it, without a Scope: `consume` settles or releases every lease it acquires (an
+   * interrupted wait must lease nothing).
+   */
+  readonly acquire: Effect.Effect<Lease<A>, unknown>
+  /** The job is ready again at once, for any consumer. */
+  readonly release: (lease: Lease<A>) => Effect.Effect<void>
   readonly renew: (lease: Lease<A>) => Effect.Effect<void, unknown>
   readonly ack: (lease: Lease<A>) => Effect.Effect<void, unknown>
   readonly deadLetter: (lease: Lease<A>, reason: string) => Effect.Effect<void, unknown>
@@ -608,8 +614,8 @@ export const consume = <A, E = never, R = never>(
     const waiting = new Set<number>()
     const leases = new Map<number, Lease<A>>()
 
-    const takeOrRetry: Effect.Effect<Lease<A>, never, Scope.Scope> = Effect.catchAllCause(
-      source.take,
+    const takeOrRetry: Effect.Effect<Lease<A>> = Effect.catchAllCause(
+      source.acquire,
       (cause) =>
         Effect.logWarning("WorkerPool: taking a job failed; trying again", cause).pipe(
           Effect.zipRight(Effect.sleep(takeRetryPause)),
@@ -631,19 +637,25 @@ export const consume = <A, E = never, R = never>(
     )
     yield* Effect.forkScoped(Effect.interruptible(Effect.forever(Effect.zipRight(Effect.sleep(renewEvery), renewAll))))
 
-    // The queue's side of an outcome: ack, dead-letter, or nothing (the Scope's close releases the lease).
-    const settleLease = (lease: Lease<A>, outcome: Outcome<A>): Effect.Effect<void> => {
-      const settled = outcome._tag === "Completed"
+    // The queue's side of an outcome: ack, dead-letter, or release (an unfinished job, or one whose outcome
+    // could not be recorded, is ready again at once). A lease the queue could not settle is released too, so
+    // that the job runs again as soon as the queue answers rather than when the lease expires.
+    const settleLease = (lease: Lease<A>, outcome: Outcome<A> | undefined): Effect.Effect<void> => {
+      const settled = outcome?._tag === "Completed"
         ? source.ack(lease)
-        : outcome._tag === "Failed"
+        : outcome?._tag === "Failed"
         ? source.deadLetter(lease, render(outcome.letter.cause))
-        : Effect.void
+        : undefined
+      if (settled === undefined) return source.release(lease)
       return Effect.catchAllCause(settled, (cause) =>
-        Effect.logWarning(`WorkerPool: settling job ${lease.id} with the queue failed`, cause))
+        Effect.zipRight(
+          Effect.logWarning(`WorkerPool: settling job ${lease.id} with the queue failed`, cause),
+          source.release(lease)
+        ))
     }
 
-    // As in `make`, a worker is uninterruptible except while it takes or runs a job. Each job has a Scope of
-    // its own, closed when the job is settled: the lease lives exactly that long. A job runs in its worker's
+    // As in `make`, a worker is uninterruptible except while it takes or runs a job, so every lease it acquires
+    // is settled or released by the steps below, whatever the job does. A job runs in its worker's
     // fiber (a fiber per job would cost more than all the rest of its bookkeeping), and a lost lease interrupts
     // that fiber from the lease's listener, but only while the job runs. Such a fiber may stay marked
     // interrupted after the job, which would cut its next take short, so it settles the job and then leaves,
@@ -674,9 +686,9 @@ export const consume = <A, E = never, R = never>(
             const outcome = core.outcomeOf(lease, exit, slot, lost ? "leaseLost" : "interrupted")
             // (Neither step fails, and the worker is uninterruptible here: the lease leaves `leases` after them.)
             return settle(outcome).pipe(
-              // An outcome that could not be recorded is not reported to the queue either: the lease is released
-              // when the job's Scope closes, and the job runs again.
-              Effect.flatMap((recorded) => recorded ? settleLease(lease, outcome) : Effect.void),
+              // An outcome that could not be recorded is not reported to the queue either: the lease is released,
+              // and the job runs again.
+              Effect.flatMap((recorded) => settleLease(lease, recorded ? outcome : undefined)),
               Effect.zipRight(Effect.sync(() => void leases.delete(slot)))
             )
           }
@@ -697,18 +709,12 @@ export const consume = <A, E = never, R = never>(
           }
         })
       })
-      // A job taken just as the drain began is not started: closing its Scope releases it.
-      const runNext = Effect.scoped(
-        Effect.flatMap(takeNext, (lease) => lease === undefined || !taking ? notMore : Effect.as(run(lease), true))
-      )
+      // A job taken just as the drain began is not started: it is released.
+      const runNext = Effect.flatMap(takeNext, (lease) =>
+        lease === undefined ? notMore : !taking ? Effect.as(source.release(lease), false) : Effect.as(run(lease), true))
       const loop: Effect.Effect<void, never, R> = Effect.flatMap(runNext, (more) =>
         !more ? Effect.void : interruptedForLoss ? replace(slot) : loop)
-      // The worker's context holds no Scope of its own: providing each job's Scope then adds a service rather
-      // than replacing one, which Effect tells apart without comparing the two contexts service by service.
-      // (A handler needing a Scope gets its job's, as before.)
-      return Effect.uninterruptible(
-        Effect.mapInputContext(loop, (context: Context.Context<R>) => Context.omit(Scope.Scope)(context) as Context.Context<R>)
-      )
+      return Effect.uninterruptible(loop)
     }
 
     // The consumer's workers, by slot: a worker that leaves after a lost lease is replaced in its slot.

@@ -201,6 +201,13 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     // The lease is taken and bound to the Scope in one uninterruptible step; the wait for a ready job before
     // it can be interrupted. Another taker may get there first, so the wait repeats.
+    // Without a Scope: the lease is taken in one uninterruptible step, only the wait before it can be interrupted.
+    const acquire: Effect.Effect<JobQueue.Lease> = Effect.uninterruptibleMask((restore) =>
+      Effect.suspend(() =>
+        ready.length > 0 ? lease : Effect.zipRight(restore(changed.until(() => ready.length > 0)), acquire)
+      )
+    )
+
     const take: Effect.Effect<JobQueue.Lease, never, Scope.Scope> = Effect.flatMap(
       Effect.acquireRelease(
         Effect.suspend(() => (ready.length > 0 ? Effect.asSome(lease) : Effect.succeedNone)),
@@ -219,6 +226,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       offer,
       tryOffer,
       take,
+      acquire,
+      release,
       renew: (granted) =>
         Effect.suspend(() => {
           const job = current(granted)

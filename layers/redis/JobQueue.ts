@@ -29,13 +29,16 @@
  * Waiting. `take` does not block inside `XREADGROUP`: a blocked group read cannot be withdrawn, so a taker
  * interrupted while waiting would have its next job delivered to nobody (stuck in the PEL until its lease expired,
  * with one attempt spent). Instead one fiber per queue blocks on a dedicated connection in a plain `XREAD BLOCK`
- * (which takes nothing) and wakes the local takers when an entry is added anywhere; a taker then runs the take
- * script, whose non-blocking `XREADGROUP` and `XAUTOCLAIM` lease a job atomically with its attempt count. Every
- * wait can be interrupted, the wait for the script's reply too (a Redis that hangs must not hold up a shutdown): a
- * lease that arrives for a taker no longer waiting is released at once, one that reaches its taker is bound to the
- * taker's Scope. Takers also re-check every quarter of a lease, at most every second (expired leases of other
- * consumers become claimable without any entry being added), and offers waiting for room re-check every 50 ms (room
- * is made by takers in other processes).
+ * (which takes nothing) and notes when an entry is added anywhere. Takers wait in line in the process; one
+ * fetcher fiber runs the take script for as many of them as wait (its non-blocking `XREADGROUP` and `XAUTOCLAIM`
+ * lease each job atomically with its attempt count) and hands the leases out in order, so under load one call
+ * leases many jobs; when the queue has fewer, it waits for the next change. Likewise acks wait for one acker
+ * fiber, which settles all that are waiting in one call. Every wait of a taker can be interrupted, and so can
+ * the fetcher's wait for a reply (a Redis that hangs must not hold up a shutdown): a lease that arrives for a
+ * taker no longer waiting is released at once, one that reaches its taker is bound to the taker's Scope. The
+ * fetcher also re-checks every quarter of a lease, at most every second (expired leases of other consumers become
+ * claimable without any entry being added), and offers waiting for room re-check every 50 ms (room is made by
+ * takers in other processes).
  *
  * Time: Redis's clock decides idle times (lease expiry) and when delayed jobs are due, so all processes agree;
  * the process's `Clock` stamps `enqueuedAt` and dead letters' `at`, and paces the fibers.
@@ -701,6 +704,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           Effect.flatMap(restore(awaitLease), (lease) => Effect.as(Scope.addFinalizer(scope, release(lease)), lease))
         )
     )
+    // (A lease that reaches an `acquire` is the caller's to settle or release.)
+    const acquire = awaitLease
 
     /** Hands the leases to the takers in line; a lease no one is left to take goes back to the queue. */
     const handOut = (leases: ReadonlyArray<JobQueue.Lease>) => {
@@ -848,6 +853,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       offer,
       tryOffer,
       take,
+      acquire,
+      release,
       renew: (lease) => settle(lease, "renew"),
       ack,
       nack: (lease, nackOptions?: JobQueue.NackOptions) =>

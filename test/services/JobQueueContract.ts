@@ -520,6 +520,30 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* Fiber.interrupt(otherTaker)
       })))
 
+    test("acquire leases without a Scope and release makes the job ready at once; an interrupted acquire leases nothing", () =>
+      Effect.scoped(Effect.gen(function*() {
+        const queue = yield* make()
+        const abandoned = yield* Effect.fork(queue.acquire)
+        yield* pause(50)
+        yield* expectWaiting(abandoned)
+        yield* Fiber.interrupt(abandoned)
+        yield* queue.offer("unscoped", { id: "unscoped" })
+        expect(yield* depthEventually(queue, depthOf({ ready: 1 }))).toEqual(depthOf({ ready: 1 }))
+
+        const first = yield* within(queue.acquire, "acquire")
+        expect(first).toMatchObject({ id: "unscoped", payload: "unscoped", attempt: 1 })
+        expect(yield* queue.depth).toEqual(depthOf({ leased: 1 }))
+        yield* queue.release(first)
+        expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
+        expect(yield* Effect.flip(queue.ack(first))).toBeInstanceOf(LeaseLost)
+
+        const second = yield* within(queue.acquire, "acquire")
+        expect(second).toMatchObject({ id: "unscoped", attempt: 2 })
+        yield* queue.ack(second)
+        yield* queue.release(second)
+        expect(yield* queue.depth).toEqual(emptyDepth)
+      })))
+
     test("a take waiting on an empty queue gets the job offered next", () =>
       Effect.scoped(Effect.gen(function*() {
         const queue = yield* make()
