@@ -77,10 +77,10 @@ const boundCheckMillis = 50
 let boundChecker: ReturnType<typeof setInterval> | undefined
 const checkBounds = () => {
   const now = Date.now()
-  for (const call of bounded) {
-    if (call.deadline > now) continue
-    bounded.delete(call)
-    call.expire()
+  for (const inFlight of bounded) {
+    if (inFlight.deadline > now) continue
+    bounded.delete(inFlight)
+    inFlight.expire()
   }
   if (bounded.size === 0 && boundChecker !== undefined) {
     clearInterval(boundChecker)
@@ -88,10 +88,10 @@ const checkBounds = () => {
   }
 }
 const bound = (millis: number, expire: () => void): Bounded => {
-  const call = { deadline: Date.now() + millis, expire }
-  bounded.add(call)
+  const inFlight = { deadline: Date.now() + millis, expire }
+  bounded.add(inFlight)
   boundChecker ??= setInterval(checkBounds, boundCheckMillis)
-  return call
+  return inFlight
 }
 
 /**
