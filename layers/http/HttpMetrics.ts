@@ -6,8 +6,9 @@
  * errors the app leaves to the server (their response is worked out the way the server will).
  */
 import { HttpServerError, HttpServerRequest } from "@effect/platform"
-import type { HttpApp } from "@effect/platform"
+import type { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Clock, Context, Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
+import type { Cause } from "effect"
 
 export const requests = Metric.counter("keel_http_requests_total", {
   description: "HTTP requests answered, by route, method and status",
@@ -43,22 +44,28 @@ export const measured = (route: string) => {
     requests.unsafeUpdate(1, labelsOf(method, status))
     duration.unsafeUpdate(Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e9, routeLabels)
   }
+  // The handlers are made per request by these factories rather than written inline as named properties:
+  // a named function made per request costs a property definition for its name under a keep-names build.
+  const recordSuccess = (method: string, startedNanos: bigint, clock: Clock.Clock) =>
+  (response: HttpServerResponse.HttpServerResponse) => {
+    record(method, response.status, startedNanos, clock)
+    return Effect.succeed(response)
+  }
+  // The status the server will answer this failure with.
+  const recordFailure = (method: string, startedNanos: bigint, clock: Clock.Clock) =>
+  <E>(cause: Cause.Cause<E>) =>
+    Effect.flatMap(HttpServerError.causeResponse(cause), ([response]) => {
+      record(method, response.status, startedNanos, clock)
+      return Effect.failCause(cause)
+    })
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.withFiberRuntime((fiber) => {
       const method = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest).method
       const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
       const startedNanos = clock.unsafeCurrentTimeNanos()
       return Effect.matchCauseEffect(app, {
-        onSuccess: (response) => {
-          record(method, response.status, startedNanos, clock)
-          return Effect.succeed(response)
-        },
-        // The status the server will answer this failure with.
-        onFailure: (cause) =>
-          Effect.flatMap(HttpServerError.causeResponse(cause), ([response]) => {
-            record(method, response.status, startedNanos, clock)
-            return Effect.failCause(cause)
-          })
+        onSuccess: recordSuccess(method, startedNanos, clock),
+        onFailure: recordFailure(method, startedNanos, clock)
       })
     })
 }

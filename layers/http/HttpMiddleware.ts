@@ -13,7 +13,7 @@
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Context, Duration, Effect, Metric, MetricLabel, Option } from "effect"
+import { Context, Duration, Effect, Exit, Metric, MetricLabel, Option } from "effect"
 import type { Fiber } from "effect"
 import type { Middleware } from "keel"
 
@@ -102,11 +102,13 @@ export const withMiddleware = <EAdd, RAdd = never>(
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<Exclude<E | EAdd, Rejection>, Exclude<R | RAdd, never>> => {
   // The request is in the context already unless a middleware replaced it; providing it again would cost
-  // a context switch per request.
-  const service = (middleware as Middleware.Middleware<EAdd, RAdd>)((request: HttpServerRequest.HttpServerRequest) =>
-    Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse, E, R | HttpServerRequest.HttpServerRequest>((fiber) =>
-      servedRequest(fiber) === request ? app : Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
-    )
+  // a context switch per request. An app that is already its answer (a health check's constant) reads no
+  // request, and is handed on as it is: a timeout sees a call that cannot run late.
+  const service = (middleware as Middleware.Middleware<EAdd, RAdd>)(
+    Exit.isExit(app) ? () => app : (request: HttpServerRequest.HttpServerRequest) =>
+      Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse, E, R | HttpServerRequest.HttpServerRequest>((fiber) =>
+        servedRequest(fiber) === request ? app : Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
+      )
   )
   return Effect.withFiberRuntime<
     HttpServerResponse.HttpServerResponse,
