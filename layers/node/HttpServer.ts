@@ -15,7 +15,8 @@
  * suspending is answered within the same tick, its buffered body written by the request handler itself
  * once the fiber has ended (a streamed body, or the response to a failure, is written by a fiber of its
  * own). No tracing span is opened per request (the platform server opens one even with no tracer
- * installed), and request fibers are left out of Effect's fiber metrics.
+ * installed), request fibers are left out of Effect's fiber metrics, and a small buffered body leaves in
+ * one chunk with the head.
  * It provides `HttpServer.HttpServer`, so `HttpServer.serve(app)` and `HttpRouter` apps run on it
  * unchanged. Bodies are read with a limit (`maxBodySize`): past it, reading fails with a
  * `RequestError` whose cause is `TooLarge`; the rest is discarded unread and the connection closed after
@@ -25,7 +26,7 @@ import { Cookies, HttpIncomingMessage, HttpServer, HttpServerError, HttpServerRe
 import type { FileSystem, Headers, HttpApp, HttpMethod, HttpServerResponse, Multipart, Path, Socket } from "@effect/platform"
 import * as NodeMultipart from "@effect/platform-node/NodeMultipart"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Inspectable, Layer, Option, Runtime, RuntimeFlags } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, FiberRef, FiberRefs, Inspectable, Layer, Option, Runtime, RuntimeFlags } from "effect"
 import type { Fiber } from "effect"
 import type { Scope, Stream } from "effect"
 import { Lifecycle, TooLarge } from "keel"
@@ -253,6 +254,18 @@ const writeHead = (
 }
 
 /**
+ * Bodies up to this size go out in one chunk with the head: Node joins the head to a first chunk given as
+ * a string, never to bytes, and latin1 turns each byte into one character and back, so the bytes are sent
+ * unchanged. Larger bodies are passed as they are rather than copied into a string.
+ */
+const joinWithHeadMaxBytes = 16 * 1024
+
+const endWithBytes = (nodeResponse: Http.ServerResponse, bytes: Uint8Array) => {
+  if (bytes.byteLength > joinWithHeadMaxBytes) return nodeResponse.end(bytes)
+  nodeResponse.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1"), "latin1")
+}
+
+/**
  * Writes a response whose body is in memory, at once; false (and nothing written) for one that must be
  * streamed.
  */
@@ -269,7 +282,7 @@ const writeBuffered = (
   if (nodeResponse.writableEnded || nodeResponse.headersSent) return true
   writeHead(nodeResponse, response, closeConnection)
   if (request.source.method === "HEAD" || body._tag === "Empty") nodeResponse.end()
-  else if (body._tag === "Uint8Array") nodeResponse.end(body.body)
+  else if (body._tag === "Uint8Array") endWithBytes(nodeResponse, body.body)
   else if (body._tag === "Raw") nodeResponse.end(body.body as string | Uint8Array)
   return true
 }
@@ -469,6 +482,18 @@ export const make = (options: Options = {}): Effect.Effect<
         // Request fibers are not counted in Effect's fiber metrics (effect_fiber_*): one per request would
         // cost five metric updates each and drown the rest; HttpMetrics counts requests.
         const requestFlags = RuntimeFlags.disable(runtime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
+        // The request fiber's context is set when it starts; a copy in its fiber refs would only be forked
+        // and replaced.
+        const requestFiberRefs = FiberRefs.delete(runtime.fiberRefs, FiberRef.currentContext)
+        // The server's services plus the request, copied entry by entry: copying the Map whole goes through
+        // its iterator, one entry array per service per request.
+        const services = [...runtime.context.unsafeMap]
+        const contextWith = (request: NodeServerRequest) => {
+          const map = new Map<string, unknown>()
+          for (let i = 0; i < services.length; i++) map.set(services[i]![0], services[i]![1])
+          map.set(HttpServerRequest.HttpServerRequest.key, request)
+          return Context.unsafeMake<HttpServerRequest.HttpServerRequest>(map)
+        }
         const handled = (middleware === undefined ? app : middleware(app)) as Effect.Effect<
           HttpServerResponse.HttpServerResponse,
           unknown
@@ -477,9 +502,9 @@ export const make = (options: Options = {}): Effect.Effect<
           const request = new NodeServerRequest(nodeRequest, nodeResponse, maxBodySize, clock.unsafeCurrentTimeMillis())
           active.add(request)
           const requestRuntime = Runtime.make({
-            context: Context.add(runtime.context, HttpServerRequest.HttpServerRequest, request),
+            context: contextWith(request),
             runtimeFlags: requestFlags,
-            fiberRefs: runtime.fiberRefs
+            fiberRefs: requestFiberRefs
           })
           const fiber = Runtime.runFork(requestRuntime)(handled, { immediate: true })
           const exit = fiber.unsafePoll()

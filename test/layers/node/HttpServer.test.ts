@@ -57,6 +57,27 @@ describe("DrainingHttpServer", () => {
       expect(JSON.parse(jsonResponse.body)).toEqual({ id: 7, tags: ["a", "b"] })
     }))
 
+  it.scopedLive("buffered bodies arrive byte for byte, small (sent with the head) and large, UTF-8 and binary", () =>
+    Effect.gen(function*() {
+      const everyByte = Uint8Array.from({ length: 256 }, (_, index) => index)
+      const large = Uint8Array.from({ length: 40_000 }, (_, index) => (index * 7) % 256)
+      const bodies: Record<string, Uint8Array> = {
+        "/every-byte": everyByte,
+        "/utf8": encoder.encode("ünïcødé ✓ 日本 🚀"),
+        "/large": large,
+        "/empty": new Uint8Array(0)
+      }
+      const { url } = yield* serve(Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
+        HttpServerResponse.uint8Array(bodies[request.url]!, { contentType: "application/octet-stream" })))
+      for (const [path, expected] of Object.entries(bodies)) {
+        const received = yield* Effect.promise(async () => {
+          const response = await fetch(`${url}${path}`, { signal: AbortSignal.timeout(10_000) })
+          return new Uint8Array(await response.arrayBuffer())
+        })
+        expect(received, path).toEqual(expected)
+      }
+    }))
+
   it.scopedLive("a streamed body arrives complete", () =>
     Effect.gen(function*() {
       const chunks = ["first,", "second,", "third,", "fourth"]
