@@ -110,18 +110,16 @@ export const withMiddleware = <EAdd, RAdd = never>(
         servedRequest(fiber) === request ? app : Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
       )
   )
+  // Made once, not per request.
+  const answerRejection = (error: E | EAdd) => {
+    const response = rejectionResponse(error)
+    if (Option.isNone(response)) return Effect.fail(error as Exclude<E | EAdd, Rejection>)
+    rejections.unsafeUpdate(1, rejectionLabels(response.value.status, (error as Rejection)._tag))
+    return Effect.succeed(response.value)
+  }
   return Effect.withFiberRuntime<
     HttpServerResponse.HttpServerResponse,
     Exclude<E | EAdd, Rejection>,
     Exclude<R | RAdd, never> | HttpServerRequest.HttpServerRequest
-  >((fiber) =>
-    Effect.catchAll(service(servedRequest(fiber)), (error) =>
-      Option.match(rejectionResponse(error), {
-        onNone: () => Effect.fail(error as Exclude<E | EAdd, Rejection>),
-        onSome: (response) => {
-          rejections.unsafeUpdate(1, rejectionLabels(response.status, (error as Rejection)._tag))
-          return Effect.succeed(response)
-        }
-      }))
-  )
+  >((fiber) => Effect.catchAll(service(servedRequest(fiber)), answerRejection))
 }

@@ -341,7 +341,10 @@ export const make = (options: Options = {}): Effect.Effect<
     // Every open connection, with when it last connected or finished a response: how long it has been idle,
     // for the drain.
     const lastActive = new Map<Net.Socket, number>()
+    // Requests whose answer is still to come. One answered within the tick it arrived in is counted only
+    // while its fiber runs (`runningInline`).
     const active = new Set<NodeServerRequest>()
+    let runningInline = 0
     let served = 0
     let accepting = true
     // From the first instant of draining every response asks its client to reconnect elsewhere.
@@ -500,16 +503,23 @@ export const make = (options: Options = {}): Effect.Effect<
         >
         const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
           const request = new NodeServerRequest(nodeRequest, nodeResponse, maxBodySize, clock.unsafeCurrentTimeMillis())
-          active.add(request)
           const requestRuntime = Runtime.make({
             context: contextWith(request),
             runtimeFlags: requestFlags,
             fiberRefs: requestFiberRefs
           })
+          runningInline++
           const fiber = Runtime.runFork(requestRuntime)(handled, { immediate: true })
           const exit = fiber.unsafePoll()
+          runningInline--
+          // Answered within this tick, the common case: nothing else ran meanwhile, so the request never
+          // needs to be among the active ones, and no fiber is left to watch.
+          if (exit !== null && Exit.isSuccess(exit) && writeBuffered(request, exit.value, closeConnections || request.bodyRefused)) {
+            finished(request)
+            return
+          }
+          active.add(request)
           const writing = exit === null ? undefined : answer(request, exit, requestRuntime)
-          // Answered within this tick: the common case, with no fiber left to watch.
           if (exit !== null && writing === undefined) return
           let current: Fiber.RuntimeFiber<unknown, unknown> = writing ?? fiber
           if (exit === null) {
@@ -533,7 +543,7 @@ export const make = (options: Options = {}): Effect.Effect<
     return {
       server: platformServer,
       address,
-      stats: Effect.sync(() => ({ accepting, connections: lastActive.size, inFlight: active.size, served }))
+      stats: Effect.sync(() => ({ accepting, connections: lastActive.size, inFlight: active.size + runningInline, served }))
     }
   })
 

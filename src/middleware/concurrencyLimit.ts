@@ -114,20 +114,21 @@ export const concurrencyLimit = (
       )
     }
 
-    // `call` makes the admitted call's Effect once it is admitted. A service that throws while making it
-    // holds no permit: on the spot the throw comes before the permit is counted, after a wait it is a defect
-    // of the call, which releases the permit it was handed.
+    // `service(request)` makes the admitted call's Effect once it is admitted. A service that throws while
+    // making it holds no permit: on the spot the throw comes before the permit is counted, after a wait it is
+    // a defect of the call, which releases the permit it was handed.
     // `shedding`: the twin loadShed() uses, refusing where it would wait; a pending shedding request in fiber
     // context asks the same of either.
-    const limited = <A, E, R>(
+    const limited = <Req, A, E, R>(
       shedding: boolean,
-      call: () => Effect.Effect<A, E, R>
+      service: Service<Req, A, E, R>,
+      request: Req
     ): Effect.Effect<A, E | Overloaded, R> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.withFiberRuntime((fiber): Effect.Effect<A, E | Overloaded, R> => {
           const shed = takeShedding(fiber) || shedding
           if (inFlight < max) {
-            const holding = holdingPermit(restore(call()))
+            const holding = holdingPermit(restore(service(request)))
             inFlight++
             reportInFlight()
             return holding
@@ -143,12 +144,12 @@ export const concurrencyLimit = (
               if (waiters.delete(turn)) reportWaiting()
               else release()
             }))
-          return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(call))))
+          return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(() => service(request)))))
         }))
 
     return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>
       withShedding<Service<Req, Res, E | Overloaded, R>>(
-        (request) => limited(false, () => service(request)),
-        (request) => limited(true, () => service(request))
+        (request) => limited(false, service, request),
+        (request) => limited(true, service, request)
       )
   })

@@ -350,10 +350,10 @@ export function rateLimit<Req>(
     // reservation if interrupted while waiting), so an admitted call costs no more than the decision.
     // `shedding`: the twin loadShed() uses, refusing where it would wait. A waiting limit takes a pending
     // shedding request from fiber context as well; a refusing one never waits and leaves it to those below.
-    const limited = <A, E, R>(
+    const limited = <Rq extends Req, A, E, R>(
       shedding: boolean,
-      request: Req,
-      call: () => Effect.Effect<A, E, R>
+      request: Rq,
+      service: Service<Rq, A, E, R>
     ): Effect.Effect<A, E | RateLimited, R> =>
       Effect.withFiberRuntime((fiber): Effect.Effect<A, E | RateLimited, R> => {
         const shed = waitForSlot && (takeShedding(fiber) || shedding)
@@ -361,7 +361,7 @@ export function rateLimit<Req>(
         const decision = decide(request, clock.unsafeCurrentTimeMillis(), shed, fiber.getFiberRef(currentDeadline))
         switch (decision._tag) {
           case "Admitted":
-            return call()
+            return service(request)
           case "Refused":
             rateMetrics.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
             return Effect.fail(new RateLimited({ retryAfter: Duration.millis(decision.retryAfterMillis) }))
@@ -375,7 +375,7 @@ export function rateLimit<Req>(
                   )
                 ),
                 Effect.zipRight(Effect.sync(() => start(log, reservation))),
-                Effect.zipRight(restore(Effect.suspend(call)))
+                Effect.zipRight(restore(Effect.suspend(() => service(request))))
               )
             )
           }
@@ -383,11 +383,10 @@ export function rateLimit<Req>(
       })
 
     return <R extends Req, Res, E, Rq>(service: Service<R, Res, E, Rq>): Service<R, Res, E | RateLimited, Rq> => {
-      const limitedService: Service<R, Res, E | RateLimited, Rq> = (request) =>
-        limited(false, request, () => service(request))
+      const limitedService: Service<R, Res, E | RateLimited, Rq> = (request) => limited(false, request, service)
       // A refusing limit never waits: loadShed() passes through it to the limit below.
       if (!waitForSlot) return limitedService
-      return withShedding(limitedService, (request) => limited(true, request, () => service(request)))
+      return withShedding(limitedService, (request) => limited(true, request, service))
     }
   })
 }
