@@ -72,6 +72,9 @@ export class DrainingHttpServer
 
 const defaultMaxBodySize = 1024 * 1024
 
+/** A request's fiber runs within the request handler until it first suspends. */
+const startAtOnce: Runtime.RunForkOptions = { immediate: true }
+
 /** One request as @effect/platform sees it, read straight from Node's IncomingMessage. */
 class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.HttpServerRequest {
   readonly [HttpServerRequest.TypeId]: HttpServerRequest.TypeId = HttpServerRequest.TypeId
@@ -509,7 +512,7 @@ export const make = (options: Options = {}): Effect.Effect<
             fiberRefs: requestFiberRefs
           })
           runningInline++
-          const fiber = Runtime.runFork(requestRuntime)(handled, { immediate: true })
+          const fiber = Runtime.runFork(requestRuntime, handled, startAtOnce)
           const exit = fiber.unsafePoll()
           runningInline--
           // Answered within this tick, the common case: nothing else ran meanwhile, so the request never
