@@ -51,9 +51,9 @@ export const measured = (route: string) => {
     record(method, response.status, startedNanos, clock)
     return Effect.succeed(response)
   }
-  // The status the server will answer this failure with.
   const recordFailure = (method: string, startedNanos: bigint, clock: Clock.Clock) =>
   <E>(cause: Cause.Cause<E>) =>
+    // The status the server will answer this failure with.
     Effect.flatMap(HttpServerError.causeResponse(cause), ([response]) => {
       record(method, response.status, startedNanos, clock)
       return Effect.failCause(cause)

@@ -258,14 +258,15 @@ const writeHead = (
 
 /**
  * Bodies up to this size go out in one chunk with the head: Node joins the head to a first chunk given as
- * a string, never to bytes, and latin1 turns each byte into one character and back, so the bytes are sent
- * unchanged. Larger bodies are passed as they are rather than copied into a string.
+ * a string, never to bytes (with a content-length, which bodies in memory carry; a chunked response would
+ * join it to the chunk's size line instead), and latin1 turns each byte into one character and back, so the
+ * bytes are sent unchanged. Larger bodies are passed as they are rather than copied into a string.
  */
 const joinWithHeadMaxBytes = 16 * 1024
 
-const endWithBytes = (nodeResponse: Http.ServerResponse, bytes: Uint8Array) => {
-  if (bytes.byteLength > joinWithHeadMaxBytes) return nodeResponse.end(bytes)
-  nodeResponse.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1"), "latin1")
+const endWithBytes = (nodeResponse: Http.ServerResponse, bytes: Uint8Array): void => {
+  if (bytes.byteLength > joinWithHeadMaxBytes) nodeResponse.end(bytes)
+  else nodeResponse.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1"), "latin1")
 }
 
 /**
@@ -344,8 +345,8 @@ export const make = (options: Options = {}): Effect.Effect<
     // Every open connection, with when it last connected or finished a response: how long it has been idle,
     // for the drain.
     const lastActive = new Map<Net.Socket, number>()
-    // Requests whose answer is still to come. One answered within the tick it arrived in is counted only
-    // while its fiber runs (`runningInline`).
+    // Requests whose answer is not yet completely written. One answered within the tick it arrived in is
+    // counted only while its fiber runs (`runningInline`).
     const active = new Set<NodeServerRequest>()
     let runningInline = 0
     let served = 0
@@ -453,22 +454,19 @@ export const make = (options: Options = {}): Effect.Effect<
       const socket = request.source.socket
       if (lastActive.has(socket)) lastActive.set(socket, clock.unsafeCurrentTimeMillis())
     }
-    /**
-     * Writes what the app's fiber ended with. A buffered response is written at once (undefined returned); a
-     * streamed body, or a failure's response, is written by a fiber of its own, returned.
-     */
-    const answer = (
+    /** Writes a buffered response the app's fiber ended with, at once; false when there is none to write. */
+    const answeredAtOnce = (request: NodeServerRequest, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
+      Exit.isSuccess(exit) && writeBuffered(request, exit.value, closeConnections || request.bodyRefused)
+    /** Writes a streamed body, or the response to a failure, in a fiber of its own. */
+    const answerInFiber = (
       request: NodeServerRequest,
       exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>,
       runtime: Runtime.Runtime<never>
-    ): Fiber.RuntimeFiber<void, unknown> | undefined => {
-      const closeConnection = closeConnections || request.bodyRefused
-      if (Exit.isSuccess(exit) && writeBuffered(request, exit.value, closeConnection)) {
-        finished(request)
-        return undefined
-      }
+    ): Fiber.RuntimeFiber<void, unknown> => {
       const writing = Runtime.runFork(runtime)(
-        Exit.isSuccess(exit) ? writeResponse(request, exit.value, closeConnection) : writeFailure(request, exit.cause)
+        Exit.isSuccess(exit)
+          ? writeResponse(request, exit.value, closeConnections || request.bodyRefused)
+          : writeFailure(request, exit.cause)
       )
       writing.addObserver(() => finished(request))
       return writing
@@ -517,17 +515,20 @@ export const make = (options: Options = {}): Effect.Effect<
           runningInline--
           // Answered within this tick, the common case: nothing else ran meanwhile, so the request never
           // needs to be among the active ones, and no fiber is left to watch.
-          if (exit !== null && Exit.isSuccess(exit) && writeBuffered(request, exit.value, closeConnections || request.bodyRefused)) {
+          if (exit !== null && answeredAtOnce(request, exit)) {
             finished(request)
             return
           }
+          // Otherwise the fiber still runs, or a fiber writes its answer: either is interrupted if the client
+          // goes away first.
           active.add(request)
-          const writing = exit === null ? undefined : answer(request, exit, requestRuntime)
-          if (exit !== null && writing === undefined) return
-          let current: Fiber.RuntimeFiber<unknown, unknown> = writing ?? fiber
+          let current: Fiber.RuntimeFiber<unknown, unknown> = exit === null
+            ? fiber
+            : answerInFiber(request, exit, requestRuntime)
           if (exit === null) {
             fiber.addObserver((exit) => {
-              current = answer(request, exit, requestRuntime) ?? current
+              if (answeredAtOnce(request, exit)) finished(request)
+              else current = answerInFiber(request, exit, requestRuntime)
             })
           }
           nodeResponse.once("close", () => {

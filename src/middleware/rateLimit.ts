@@ -350,12 +350,12 @@ export function rateLimit<Req>(
     // reservation if interrupted while waiting), so an admitted call costs no more than the decision.
     // `shedding`: the twin loadShed() uses, refusing where it would wait. A waiting limit takes a pending
     // shedding request from fiber context as well; a refusing one never waits and leaves it to those below.
-    const limited = <Rq extends Req, A, E, R>(
+    const limited = <R extends Req, Res, E, Rq>(
       shedding: boolean,
-      request: Rq,
-      service: Service<Rq, A, E, R>
-    ): Effect.Effect<A, E | RateLimited, R> =>
-      Effect.withFiberRuntime((fiber): Effect.Effect<A, E | RateLimited, R> => {
+      service: Service<R, Res, E, Rq>,
+      request: R
+    ): Effect.Effect<Res, E | RateLimited, Rq> =>
+      Effect.withFiberRuntime((fiber): Effect.Effect<Res, E | RateLimited, Rq> => {
         const shed = waitForSlot && (takeShedding(fiber) || shedding)
         const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
         const decision = decide(request, clock.unsafeCurrentTimeMillis(), shed, fiber.getFiberRef(currentDeadline))
@@ -383,10 +383,10 @@ export function rateLimit<Req>(
       })
 
     return <R extends Req, Res, E, Rq>(service: Service<R, Res, E, Rq>): Service<R, Res, E | RateLimited, Rq> => {
-      const limitedService: Service<R, Res, E | RateLimited, Rq> = (request) => limited(false, request, service)
+      const limitedService: Service<R, Res, E | RateLimited, Rq> = (request) => limited(false, service, request)
       // A refusing limit never waits: loadShed() passes through it to the limit below.
       if (!waitForSlot) return limitedService
-      return withShedding(limitedService, (request) => limited(true, request, service))
+      return withShedding(limitedService, (request) => limited(true, service, request))
     }
   })
 }

@@ -57,14 +57,18 @@ describe("DrainingHttpServer", () => {
       expect(JSON.parse(jsonResponse.body)).toEqual({ id: 7, tags: ["a", "b"] })
     }))
 
-  it.scopedLive("buffered bodies arrive byte for byte, small (sent with the head) and large, UTF-8 and binary", () =>
+  it.scopedLive("buffered bodies arrive byte for byte: binary and UTF-8, views into larger buffers, either side of the size joined to the head", () =>
     Effect.gen(function*() {
-      const everyByte = Uint8Array.from({ length: 256 }, (_, index) => index)
-      const large = Uint8Array.from({ length: 40_000 }, (_, index) => (index * 7) % 256)
+      const pattern = (length: number, offset = 0) => Uint8Array.from({ length }, (_, index) => (index * 7 + offset) % 256)
+      const backing = pattern(1024, 3)
       const bodies: Record<string, Uint8Array> = {
-        "/every-byte": everyByte,
+        "/every-byte": Uint8Array.from({ length: 256 }, (_, index) => index),
         "/utf8": encoder.encode("ünïcødé ✓ 日本 🚀"),
-        "/large": large,
+        // A view that starts past the start of its buffer and ends before its end.
+        "/view": backing.subarray(100, 300),
+        "/largest-joined": pattern(16 * 1024),
+        "/smallest-apart": pattern(16 * 1024 + 1),
+        "/large": pattern(40_000),
         "/empty": new Uint8Array(0)
       }
       const { url } = yield* serve(Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
