@@ -193,21 +193,20 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       return granted
     })
 
-    // Released unsettled when the taker's Scope closes: ready again at once.
-    const release = (granted: JobQueue.Lease) =>
-      Effect.suspend(() =>
-        current(granted) === undefined ? Effect.void : Effect.ignore(settle(granted, (job) => Effect.sync(() => makeReady(job))))
-      )
+    // An unsettled lease given back (its taker's Scope closed, or `release`): the job is ready again at once.
+    // A settled or lost lease is left as it is.
+    const release = (granted: JobQueue.Lease) => Effect.ignore(settle(granted, (job) => Effect.sync(() => makeReady(job))))
 
-    // The lease is taken and bound to the Scope in one uninterruptible step; the wait for a ready job before
-    // it can be interrupted. Another taker may get there first, so the wait repeats.
-    // Without a Scope: the lease is taken in one uninterruptible step, only the wait before it can be interrupted.
+    // Without a Scope: the lease is taken in one uninterruptible step, only the wait before it can be
+    // interrupted. Another taker may get there first, so the wait repeats.
     const acquire: Effect.Effect<JobQueue.Lease> = Effect.uninterruptibleMask((restore) =>
       Effect.suspend(() =>
         ready.length > 0 ? lease : Effect.zipRight(restore(changed.until(() => ready.length > 0)), acquire)
       )
     )
 
+    // The lease is taken and bound to the Scope in one uninterruptible step; the wait for a ready job before
+    // it can be interrupted. Another taker may get there first, so the wait repeats.
     const take: Effect.Effect<JobQueue.Lease, never, Scope.Scope> = Effect.flatMap(
       Effect.acquireRelease(
         Effect.suspend(() => (ready.length > 0 ? Effect.asSome(lease) : Effect.succeedNone)),

@@ -502,18 +502,14 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     /** What the queue records of a settle's answer from Redis; the lease's lost listeners hear of a loss at once. */
     const concluded = (lease: JobQueue.Lease, state: Held, status: string, ends: boolean) => {
-      if (status === "lost") {
+      const lost = status === "lost"
+      if (lost || ends) {
         state.settled = true
         granted.delete(lease)
-        state.lost.fire()
-        return false
       }
-      if (ends) {
-        state.settled = true
-        granted.delete(lease)
-        bump()
-      }
-      return true
+      if (lost) state.lost.fire()
+      else if (ends) bump()
+      return !lost
     }
 
     const settleOnce = (lease: JobQueue.Lease, state: Held, action: Action, delayMillis: number, reason: string) =>
