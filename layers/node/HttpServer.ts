@@ -242,6 +242,52 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
   }
 }
 
+/**
+ * A request's services: the server's, plus the request itself. Effect never writes to a Context's map
+ * once made (adding a service copies it), so instead of copying the server's services into a new Map for
+ * every request, this one reads through to them; it is a Map to every reader, and refuses writes.
+ */
+class ServicesWithRequest extends Map<string, unknown> {
+  constructor(private readonly services: ReadonlyMap<string, unknown>, private readonly request: HttpServerRequest.HttpServerRequest) {
+    super()
+  }
+  override get(key: string): unknown {
+    return key === requestKey ? this.request : this.services.get(key)
+  }
+  override has(key: string): boolean {
+    return key === requestKey || this.services.has(key)
+  }
+  override get size(): number {
+    return this.services.has(requestKey) ? this.services.size : this.services.size + 1
+  }
+  override *entries(): MapIterator<[string, unknown]> {
+    for (const entry of this.services) if (entry[0] !== requestKey) yield entry
+    yield [requestKey, this.request]
+  }
+  override [Symbol.iterator](): MapIterator<[string, unknown]> {
+    return this.entries()
+  }
+  override *keys(): MapIterator<string> {
+    for (const [key] of this.entries()) yield key
+  }
+  override *values(): MapIterator<unknown> {
+    for (const [, value] of this.entries()) yield value
+  }
+  override forEach(callback: (value: unknown, key: string, map: Map<string, unknown>) => void, thisArg?: unknown): void {
+    for (const [key, value] of this.entries()) callback.call(thisArg, value, key, this)
+  }
+  override set(): this {
+    throw new TypeError("a request's services are read-only")
+  }
+  override delete(): boolean {
+    throw new TypeError("a request's services are read-only")
+  }
+  override clear(): void {
+    throw new TypeError("a request's services are read-only")
+  }
+}
+const requestKey = HttpServerRequest.HttpServerRequest.key
+
 /** Writes the status line and headers. */
 const writeHead = (
   nodeResponse: Http.ServerResponse,
@@ -264,9 +310,14 @@ const writeHead = (
  */
 const joinWithHeadMaxBytes = 16 * 1024
 
+// Buffer's own latin1 decoder, called on the bytes as they are: making a Buffer view of them first costs
+// more than decoding a small body.
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string })
+  .latin1Slice
+
 const endWithBytes = (nodeResponse: Http.ServerResponse, bytes: Uint8Array): void => {
   if (bytes.byteLength > joinWithHeadMaxBytes) nodeResponse.end(bytes)
-  else nodeResponse.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1"), "latin1")
+  else nodeResponse.end(latin1Slice.call(bytes, 0, bytes.byteLength), "latin1")
 }
 
 /**
@@ -448,11 +499,12 @@ export const make = (options: Options = {}): Effect.Effect<
     }))
     yield* Effect.addFinalizer(() => drain)
 
-    const finished = (request: NodeServerRequest) => {
+    /** `now`: when the response was written, the clock read once more unless the caller has it. */
+    const finished = (request: NodeServerRequest, now = clock.unsafeCurrentTimeMillis()) => {
       active.delete(request)
       served++
       const socket = request.source.socket
-      if (lastActive.has(socket)) lastActive.set(socket, clock.unsafeCurrentTimeMillis())
+      if (lastActive.has(socket)) lastActive.set(socket, now)
     }
     /** Writes a buffered response the app's fiber ended with, at once; false when there is none to write. */
     const answeredAtOnce = (request: NodeServerRequest, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
@@ -489,15 +541,10 @@ export const make = (options: Options = {}): Effect.Effect<
         // The request fiber's context is set when it starts; a copy in its fiber refs would only be forked
         // and replaced.
         const requestFiberRefs = FiberRefs.delete(runtime.fiberRefs, FiberRef.currentContext)
-        // The server's services plus the request, copied entry by entry: copying the Map whole goes through
-        // its iterator, one entry array per service per request.
-        const services = [...runtime.context.unsafeMap]
-        const contextWith = (request: NodeServerRequest) => {
-          const map = new Map<string, unknown>()
-          for (let i = 0; i < services.length; i++) map.set(services[i]![0], services[i]![1])
-          map.set(HttpServerRequest.HttpServerRequest.key, request)
-          return Context.unsafeMake<HttpServerRequest.HttpServerRequest>(map)
-        }
+        // The server's services plus the request, read through to the server's own map rather than copied.
+        const services = runtime.context.unsafeMap
+        const contextWith = (request: NodeServerRequest) =>
+          Context.unsafeMake<HttpServerRequest.HttpServerRequest>(new ServicesWithRequest(services, request))
         const handled = (middleware === undefined ? app : middleware(app)) as Effect.Effect<
           HttpServerResponse.HttpServerResponse,
           unknown
@@ -514,9 +561,10 @@ export const make = (options: Options = {}): Effect.Effect<
           const exit = fiber.unsafePoll()
           runningInline--
           // Answered within this tick, the common case: nothing else ran meanwhile, so the request never
-          // needs to be among the active ones, and no fiber is left to watch.
+          // needs to be among the active ones, no fiber is left to watch, and the instant it arrived is the
+          // instant its socket was last active.
           if (exit !== null && answeredAtOnce(request, exit)) {
-            finished(request)
+            finished(request, request.startedAt)
             return
           }
           // Otherwise the fiber still runs, or a fiber writes its answer: either is interrupted if the client

@@ -114,21 +114,20 @@ export const concurrencyLimit = (
       )
     }
 
-    // `service(request)` makes the admitted call's Effect once it is admitted. A service that throws while
-    // making it holds no permit: on the spot the throw comes before the permit is counted, after a wait it is
-    // a defect of the call, which releases the permit it was handed.
+    // `call` makes the admitted call's Effect once it is admitted: at once when a permit is free, after the wait
+    // otherwise. A service that throws while making it holds no permit: on the spot the throw comes before
+    // the permit is counted, after a wait it is a defect of the call, which releases the permit it was handed.
     // `shedding`: the twin loadShed() uses, refusing where it would wait; a pending shedding request in fiber
     // context asks the same of either.
-    const limited = <Req, A, E, R>(
+    const admit = <A, E, R>(
       shedding: boolean,
-      service: Service<Req, A, E, R>,
-      request: Req
+      call: () => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | Overloaded, R> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.withFiberRuntime((fiber): Effect.Effect<A, E | Overloaded, R> => {
           const shed = takeShedding(fiber) || shedding
           if (inFlight < max) {
-            const holding = holdingPermit(restore(service(request)))
+            const holding = holdingPermit(restore(call()))
             inFlight++
             reportInFlight()
             return holding
@@ -144,8 +143,21 @@ export const concurrencyLimit = (
               if (waiters.delete(turn)) reportWaiting()
               else release()
             }))
-          return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(() => service(request)))))
+          return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(call))))
         }))
+
+    // A call that is already its result (a constant answer) takes a free permit and gives it back in the same
+    // instant: with one free it is answered as it is, with nothing to hold and nothing to release.
+    const limited = <Req, A, E, R>(
+      shedding: boolean,
+      service: Service<Req, A, E, R>,
+      request: Req
+    ): Effect.Effect<A, E | Overloaded, R> =>
+      Effect.withFiberRuntime(() => {
+        if (inFlight >= max) return admit(shedding, () => service(request))
+        const call = service(request)
+        return Exit.isExit(call) ? call : admit(shedding, () => call)
+      })
 
     return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>
       withShedding<Service<Req, Res, E | Overloaded, R>>(

@@ -180,17 +180,23 @@ export function rateLimit<Req>(
       })
     )
 
+    // The key inserted last, which is already where a use would move it.
+    let newestKey: string | undefined
     const logFor = (request: Req): Log => {
       if (keyOf === undefined) return shared
       const key = keyOf(request)
       const known = logs.get(key)
       if (known !== undefined) {
-        logs.delete(key)
-        logs.set(key, known)
+        if (key !== newestKey) {
+          logs.delete(key)
+          logs.set(key, known)
+          newestKey = key
+        }
         return known
       }
       const fresh = newLog()
       logs.set(key, fresh)
+      newestKey = key
       if (logs.size > maxKeys) evictOneBesides(key)
       report()
       return fresh

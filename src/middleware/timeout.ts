@@ -64,13 +64,17 @@ export const failAfter = <E2>(limit: Duration.Duration, onTimeout: () => E2) =>
 export const timeout = (after: Duration.DurationInput): Middleware<Timeout> => {
   const limit = Duration.decode(after)
   const timedOut = () => new Timeout({ after: limit })
-  return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Timeout, R> => (request) =>
-    Effect.withFiberRuntime((caller) => {
+  return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Timeout, R> => (request) => {
+    const call = service(request)
+    // A call that is already its result is returned as it is, before looking at the caller at all.
+    if (Exit.isExit(call)) return call
+    return Effect.withFiberRuntime((caller) => {
       const left = remainingFor(caller)
       if (Option.isNone(left) || Duration.greaterThanOrEqualTo(left.value, limit)) {
-        return runFor(caller, limit, timedOut, service(request))
+        return runFor(caller, limit, timedOut, call)
       }
       const effective = left.value
-      return runFor(caller, effective, () => new Timeout({ after: effective }), service(request))
+      return runFor(caller, effective, () => new Timeout({ after: effective }), call)
     })
+  }
 }

@@ -82,6 +82,51 @@ describe("DrainingHttpServer", () => {
       }
     }))
 
+  it.scopedLive("an app's context holds the server's services and its own request, and works as any Context", () =>
+    Effect.gen(function*() {
+      class Extra extends Context.Tag("test/Extra")<Extra, string>() {}
+      const app = Effect.gen(function*() {
+        const context = yield* Effect.context<never>()
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const keys = [...context.unsafeMap.keys()]
+        const added = Context.add(context, Extra, "added")
+        const provided = yield* Effect.provideService(Extra, Extra, "provided")
+        let writeRefused = false
+        try {
+          context.unsafeMap.set(Extra.key, "written")
+        } catch {
+          writeRefused = true
+        }
+        return HttpServerResponse.unsafeJson({
+          url: request.url,
+          lifecycle: Context.getOption(context, Lifecycle.Lifecycle)._tag,
+          sameRequest: Context.unsafeGet(context, HttpServerRequest.HttpServerRequest) === request,
+          requestKeys: keys.filter((key) => key === HttpServerRequest.HttpServerRequest.key).length,
+          size: context.unsafeMap.size === keys.length && keys.length === [...context.unsafeMap.values()].length,
+          added: Context.get(added, Extra) === "added" && added.unsafeMap.size === keys.length + 1 &&
+            Context.unsafeGet(added, HttpServerRequest.HttpServerRequest) === request,
+          provided,
+          equalToCopy: Equal.equals(context, Context.unsafeMake(new Map(context.unsafeMap))),
+          writeRefused
+        })
+      })
+      const { url } = yield* serve(app)
+      for (const path of ["/first", "/second"]) {
+        const response = yield* request(`${url}${path}`)
+        expect(JSON.parse(response.body)).toEqual({
+          url: path,
+          lifecycle: "Some",
+          sameRequest: true,
+          requestKeys: 1,
+          size: true,
+          added: true,
+          provided: "provided",
+          equalToCopy: true,
+          writeRefused: true
+        })
+      }
+    }))
+
   it.scopedLive("a streamed body arrives complete", () =>
     Effect.gen(function*() {
       const chunks = ["first,", "second,", "third,", "fourth"]

@@ -7,7 +7,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Deferred, Duration, Effect, Exit, FastCheck as fc, Fiber, FiberId, Metric } from "effect"
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
-import { Overloaded } from "../../../src/middleware/loadShed.js"
+import { loadShed, Overloaded } from "../../../src/middleware/loadShed.js"
+import { stack } from "../../../src/middleware/Middleware.js"
 import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
 import { Permits, PropertyRuns } from "keel/testing"
 
@@ -151,6 +152,31 @@ describe("concurrencyLimit", () => {
       yield* Fiber.interrupt(running)
       expect(yield* readMetrics("cl-ends")).toMatchObject({ inFlight: 0, waiting: 0 })
       yield* expectFullCapacity(limited, 1, "cl-ends")
+    }))
+
+  it.scoped("a call that is already its result is admitted at once while a permit is free, and queues or is shed like any other when none is", () =>
+    Effect.gen(function*() {
+      const middleware = yield* concurrencyLimit(1, { name: "cl-constant" })
+      const limited = viaMiddleware(middleware)
+      expect(yield* atOnce(limited(Effect.succeed("constant")))).toBe("constant")
+      expect(yield* atOnce(Effect.flip(limited(Effect.fail("constant failure"))))).toBe("constant failure")
+      expect(yield* readMetrics("cl-constant")).toMatchObject({ inFlight: 0, waiting: 0 })
+
+      const gate = yield* Deferred.make<void>()
+      const started: Array<string> = []
+      const holding = yield* Effect.fork(limited(holder(gate, started, "holder")))
+      yield* settle
+      const queued = yield* Effect.fork(limited(Effect.succeed("after the holder")))
+      yield* settle
+      expect(yield* readMetrics("cl-constant")).toMatchObject({ inFlight: 1, waiting: 1 })
+      const shedding = stack(loadShed(), middleware)((_: void) => Effect.succeed("not while full"))
+      expect(yield* atOnce(Effect.flip(shedding(undefined)))).toEqual(new Overloaded({ reason: "concurrency limit reached" }))
+
+      yield* Deferred.succeed(gate, undefined)
+      expect(yield* Fiber.join(queued)).toBe("after the holder")
+      yield* finished(holding)
+      expect(yield* readMetrics("cl-constant")).toMatchObject({ inFlight: 0, waiting: 0 })
+      yield* expectFullCapacity(limited, 1, "cl-constant")
     }))
 
   it.scoped("past maxWaiting a call fails at once with Overloaded, counted as queue-full", () =>
