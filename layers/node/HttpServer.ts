@@ -248,21 +248,25 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
  * every request, this one reads through to them; it is a Map to every reader, and refuses writes.
  */
 class ServicesWithRequest extends Map<string, unknown> {
-  constructor(private readonly services: ReadonlyMap<string, unknown>, private readonly request: HttpServerRequest.HttpServerRequest) {
+  readonly #services: ReadonlyMap<string, unknown>
+  readonly #request: HttpServerRequest.HttpServerRequest
+  constructor(services: ReadonlyMap<string, unknown>, request: HttpServerRequest.HttpServerRequest) {
     super()
+    this.#services = services
+    this.#request = request
   }
   override get(key: string): unknown {
-    return key === requestKey ? this.request : this.services.get(key)
+    return key === requestKey ? this.#request : this.#services.get(key)
   }
   override has(key: string): boolean {
-    return key === requestKey || this.services.has(key)
+    return key === requestKey || this.#services.has(key)
   }
   override get size(): number {
-    return this.services.has(requestKey) ? this.services.size : this.services.size + 1
+    return this.#services.has(requestKey) ? this.#services.size : this.#services.size + 1
   }
   override *entries(): MapIterator<[string, unknown]> {
-    for (const entry of this.services) if (entry[0] !== requestKey) yield entry
-    yield [requestKey, this.request]
+    for (const entry of this.#services) if (entry[0] !== requestKey) yield entry
+    yield [requestKey, this.#request]
   }
   override [Symbol.iterator](): MapIterator<[string, unknown]> {
     return this.entries()
@@ -311,13 +315,19 @@ const writeHead = (
 const joinWithHeadMaxBytes = 16 * 1024
 
 // Buffer's own latin1 decoder, called on the bytes as they are: making a Buffer view of them first costs
-// more than decoding a small body.
-const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string })
-  .latin1Slice
+// more than decoding a small body. Node has it on Buffer.prototype without documenting it; if it ever goes,
+// the view it is.
+const bufferLatin1Slice = (Buffer.prototype as unknown as {
+  latin1Slice?: (this: Uint8Array, start: number, end: number) => string
+}).latin1Slice
+const latin1 = (bytes: Uint8Array): string =>
+  bufferLatin1Slice === undefined
+    ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1")
+    : bufferLatin1Slice.call(bytes, 0, bytes.byteLength)
 
 const endWithBytes = (nodeResponse: Http.ServerResponse, bytes: Uint8Array): void => {
   if (bytes.byteLength > joinWithHeadMaxBytes) nodeResponse.end(bytes)
-  else nodeResponse.end(latin1Slice.call(bytes, 0, bytes.byteLength), "latin1")
+  else nodeResponse.end(latin1(bytes), "latin1")
 }
 
 /**
@@ -499,12 +509,11 @@ export const make = (options: Options = {}): Effect.Effect<
     }))
     yield* Effect.addFinalizer(() => drain)
 
-    /** `now`: when the response was written, the clock read once more unless the caller has it. */
-    const finished = (request: NodeServerRequest, now = clock.unsafeCurrentTimeMillis()) => {
+    const finished = (request: NodeServerRequest) => {
       active.delete(request)
       served++
       const socket = request.source.socket
-      if (lastActive.has(socket)) lastActive.set(socket, now)
+      if (lastActive.has(socket)) lastActive.set(socket, clock.unsafeCurrentTimeMillis())
     }
     /** Writes a buffered response the app's fiber ended with, at once; false when there is none to write. */
     const answeredAtOnce = (request: NodeServerRequest, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
@@ -561,10 +570,9 @@ export const make = (options: Options = {}): Effect.Effect<
           const exit = fiber.unsafePoll()
           runningInline--
           // Answered within this tick, the common case: nothing else ran meanwhile, so the request never
-          // needs to be among the active ones, no fiber is left to watch, and the instant it arrived is the
-          // instant its socket was last active.
+          // needs to be among the active ones, and no fiber is left to watch.
           if (exit !== null && answeredAtOnce(request, exit)) {
-            finished(request, request.startedAt)
+            finished(request)
             return
           }
           // Otherwise the fiber still runs, or a fiber writes its answer: either is interrupted if the client

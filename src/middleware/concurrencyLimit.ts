@@ -12,7 +12,7 @@
  * Under `loadShed()` a call that would have to queue fails at once with `Overloaded` instead.
  */
 import { Deferred, Effect, Exit, Metric, MetricLabel } from "effect"
-import type { Cause, Scope } from "effect"
+import type { Cause, Fiber, Scope } from "effect"
 import { Overloaded, takeShedding, withShedding } from "./loadShed.js"
 import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 
@@ -114,49 +114,51 @@ export const concurrencyLimit = (
       )
     }
 
-    // `call` makes the admitted call's Effect once it is admitted: at once when a permit is free, after the wait
-    // otherwise. A service that throws while making it holds no permit: on the spot the throw comes before
-    // the permit is counted, after a wait it is a defect of the call, which releases the permit it was handed.
-    // `shedding`: the twin loadShed() uses, refusing where it would wait; a pending shedding request in fiber
-    // context asks the same of either.
+    // The way in for a call that holds a permit, in a region no interruption can split from the permit's
+    // count. `call` makes the call's Effect (`limited` may have made it already): at once when a permit is free,
+    // after the wait otherwise. A service that throws while making it holds no permit: on the spot the throw
+    // comes before the permit is counted, after a wait it is a defect of the call, which releases the permit
+    // it was handed. `shed`: refuse where it would wait.
     const admit = <A, E, R>(
-      shedding: boolean,
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      shed: boolean,
       call: () => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | Overloaded, R> =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.withFiberRuntime((fiber): Effect.Effect<A, E | Overloaded, R> => {
-          const shed = takeShedding(fiber) || shedding
-          if (inFlight < max) {
-            const holding = holdingPermit(restore(call()))
-            inFlight++
-            reportInFlight()
-            return holding
-          }
-          if (shed) return refuse("shed")
-          if (waiters.size >= maxWaiting) return refuse("queue-full")
-          const turn = Deferred.unsafeMake<void>(fiber.id())
-          waiters.add(turn)
-          reportWaiting()
-          const awaitTurn = Effect.onInterrupt(restore(Deferred.await(turn)), () =>
-            Effect.sync(() => {
-              // Still queued: just leave. Already handed a permit: pass it on.
-              if (waiters.delete(turn)) reportWaiting()
-              else release()
-            }))
-          return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(call))))
-        }))
+      Effect.uninterruptibleMask((restore): Effect.Effect<A, E | Overloaded, R> => {
+        if (inFlight < max) {
+          const holding = holdingPermit(restore(call()))
+          inFlight++
+          reportInFlight()
+          return holding
+        }
+        if (shed) return refuse("shed")
+        if (waiters.size >= maxWaiting) return refuse("queue-full")
+        const turn = Deferred.unsafeMake<void>(fiber.id())
+        waiters.add(turn)
+        reportWaiting()
+        const awaitTurn = Effect.onInterrupt(restore(Deferred.await(turn)), () =>
+          Effect.sync(() => {
+            // Still queued: just leave. Already handed a permit: pass it on.
+            if (waiters.delete(turn)) reportWaiting()
+            else release()
+          }))
+        return Effect.zipRight(awaitTurn, holdingPermit(restore(Effect.suspend(call))))
+      })
 
-    // A call that is already its result (a constant answer) takes a free permit and gives it back in the same
-    // instant: with one free it is answered as it is, with nothing to hold and nothing to release.
+    // `shedding`: the twin loadShed() uses, refusing where it would wait; a pending shedding request in fiber
+    // context asks the same of either, and is taken whether the call waits or not. A call that is already its
+    // result (a constant answer) would take a free permit and give it back in the same instant: with one free
+    // it is answered as it is, with nothing to hold and nothing to release.
     const limited = <Req, A, E, R>(
       shedding: boolean,
       service: Service<Req, A, E, R>,
       request: Req
     ): Effect.Effect<A, E | Overloaded, R> =>
-      Effect.withFiberRuntime(() => {
-        if (inFlight >= max) return admit(shedding, () => service(request))
+      Effect.withFiberRuntime((fiber) => {
+        const shed = takeShedding(fiber) || shedding
+        if (inFlight >= max) return admit(fiber, shed, () => service(request))
         const call = service(request)
-        return Exit.isExit(call) ? call : admit(shedding, () => call)
+        return Exit.isExit(call) ? call : admit(fiber, shed, () => call)
       })
 
     return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>

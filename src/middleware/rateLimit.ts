@@ -162,8 +162,8 @@ export function rateLimit<Req>(
     }
 
     const shared = newLog()
-    // Map iteration follows insertion order; a key is re-inserted when used, so the first is the least
-    // recently used.
+    // Map iteration follows insertion order; a key is re-inserted when used (unless it is the last inserted
+    // already), so the first is the least recently used.
     const logs = new Map<string, Log>()
     let waiting = 0
 

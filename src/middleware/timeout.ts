@@ -65,8 +65,15 @@ export const timeout = (after: Duration.DurationInput): Middleware<Timeout> => {
   const limit = Duration.decode(after)
   const timedOut = () => new Timeout({ after: limit })
   return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Timeout, R> => (request) => {
-    const call = service(request)
-    // A call that is already its result is returned as it is, before looking at the caller at all.
+    // The call's Effect is made when the timed service is called (as `tap`, `filter` and `fallback` do), so a
+    // timed Effect run again runs the same call; a service that throws while making it gives a defect. A call
+    // that is already its result is returned as it is, before looking at the caller at all.
+    let call: Effect.Effect<Res, E, R>
+    try {
+      call = service(request)
+    } catch (defect) {
+      return Effect.die(defect)
+    }
     if (Exit.isExit(call)) return call
     return Effect.withFiberRuntime((caller) => {
       const left = remainingFor(caller)

@@ -113,6 +113,16 @@ describe("timeout", () => {
       expect(Runtime.runFork(Runtime.defaultRuntime)(service(-1)).unsafePoll()).toEqual(Exit.fail("negative"))
     }))
 
+  it.effect("a service that throws while making its call gives a defect, not a throw out of the timed service", () =>
+    Effect.gen(function*() {
+      const service = timeout("1 second")((_: void): Effect.Effect<never> => {
+        throw new Error("thrown while building the call")
+      })
+      const exit = yield* Effect.exit(service(undefined))
+      expect(Exit.isFailure(exit) && !Exit.isInterrupted(exit)).toBe(true)
+      expect(String(Exit.isFailure(exit) ? exit.cause : "")).toContain("thrown while building the call")
+    }))
+
   it.effect("the call runs in a fiber of its own: FiberRef changes it makes stay there", () =>
     Effect.gen(function*() {
       const ref = FiberRef.unsafeMake("caller")

@@ -8,6 +8,7 @@ import { Deferred, Duration, Effect, Exit, Metric, TestClock } from "effect"
 import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
 import { isShedding, loadShed, Overloaded } from "../../../src/middleware/loadShed.js"
 import { stack } from "../../../src/middleware/Middleware.js"
+import type { Middleware } from "../../../src/middleware/Middleware.js"
 import { timeout } from "../../../src/middleware/timeout.js"
 import { RateLimited, rateLimit, rateLimitMetrics } from "../../../src/middleware/rateLimit.js"
 import { atOnce, finished, settle } from "./timing.js"
@@ -106,6 +107,17 @@ describe("loadShed", () => {
       yield* Effect.forEach([holding, first, waiting], finished)
       // The request was taken by the limit: after the call nothing is left pending.
       expect(yield* isShedding).toBe(false)
+    }))
+
+  it.scoped("a call that is already its result takes the request at the limit like any other", () =>
+    Effect.gen(function*() {
+      // Between loadShed and the limit, so the request travels in fiber context: what it sees after the call.
+      const pendingAfter: Array<boolean> = []
+      const observe: Middleware = (service) => (request) =>
+        Effect.tap(service(request), () => Effect.flatMap(isShedding, (pending) => Effect.sync(() => pendingAfter.push(pending))))
+      const service = stack(loadShed(), observe, yield* concurrencyLimit(1))((id: string) => Effect.succeed(id))
+      expect(yield* atOnce(service("constant"))).toBe("constant")
+      expect(pendingAfter).toEqual([false])
     }))
 
   it.scoped("passes through a rate limit that refuses anyway, to shed at the concurrency limit below", () =>
