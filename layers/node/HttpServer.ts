@@ -26,7 +26,7 @@ import { Cookies, HttpIncomingMessage, HttpServer, HttpServerError, HttpServerRe
 import type { FileSystem, Headers, HttpApp, HttpMethod, HttpServerResponse, Multipart, Path, Socket } from "@effect/platform"
 import * as NodeMultipart from "@effect/platform-node/NodeMultipart"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, FiberRef, FiberRefs, Inspectable, Layer, Option, Runtime, RuntimeFlags } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Equal, Exit, FiberRef, FiberRefs, Inspectable, Layer, Option, Runtime, RuntimeFlags } from "effect"
 import type { Fiber } from "effect"
 import type { Scope, Stream } from "effect"
 import { Lifecycle, TooLarge } from "keel"
@@ -547,9 +547,17 @@ export const make = (options: Options = {}): Effect.Effect<
         // Request fibers are not counted in Effect's fiber metrics (effect_fiber_*): one per request would
         // cost five metric updates each and drown the rest; HttpMetrics counts requests.
         const requestFlags = RuntimeFlags.disable(runtime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
-        // The request fiber's context is set when it starts; a copy in its fiber refs would only be forked
-        // and replaced.
-        const requestFiberRefs = FiberRefs.delete(runtime.fiberRefs, FiberRef.currentContext)
+        // The request fiber starts from the server's fiber refs less those it would only replace (its context,
+        // set when it starts, and the snapshot of its runtime flags a fiber writes whenever its refs are read)
+        // and less those still at their initial value, which an absent fiber ref reads as anyway. With none
+        // left (no logger or log level of the server's own), starting the fiber copies no fiber refs at all.
+        const initially = FiberRefs.empty()
+        const requestFiberRefs = FiberRefs.unsafeMake(new Map(
+          [...runtime.fiberRefs.locals].filter(([fiberRef, stack]) =>
+            fiberRef !== FiberRef.currentContext && fiberRef !== FiberRef.currentRuntimeFlags &&
+            !Equal.equals(stack[0][1], FiberRefs.getOrDefault(initially, fiberRef))
+          )
+        ))
         // The server's services plus the request, read through to the server's own map rather than copied.
         const services = runtime.context.unsafeMap
         const contextWith = (request: NodeServerRequest) =>

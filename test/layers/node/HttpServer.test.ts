@@ -6,7 +6,7 @@
 import { HttpServer, HttpServerError, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Equal, HashSet, Layer, Stream } from "effect"
+import { Context, Deferred, Effect, Equal, FiberRef, HashSet, Layer, Logger, LogLevel, Stream } from "effect"
 import type { FiberId } from "effect"
 import { Lifecycle } from "keel"
 import { HttpServer as DrainingHttpServer } from "keel/node"
@@ -125,6 +125,27 @@ describe("DrainingHttpServer", () => {
           writeRefused: true
         })
       }
+    }))
+
+  it.scopedLive("an app runs with the server's fiber refs: its loggers, log level and any FiberRef set around it", () =>
+    Effect.gen(function*() {
+      const logged: Array<string> = []
+      const capture = Logger.make(({ message }) => {
+        logged.push(String(message))
+      })
+      const tenant = FiberRef.unsafeMake("none")
+      const app = Effect.gen(function*() {
+        yield* Effect.logDebug("debug from the app")
+        return HttpServerResponse.text(yield* FiberRef.get(tenant))
+      })
+      const { url } = yield* serve(app).pipe(
+        Effect.locally(tenant, "acme"),
+        Logger.withMinimumLogLevel(LogLevel.Debug),
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
+      const response = yield* request(url)
+      expect(response.body).toBe("acme")
+      expect(logged).toContain("debug from the app")
     }))
 
   it.scopedLive("a streamed body arrives complete", () =>
