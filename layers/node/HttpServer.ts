@@ -515,9 +515,11 @@ export const make = (options: Options = {}): Effect.Effect<
       const socket = request.source.socket
       if (lastActive.has(socket)) lastActive.set(socket, clock.unsafeCurrentTimeMillis())
     }
+    /** Whether the answer to `request` closes its connection: during a drain, or after a refused body. */
+    const closesConnection = (request: NodeServerRequest) => closeConnections || request.bodyRefused
     /** Writes a buffered response the app's fiber ended with, at once; false when there is none to write. */
     const answeredAtOnce = (request: NodeServerRequest, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
-      Exit.isSuccess(exit) && writeBuffered(request, exit.value, closeConnections || request.bodyRefused)
+      Exit.isSuccess(exit) && writeBuffered(request, exit.value, closesConnection(request))
     /** Writes a streamed body, or the response to a failure, in a fiber of its own. */
     const answerInFiber = (
       request: NodeServerRequest,
@@ -526,7 +528,7 @@ export const make = (options: Options = {}): Effect.Effect<
     ): Fiber.RuntimeFiber<void, unknown> => {
       const writing = Runtime.runFork(runtime)(
         Exit.isSuccess(exit)
-          ? writeResponse(request, exit.value, closeConnections || request.bodyRefused)
+          ? writeResponse(request, exit.value, closesConnection(request))
           : writeFailure(request, exit.cause)
       )
       writing.addObserver(() => finished(request))
@@ -538,7 +540,7 @@ export const make = (options: Options = {}): Effect.Effect<
           Cause.isInterruptedOnly(cause) || Cause.isEmpty(rest)
             ? Effect.void
             : Effect.logError(`${request.method} ${request.url} failed`, rest),
-          Effect.suspend(() => writeResponse(request, response, closeConnections || request.bodyRefused))
+          Effect.suspend(() => writeResponse(request, response, closesConnection(request)))
         ))
 
     const serve = (app: HttpApp.Default<unknown>, middleware?: (app: HttpApp.Default<unknown>) => HttpApp.Default<unknown>) =>

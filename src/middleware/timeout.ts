@@ -24,8 +24,8 @@ import type { Middleware, Service } from "./Middleware.js"
 const callFlags = RuntimeFlags.disable(Runtime.defaultRuntime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
 
 /**
- * Runs `effect` for `caller`, interrupting it after `limit` (waiting for its finalizers) and failing with
- * `onTimeout()`. The effect runs in a fiber started on the spot with the caller's context and fiber refs;
+ * Runs `effect` (not already its result: callers answer those themselves) for `caller`, interrupting it
+ * after `limit` (waiting for its finalizers) and failing with `onTimeout()`. The effect runs in a fiber started on the spot with the caller's context and fiber refs;
  * interrupting the caller interrupts it.
  */
 const runFor = <A, E, R, E2>(
@@ -34,8 +34,6 @@ const runFor = <A, E, R, E2>(
   onTimeout: () => E2,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | E2, R> => {
-  // A call that is already its result (a constant answer) cannot run late: no fiber, no timer.
-  if (Exit.isExit(effect)) return effect
   const runtime = Runtime.make({
     context: caller.currentContext as Context.Context<R>,
     fiberRefs: caller.getFiberRefs(),
@@ -56,10 +54,13 @@ const runFor = <A, E, R, E2>(
   )
 }
 
-/** `effect`, interrupted after `limit` and failed with `onTimeout()`. */
+/**
+ * `effect`, interrupted after `limit` and failed with `onTimeout()`. An effect that is already its result (a
+ * constant answer) cannot run late: it is returned as it is, with no fiber and no timer.
+ */
 export const failAfter = <E2>(limit: Duration.Duration, onTimeout: () => E2) =>
 <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | E2, R> =>
-  Effect.withFiberRuntime((caller) => runFor(caller, limit, onTimeout, effect))
+  Exit.isExit(effect) ? effect : Effect.withFiberRuntime((caller) => runFor(caller, limit, onTimeout, effect))
 
 export const timeout = (after: Duration.DurationInput): Middleware<Timeout> => {
   const limit = Duration.decode(after)
