@@ -38,7 +38,7 @@
  */
 import { Duration, Effect, Exit, Scope } from "effect"
 import { Queue as BullQueue } from "bullmq"
-import Redis from "ioredis"
+import { Redis } from "ioredis"
 import { RedisJobQueue } from "keel/redis"
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"

@@ -59,7 +59,10 @@ export const benchPath = (relative: string): string => fileURLToPath(new URL(rel
 
 const projectRoot = benchPath("..")
 
-/** Spawns this Node binary on a TypeScript file through tsx's loader, so signals and exit codes reach it directly. */
+/**
+ * Spawns this Node binary on a TypeScript file through tsx's loader, so signals and exit codes reach it directly;
+ * "keel" resolves to the sources (the `@keel/source` export condition).
+ */
 export const spawnTs = (
   file: string,
   options: {
@@ -70,7 +73,14 @@ export const spawnTs = (
     readonly env?: Readonly<Record<string, string>>
   }
 ): ChildProcess =>
-  spawn(process.execPath, [...(options.nodeFlags ?? []), "--import", "tsx", file, ...(options.args ?? [])], {
+  spawn(process.execPath, [
+    ...(options.nodeFlags ?? []),
+    "--conditions=@keel/source",
+    "--import",
+    "tsx",
+    file,
+    ...(options.args ?? [])
+  ], {
     stdio: options.stdio,
     cwd: projectRoot, // where `--import tsx` is resolved
     env: { ...process.env, ...options.env }

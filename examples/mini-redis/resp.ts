@@ -386,8 +386,11 @@ export class RequestReader {
   private buffer: Buffer = Buffer.alloc(0)
   private offset = 0
   private partial: PartialCommand | undefined
+  private readonly limits: Limits
 
-  constructor(private readonly limits: Limits = defaultLimits) {}
+  constructor(limits: Limits = defaultLimits) {
+    this.limits = limits
+  }
 
   /** Bytes received and not yet returned as part of a command. */
   get pending(): number {

@@ -82,18 +82,33 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
   private cachedBody: Effect.Effect<Buffer, HttpServerError.RequestError> | undefined
   private cachedCookies: Record<string, string> | undefined
 
+  readonly source: Http.IncomingMessage
+  /** Where the answer goes; shared by the copies `modify` makes. */
+  readonly response: Http.ServerResponse
+  readonly maxBodySize: number
+  /** When the server received it, for the drain report. */
+  readonly startedAt: number
+  readonly url: string
+  private readonly headersOverride: Headers.Headers | undefined
+  private readonly remoteAddressOverride: string | undefined
+
   constructor(
-    readonly source: Http.IncomingMessage,
-    /** Where the answer goes; shared by the copies `modify` makes. */
-    readonly response: Http.ServerResponse,
-    readonly maxBodySize: number,
-    /** When the server received it, for the drain report. */
-    readonly startedAt: number,
-    readonly url: string = source.url ?? "/",
-    private readonly headersOverride?: Headers.Headers,
-    private readonly remoteAddressOverride?: string
+    source: Http.IncomingMessage,
+    response: Http.ServerResponse,
+    maxBodySize: number,
+    startedAt: number,
+    url: string = source.url ?? "/",
+    headersOverride?: Headers.Headers,
+    remoteAddressOverride?: string
   ) {
     super()
+    this.source = source
+    this.response = response
+    this.maxBodySize = maxBodySize
+    this.startedAt = startedAt
+    this.url = url
+    this.headersOverride = headersOverride
+    this.remoteAddressOverride = remoteAddressOverride
   }
 
   get originalUrl(): string {

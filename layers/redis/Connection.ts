@@ -9,7 +9,7 @@
  * answer (hung, or behind a partition).
  */
 import { Duration, Effect } from "effect"
-import Redis from "ioredis"
+import { Redis } from "ioredis"
 import { createHash } from "node:crypto"
 
 /** Longest wait for one Redis reply before the call counts as failed. */

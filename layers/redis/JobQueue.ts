@@ -50,7 +50,7 @@
  * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
  */
 import { Clock, Duration, Effect, Layer, Option, Runtime, Scope } from "effect"
-import type Redis from "ioredis"
+import type { Redis } from "ioredis"
 import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import { randomUUID } from "node:crypto"

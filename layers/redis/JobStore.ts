@@ -38,7 +38,7 @@
  */
 import { Clock, Duration, Effect, Layer, Option } from "effect"
 import type { Scope } from "effect"
-import type Redis from "ioredis"
+import type { Redis } from "ioredis"
 import { Backoff } from "keel"
 import { JobStore } from "keel/services"
 import { randomUUID } from "node:crypto"

@@ -157,7 +157,7 @@ const breakerMetrics = {
  * `breaker`), its rejections (`keel_middleware_rejections_total`, tagged `middleware=<breaker>` and
  * `reason`), and its transitions (tagged `breaker`, `from`, `to`).
  */
-export const circuitBreakerMetrics = (breaker: string) => ({
+export const circuitBreakerMetrics = (breaker: string): CircuitBreakerMetrics => ({
   state: Metric.tagged(breakerMetrics.state, "breaker", breaker),
   rejections: (reason: CircuitRejection) =>
     breakerMetrics.rejections.pipe(Metric.tagged("middleware", breaker), Metric.tagged("reason", reason)),
@@ -168,6 +168,16 @@ export const circuitBreakerMetrics = (breaker: string) => ({
       Metric.tagged("to", to)
     )
 })
+
+/** The metric series of one breaker, as `circuitBreakerMetrics` returns them. */
+export interface CircuitBreakerMetrics {
+  /** 0 closed, 1 half-open, 2 open, 3 isolated. */
+  readonly state: Metric.Metric.Gauge<number>
+  /** Calls refused, by reason. */
+  readonly rejections: (reason: CircuitRejection) => Metric.Metric.Counter<number>
+  /** State changes, by the state left and the state entered. */
+  readonly transitions: (from: CircuitState["_tag"], to: CircuitState["_tag"]) => Metric.Metric.Counter<number>
+}
 
 type Outcome = "success" | "failure" | "uncounted"
 

@@ -32,8 +32,18 @@ const limitMetrics = {
 /** Why a call was refused, as the `reason` tag of the rejections counter. */
 export type ConcurrencyLimitRejection = "shed" | "queue-full"
 
+/** The metric series of one concurrency limit, as `concurrencyLimitMetrics` returns them. */
+export interface ConcurrencyLimitMetrics {
+  /** Calls holding a permit. */
+  readonly inFlight: Metric.Metric.Gauge<number>
+  /** Calls queued for a permit. */
+  readonly waiting: Metric.Metric.Gauge<number>
+  /** Calls refused, by reason. */
+  readonly rejections: (reason: ConcurrencyLimitRejection) => Metric.Metric.Counter<number>
+}
+
 /** The metrics of the concurrency limit named `name`, to read or export them. */
-export const concurrencyLimitMetrics = (name: string) => ({
+export const concurrencyLimitMetrics = (name: string): ConcurrencyLimitMetrics => ({
   inFlight: Metric.tagged(limitMetrics.inFlight, "middleware", name),
   waiting: Metric.tagged(limitMetrics.waiting, "middleware", name),
   rejections: (reason: ConcurrencyLimitRejection) =>

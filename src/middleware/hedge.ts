@@ -199,8 +199,11 @@ class LatencyWindow {
   private readonly ring: Array<number> = []
   private oldest = 0
   private readonly sorted: Array<number> = []
+  private readonly capacity: number
 
-  constructor(private readonly capacity: number) {}
+  constructor(capacity: number) {
+    this.capacity = capacity
+  }
 
   get size(): number {
     return this.sorted.length

@@ -74,8 +74,18 @@ const rateMetrics = {
   rejections: middlewareRejections
 }
 
+/** The metric series of one rate limit, as `rateLimitMetrics` returns them. */
+export interface RateLimitMetrics {
+  /** Calls waiting for their slot. */
+  readonly waiting: Metric.Metric.Gauge<number>
+  /** Keys the limit remembers. */
+  readonly keys: Metric.Metric.Gauge<number>
+  /** Calls refused, by reason. */
+  readonly rejections: (reason: RateLimitRejection) => Metric.Metric.Counter<number>
+}
+
 /** The metrics of the rate limit named `name`, to read or export them. */
-export const rateLimitMetrics = (name: string) => ({
+export const rateLimitMetrics = (name: string): RateLimitMetrics => ({
   waiting: Metric.tagged(rateMetrics.waiting, "middleware", name),
   keys: Metric.tagged(rateMetrics.keys, "middleware", name),
   rejections: (reason: RateLimitRejection) =>

@@ -176,9 +176,11 @@ class RetryBudget {
   private readonly bucketInSlot = new Array<number>(buckets + 1).fill(-1)
   private readonly callsInSlot = new Array<number>(buckets + 1).fill(0)
   private readonly retriesInSlot = new Array<number>(buckets + 1).fill(0)
+  private readonly options: ValidBudget
   private readonly reserve: number
 
-  constructor(private readonly options: ValidBudget) {
+  constructor(options: ValidBudget) {
+    this.options = options
     this.reserve = options.minPerSecond * options.windowMillis / 1000
   }
 

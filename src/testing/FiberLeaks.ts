@@ -66,8 +66,11 @@ export const nameAnnotation = Leftovers.nameAnnotation
 class LiveFibers extends Supervisor.AbstractSupervisor<ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>>> {
   readonly startedAt = new Map<Fiber.RuntimeFiber<unknown, unknown>, number>()
 
-  constructor(private readonly clock: Clock.Clock) {
+  private readonly clock: Clock.Clock
+
+  constructor(clock: Clock.Clock) {
     super()
+    this.clock = clock
   }
 
   get value() {

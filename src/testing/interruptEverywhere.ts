@@ -139,9 +139,13 @@ class InterruptAtSuspension extends Supervisor.AbstractSupervisor<number> {
   interrupted = false
   private root: Fiber.RuntimeFiber<unknown, unknown> | undefined
   private counting = false
+  readonly interruptAt: number
+  readonly interruptor: FiberId.FiberId
 
-  constructor(readonly interruptAt: number, readonly interruptor: FiberId.FiberId) {
+  constructor(interruptAt: number, interruptor: FiberId.FiberId) {
     super()
+    this.interruptAt = interruptAt
+    this.interruptor = interruptor
   }
 
   readonly value = Effect.sync(() => this.suspensions)

@@ -68,8 +68,13 @@ const nodeRequest = (options: Http.RequestOptions, body?: string, onSocket?: (so
 
 /** A failed request, with when its connection was established (undefined: it never was). */
 class RequestFailed extends Error {
-  constructor(readonly code: string | undefined, readonly connectedAt: number | undefined) {
+  readonly code: string | undefined
+  readonly connectedAt: number | undefined
+
+  constructor(code: string | undefined, connectedAt: number | undefined) {
     super(`request failed: ${String(code)}`)
+    this.code = code
+    this.connectedAt = connectedAt
   }
 }
 

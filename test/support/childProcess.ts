@@ -2,11 +2,22 @@
  * Starts a real Node process running a TypeScript entry point (through tsx's loader, without npm or the
  * tsx CLI in between, so signals and exit codes reach the process itself) and lets a test wait for its
  * output and its exit. Every wait is bounded; a process left running when a test ends is killed.
+ *
+ * In the repository, `import … from "keel"` resolves to the TypeScript sources through the package's
+ * `@keel/source` export condition; in a project that installed the packed tarball it resolves to `dist/`,
+ * as it does for users (`startTypeScriptIn`, `startNode`).
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
+import { fileURLToPath, pathToFileURL } from "node:url"
 
 export const repositoryRoot = fileURLToPath(new URL("../..", import.meta.url))
+
+/** The export condition under which "keel" and its subpaths resolve to the sources. */
+export const sourceCondition = "--conditions=@keel/source"
+
+/** tsx's loader, by path, so that a project outside the repository need not install tsx. */
+const tsxLoader = pathToFileURL(join(repositoryRoot, "node_modules", "tsx", "dist", "loader.mjs")).href
 
 export interface Exited {
   readonly code: number | null
@@ -32,9 +43,21 @@ export const killLeftovers = () => {
   started.clear()
 }
 
-export const startTypeScript = (entry: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}): RunningProcess => {
-  const child = spawn(process.execPath, ["--import", "tsx", entry, ...args], {
-    cwd: repositoryRoot,
+/** A TypeScript entry point of the repository, with "keel" resolved to the sources. */
+export const startTypeScript = (entry: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}): RunningProcess =>
+  startNodeProcess([sourceCondition, "--import", tsxLoader, entry, ...args], repositoryRoot, env)
+
+/** A TypeScript file of another project (one that installed the packed package), run from that project. */
+export const startTypeScriptIn = (project: string, entry: string, env: NodeJS.ProcessEnv = {}): RunningProcess =>
+  startNodeProcess(["--import", tsxLoader, entry], project, env)
+
+/** A JavaScript file run by plain `node`, with no loader and no flags, from `project`. */
+export const startNode = (project: string, entry: string, env: NodeJS.ProcessEnv = {}): RunningProcess =>
+  startNodeProcess([entry], project, env)
+
+const startNodeProcess = (nodeArgs: ReadonlyArray<string>, cwd: string, env: NodeJS.ProcessEnv): RunningProcess => {
+  const child = spawn(process.execPath, nodeArgs, {
+    cwd,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })

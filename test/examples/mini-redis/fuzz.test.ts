@@ -10,7 +10,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import Redis from "ioredis"
+import { Redis } from "ioredis"
 import { Lifecycle } from "keel"
 import * as Net from "node:net"
 import { make } from "../../../examples/mini-redis/server.js"

@@ -4,7 +4,7 @@
  * descriptor limit (set on the running process with `prlimit`). Every child process, client
  * call and wait is bounded in time.
  */
-import Redis from "ioredis"
+import { Redis } from "ioredis"
 import { execFile, spawn } from "node:child_process"
 import { readdirSync } from "node:fs"
 import * as Net from "node:net"

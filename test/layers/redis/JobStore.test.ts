@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Layer, Option } from "effect"
-import Redis from "ioredis"
+import { Redis } from "ioredis"
 import * as RedisJobStore from "../../../layers/redis/JobStore.js"
 import { type JobState, type JobStoreService, StoreFull, StoreUnavailable } from "../../../services/JobStore.js"
 import { describeJobStoreContract, expectLayerStore, layerCapacity } from "../../services/JobStoreContract.js"

@@ -83,7 +83,11 @@ class Model {
   trials = 0
   trialSuccesses = 0
 
-  constructor(readonly config: Config) {}
+  readonly config: Config
+
+  constructor(config: Config) {
+    this.config = config
+  }
 
   private moveTo(next: ModelState) {
     this.state = next
