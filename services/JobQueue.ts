@@ -22,16 +22,22 @@ import type { QueueFull } from "../src/Errors.js"
 /** A JSON value: what a payload may be. */
 export type Json = null | boolean | number | string | ReadonlyArray<Json> | { readonly [key: string]: Json }
 
+/** Options of `offer` and `tryOffer`. */
 export interface OfferOptions {
-  /** The job's id; offering an id the queue still holds adds nothing. Default: a fresh id. */
+  /**
+   * The job's id; offering an id the queue still holds (ready, delayed, leased or dead) adds nothing and
+   * returns it. Default: a fresh id made by the backend.
+   */
   readonly id?: string
-  /** Ready only after this long. Default: at once. */
+  /** Ready only after this long; meanwhile the job counts as delayed, toward `capacity`. Default: at once. */
   readonly delay?: Duration.DurationInput
 }
 
 /** One delivery of a job to one worker. */
 export interface Lease {
+  /** The job's id: the one given to `offer`, or the one the backend made. */
   readonly id: string
+  /** The job's payload as offered (a distributed backend gives back what its JSON text parses to). */
   readonly payload: Json
   /** Which delivery this is, from 1. */
   readonly attempt: number
@@ -46,48 +52,85 @@ export interface Lease {
   readonly onLost: (listener: () => void) => () => void
 }
 
+/** Options of `nack`. */
 export interface NackOptions {
-  /** Delivered again only after this long. Default: at once. */
+  /** Delivered again only after this long (delayed meanwhile). Default: at once. Unused when dead-lettered. */
   readonly delay?: Duration.DurationInput
-  /** Why this attempt failed, kept for the dead letter if there is one. */
+  /**
+   * Why this attempt failed, kept as the dead letter's `reason` if this was the last attempt. Default:
+   * `failed <n> attempt(s)`.
+   */
   readonly error?: string
 }
 
+/**
+ * A job the queue gave up on, as `deadLetters` lists it: dead-lettered by `deadLetter`, by `nack` on its
+ * `maxAttempts`-th delivery, or (Redis) when its lease expired on that delivery. It stays, holding its id,
+ * until `requeue` makes it ready again or it is dropped as the oldest past `maxDeadLetters`.
+ */
 export interface DeadLetter {
+  /** The job's id: the one given to `offer`, or the one the backend made. */
   readonly id: string
+  /** The job's payload as offered. */
   readonly payload: Json
+  /** Deliveries the job had when it was dead-lettered. */
   readonly attempts: number
+  /**
+   * Why: the `reason` given to `deadLetter`, the last `nack`'s `error` (default `failed <n> attempt(s)`), or
+   * `lease expired on attempt <n>`.
+   */
   readonly reason: string
   /** Clock millis when it was dead-lettered. */
   readonly at: number
 }
 
+/** How many jobs the queue holds in each state, at one moment. `ready + delayed` is what `capacity` bounds. */
 export interface Depth {
+  /** Jobs waiting for a taker. */
   readonly ready: number
+  /** Jobs held by a taker (in any process sharing the queue), not yet settled. */
   readonly leased: number
+  /** Jobs offered or nacked with a delay that has not run out yet. */
   readonly delayed: number
+  /** Dead letters held (at most `maxDeadLetters`). */
   readonly dead: number
 }
 
-/** The lease was lost (it expired and the job went back to the queue): settling it does nothing. */
+/**
+ * The lease is no longer the job's current one: it expired (and the job went back to the queue, maybe to
+ * another taker), or it was settled already. `renew`, `ack`, `nack` and `deadLetter` fail with it and change
+ * nothing.
+ */
 export class LeaseLost extends Data.TaggedError("LeaseLost")<{
+  /** The id of the job whose lease was lost. */
   readonly id: string
+  /** The lost lease's `attempt`: which delivery of the job it was, from 1. */
   readonly attempt: number
 }> {
+  /** `lease of job <id> (attempt <attempt>) was lost`. */
   override get message() {
     return `lease of job ${this.id} (attempt ${this.attempt}) was lost`
   }
 }
 
-/** The backend could not be reached, after the retries it makes itself. */
+/**
+ * The backend could not be reached, after the retries it makes itself (in bounded time, never hanging). The
+ * embedded backend never fails with it. An operation that fails with it may have taken effect all the same.
+ */
 export class QueueUnavailable extends Data.TaggedError("QueueUnavailable")<{
+  /** What failed: the backend's call and its error, e.g. `offer: no reply within 2s`. */
   readonly reason: string
 }> {
+  /** `job queue unavailable: <reason>`. */
   override get message() {
     return `job queue unavailable: ${this.reason}`
   }
 }
 
+/**
+ * The JobQueue contract: what every backend's queue offers (`MemoryJobQueue` in keel/memory, `RedisJobQueue`
+ * in keel/redis). Reach it through the `JobQueue` tag, or pass it to `WorkerPool.consume`.
+ */
 export interface JobQueueService {
   /** Ready plus delayed jobs at which `offer` waits and `tryOffer` refuses. */
   readonly capacity: number
@@ -95,7 +138,10 @@ export interface JobQueueService {
   readonly leaseDuration: Duration.Duration
   /** Deliveries after which a nacked job is dead-lettered. */
   readonly maxAttempts: number
-  /** Adds a job, waiting while the queue is at capacity; returns its id. */
+  /**
+   * Adds a job, waiting while the queue is at capacity; returns its id. An id the queue still holds is
+   * returned at once, adding nothing. The wait can be interrupted.
+   */
   readonly offer: (payload: Json, options?: OfferOptions) => Effect.Effect<string, QueueUnavailable>
   /** Adds a job, or fails at once with `QueueFull` when the queue is at capacity. */
   readonly tryOffer: (payload: Json, options?: OfferOptions) => Effect.Effect<string, QueueFull | QueueUnavailable>
@@ -125,9 +171,32 @@ export interface JobQueueService {
   readonly deadLetters: Effect.Effect<ReadonlyArray<DeadLetter>, QueueUnavailable>
   /** Moves a dead letter back to the ready jobs, its attempts counted from 0 again; false if there is none. */
   readonly requeue: (id: string) => Effect.Effect<boolean, QueueUnavailable>
+  /** How many jobs the queue holds in each state, now. */
   readonly depth: Effect.Effect<Depth, QueueUnavailable>
 }
 
+/**
+ * The tag of the `JobQueueService`: an Effect that needs a job queue asks for it here, and a backend's
+ * `layer` provides it.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MemoryJobQueue } from "keel/memory"
+ * import { JobQueue } from "keel/services"
+ *
+ * const program = Effect.gen(function*() {
+ *   const queue = yield* JobQueue.JobQueue
+ *   yield* queue.offer({ to: "ada@example.com" }, { id: "welcome-ada" })
+ *   const lease = yield* queue.take
+ *   yield* Effect.log(`job ${lease.id}, attempt ${lease.attempt}`)
+ *   yield* queue.ack(lease)
+ * }).pipe(
+ *   Effect.scoped,
+ *   Effect.provide(MemoryJobQueue.layer({ capacity: 1000, leaseDuration: "30 seconds", maxAttempts: 5 }))
+ * )
+ * ```
+ */
 export class JobQueue extends Context.Tag("keel/JobQueue")<JobQueue, JobQueueService>() {}
 
 /** The options every backend takes, besides how it reaches its storage. */
@@ -142,11 +211,16 @@ export interface QueueOptions {
   readonly maxDeadLetters?: number
 }
 
+/** Dead letters a queue keeps when `QueueOptions.maxDeadLetters` is not given. */
 export const defaultMaxDeadLetters = 1000
 
 const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
 
-/** What is wrong with `options`, as every backend checks them, or undefined when they are valid. */
+/**
+ * What is wrong with `options`, as every backend checks them, or undefined when they are valid: `capacity`,
+ * `maxAttempts` and `maxDeadLetters` must be integers ≥ 1, `leaseDuration` finite and at least 1 ms. A
+ * backend's `make` dies with this message.
+ */
 export const invalidOptions = (options: QueueOptions): string | undefined => {
   const leaseDuration = DurationModule.decode(options.leaseDuration)
   const maxDeadLetters = options.maxDeadLetters ?? defaultMaxDeadLetters

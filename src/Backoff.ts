@@ -8,10 +8,11 @@
  * after the total has passed its limit, `Schedule.jittered` scales a delay by U[0.8, 1.2) (so a capped
  * delay ends up above the cap), `jitteredWith` cannot express equal jitter, and decorrelated jitter, which
  * depends on the previous delay, does not exist. So the whole policy is one step function over explicit
- * state (retries so far, the previous delay, when the first failure came): the jitter formulas are those of the AWS Architecture Blog's "Exponential
- * Backoff And Jitter", every delay is clamped to `max` after jitter, and the limits are checked before
- * waiting, not after. Random numbers come from Effect's `Random` and time from the schedule's clock, so a
- * seed reproduces a sequence, TestClock drives it, and `delays` lists a policy's delays without sleeping.
+ * state (retries so far, the previous delay, when the first failure came): the jitter formulas are those of
+ * the AWS Architecture Blog's "Exponential Backoff And Jitter", every delay is clamped to `max` after jitter,
+ * and the limits are checked before waiting, not after. Random numbers come from Effect's `Random` and time
+ * from the schedule's clock, so a seed reproduces a sequence, TestClock drives it, and `delays` lists a
+ * policy's delays without sleeping.
  */
 import { Cause, Duration, Effect, Predicate, Random, Schedule, ScheduleDecision, ScheduleInterval } from "effect"
 import { Unavailable } from "./Errors.js"
@@ -26,6 +27,12 @@ import { Unavailable } from "./Errors.js"
  */
 export type Jitter = "none" | "full" | "equal" | "decorrelated" | "proportional"
 
+/**
+ * A backoff policy, as `exponential` and `delays` take it. Only `base` and `max` are required; durations are
+ * Effect `DurationInput`s (`"200 millis"`, `Duration.seconds(1)`, or a number of ms).
+ *
+ * @typeParam E - The failures the schedule is fed (its input), as `retryOn` sees them.
+ */
 export interface Policy<E = unknown> {
   /** The first delay before jitter, expo(0). Must be positive. */
   readonly base: Duration.DurationInput
@@ -33,7 +40,7 @@ export interface Policy<E = unknown> {
   readonly factor?: number
   /** No delay ever exceeds it, jitter and Retry-After included. At least `base`, and finite. */
   readonly max: Duration.DurationInput
-  /** Default `full`. */
+  /** How each delay is drawn around the exponential curve (see `Jitter`). Default `full`. */
   readonly jitter?: Jitter
   /** Attempts in total, the first one included: at most `maxAttempts − 1` retries. Default: no limit. */
   readonly maxAttempts?: number
@@ -49,6 +56,11 @@ export interface Policy<E = unknown> {
   readonly retryOn?: (error: E) => boolean
 }
 
+/**
+ * Options of `delays`.
+ *
+ * @typeParam E - The policy's failure type.
+ */
 export interface ListingOptions<E> {
   /** Runs the listing under `Random.make(seed)`; without it, the ambient `Random` is used. */
   readonly seed?: number
@@ -75,6 +87,19 @@ export const isRetryable = (error: unknown): boolean =>
  * stops). Decorrelated jitter grows from the delay actually waited, Retry-After included.
  *
  * Throws `IllegalArgumentException` on an invalid policy: that is a programming error.
+ *
+ * @typeParam E - The failures the schedule is fed; inferred from `retryOn`, else `unknown`.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Backoff, Unavailable } from "keel"
+ *
+ * // Up to 5 attempts, 100 ms growing to at most 5 s, with full jitter; `Timeout` and `Unavailable` retried.
+ * const policy = Backoff.exponential({ base: "100 millis", max: "5 seconds", maxAttempts: 5 })
+ * const callUpstream = Effect.fail(new Unavailable({ reason: "upstream is restarting" }))
+ * const program = Effect.retry(callUpstream, policy)
+ * ```
  */
 export const exponential = <E = unknown>(policy: Policy<E>): Schedule.Schedule<Duration.Duration, E> => {
   const resolved = resolve(policy)
@@ -84,7 +109,19 @@ export const exponential = <E = unknown>(policy: Policy<E>): Schedule.Schedule<D
 /**
  * The first `count` delays of a policy, computed without sleeping; fewer if the policy stops sooner.
  * Random numbers come from the ambient `Random` (or `seed`), so the same seed lists the delays the policy
- * waits under `Effect.withRandom(Random.make(seed))`.
+ * waits under `Effect.withRandom(Random.make(seed))`. Dies with `IllegalArgumentException` if `count` is not an
+ * integer ≥ 0 or the policy is invalid.
+ *
+ * @typeParam E - The policy's failure type.
+ *
+ * @example
+ * ```ts
+ * import { Duration, Effect } from "effect"
+ * import { Backoff } from "keel"
+ *
+ * const listing = Backoff.delays({ base: "100 millis", max: "2 seconds", jitter: "equal" }, 6, { seed: 42 })
+ * const program = Effect.flatMap(listing, (delays) => Effect.log(delays.map(Duration.format).join(", ")))
+ * ```
  */
 export const delays = <E = unknown>(
   policy: Policy<E>,

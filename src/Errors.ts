@@ -9,8 +9,10 @@ import { Cause, Chunk, Data, Duration, Effect, Exit, Fiber, Option } from "effec
 
 /** Intake is closed because the service is draining; the work was not accepted. */
 export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{
+  /** Why the service is draining: a signal's name or the reason given to `Lifecycle.shutdown`. */
   readonly reason: string
 }> {
+  /** `shutting down: <reason>`. */
   override get message() {
     return `shutting down: ${this.reason}`
   }
@@ -18,8 +20,10 @@ export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{
 
 /** A bounded queue is full and the caller asked not to wait. */
 export class QueueFull extends Data.TaggedError("QueueFull")<{
+  /** How many items the full queue holds at most. */
   readonly capacity: number
 }> {
+  /** `queue full (capacity <capacity>)`. */
   override get message() {
     return `queue full (capacity ${this.capacity})`
   }
@@ -27,8 +31,10 @@ export class QueueFull extends Data.TaggedError("QueueFull")<{
 
 /** An accepted job was pushed out of a full queue by a newer one (the `dropOldest` strategy). */
 export class Evicted extends Data.TaggedError("Evicted")<{
+  /** How many jobs the queue holds at most; it was full when the newer job arrived. */
   readonly capacity: number
 }> {
+  /** `evicted from a full queue (capacity <capacity>) by a newer job`. */
   override get message() {
     return `evicted from a full queue (capacity ${this.capacity}) by a newer job`
   }
@@ -36,8 +42,10 @@ export class Evicted extends Data.TaggedError("Evicted")<{
 
 /** Work did not finish within its time limit and was interrupted. */
 export class Timeout extends Data.TaggedError("Timeout")<{
+  /** The limit that ran out: the one configured, or what was left of the caller's deadline when that was less. */
   readonly after: Duration.Duration
 }> {
+  /** `timed out after <after>`, the duration formatted (e.g. `timed out after 1s`). */
   override get message() {
     return `timed out after ${Duration.format(this.after)}`
   }
@@ -45,9 +53,12 @@ export class Timeout extends Data.TaggedError("Timeout")<{
 
 /** A dependency cannot serve now; worth retrying, not before `retryAfter` when it is given. */
 export class Unavailable extends Data.TaggedError("Unavailable")<{
+  /** What cannot serve and why, in words. */
   readonly reason: string
+  /** The earliest time worth retrying after, when the dependency said; absent when unknown. */
   readonly retryAfter?: Duration.Duration
 }> {
+  /** `unavailable: <reason>`, followed by `(retry after <retryAfter>)` when `retryAfter` is given. */
   override get message() {
     return this.retryAfter === undefined
       ? `unavailable: ${this.reason}`
@@ -62,6 +73,7 @@ export class TooLarge extends Data.TaggedError("TooLarge")<{
   /** The limit, in bytes. */
   readonly limit: number
 }> {
+  /** `<what> over the limit of <limit> bytes`. */
   override get message() {
     return `${this.what} over the limit of ${this.limit} bytes`
   }
@@ -69,8 +81,10 @@ export class TooLarge extends Data.TaggedError("TooLarge")<{
 
 /** The input is wrong; retrying the same input cannot help. */
 export class Invalid extends Data.TaggedError("Invalid")<{
+  /** What is wrong with the input, in words (e.g. `invalid JSON: ...`). */
   readonly reason: string
 }> {
+  /** `invalid: <reason>`. */
   override get message() {
     return `invalid: ${this.reason}`
   }
@@ -85,17 +99,25 @@ export class Invalid extends Data.TaggedError("Invalid")<{
 // where it happened), and interruption is left alone: it is not a failure.
 // ---------------------------------------------------------------------------------------------------------
 
-/** A failure (or defect) with what the caller was doing when it happened. */
+/**
+ * A failure (or defect) with what the caller was doing when it happened. Made by `withContext`; read the
+ * chain with `message` or `render`, the original error with `rootError`.
+ *
+ * @typeParam E - The wrapped error's type.
+ */
 export class WithContext<E> extends Data.TaggedError("WithContext")<{
+  /** What the caller was doing, e.g. `GPU diagnostic failed`. */
   readonly context: string
+  /** The wrapped failure, or the defect for a wrapped defect; itself a `WithContext` when contexts stack. */
   readonly error: E
 }> {
+  /** The chain, outermost first: `<context>: <the wrapped error described>` (e.g. `upload: timed out after 1s`). */
   override get message() {
     return `${this.context}: ${describe(this.error)}`
   }
 }
 
-/** The error under every layer of context. */
+/** The error under every layer of context: `error` unwrapped until it is no longer a `WithContext`. */
 export const rootError = <E>(error: E | WithContext<E>): E => {
   let current: unknown = error
   while (current instanceof WithContext) current = current.error
@@ -121,7 +143,24 @@ const addContext = (context: string) => <E>(cause: Cause.Cause<E>): Cause.Cause<
     onParallel: (left, right) => Cause.parallel(left, right)
   })
 
-/** Adds `context` to every failure and defect of `self`; stacking gives the chain, outermost first. */
+/**
+ * Adds `context` to every failure and defect of `self`, each wrapped in a `WithContext`; interruption is left
+ * as it is. Stacking gives the chain, outermost first.
+ *
+ * @example
+ * ```ts
+ * import { Duration, Effect } from "effect"
+ * import { Timeout, rootError, withContext } from "keel"
+ *
+ * const program = Effect.fail(new Timeout({ after: Duration.seconds(1) })).pipe(
+ *   withContext("IPMI command failed"),
+ *   withContext("GPU diagnostic failed"),
+ *   Effect.catchTag("WithContext", (error) =>
+ *     // "GPU diagnostic failed: IPMI command failed: timed out after 1s", and the Timeout itself
+ *     Effect.log(error.message, rootError(error)))
+ * )
+ * ```
+ */
 export const withContext = (context: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, WithContext<E>, R> =>
   Effect.mapErrorCause(self, addContext(context))
 
@@ -143,21 +182,31 @@ export const render = (cause: Cause.Cause<unknown>): string => {
 // panicked" apart, each naming the task.
 // ---------------------------------------------------------------------------------------------------------
 
-/** The task ended with a typed failure. */
+/**
+ * The task ended with a typed failure. Made by `joinTask`.
+ *
+ * @typeParam E - The task's error type.
+ */
 export class TaskFailed<E> extends Data.TaggedError("TaskFailed")<{
+  /** The task's name, as given to `joinTask`. */
   readonly task: string
+  /** The task's typed failure (the first one, when it failed more than once). */
   readonly error: E
 }> {
+  /** `task <task> failed: <the error described>`. */
   override get message() {
     return `task ${this.task} failed: ${describe(this.error)}`
   }
 }
 
-/** The task died with a defect (a thrown exception, a bug). */
+/** The task died with a defect (a thrown exception, a bug). Made by `joinTask`. */
 export class TaskPanicked extends Data.TaggedError("TaskPanicked")<{
+  /** The task's name, as given to `joinTask`. */
   readonly task: string
+  /** What the task died with: the thrown value, or the first defect of its Cause. */
   readonly defect: unknown
 }> {
+  /** `task <task> panicked: <the defect described>`. */
   override get message() {
     return `task ${this.task} panicked: ${describe(this.defect)}`
   }
@@ -166,6 +215,22 @@ export class TaskPanicked extends Data.TaggedError("TaskPanicked")<{
 /**
  * Waits for a task's fiber and turns its end into one typed error channel: `TaskFailed` for a failure,
  * `TaskPanicked` for a defect. If the task was interrupted, the joiner is interrupted too.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { joinTask } from "keel"
+ *
+ * const program = Effect.gen(function*() {
+ *   const fiber = yield* Effect.fork(Effect.dieMessage("bug"))
+ *   yield* joinTask("diagnostic", fiber)
+ * }).pipe(
+ *   Effect.catchTags({
+ *     TaskFailed: (failed) => Effect.logWarning(failed.message),
+ *     TaskPanicked: (panicked) => Effect.logError(panicked.message) // task diagnostic panicked: bug
+ *   })
+ * )
+ * ```
  */
 export const joinTask = <A, E>(task: string, fiber: Fiber.Fiber<A, E>): Effect.Effect<A, TaskFailed<E> | TaskPanicked> =>
   Effect.flatMap(Fiber.await(fiber), (exit): Effect.Effect<A, TaskFailed<E> | TaskPanicked> => {

@@ -16,29 +16,43 @@
  */
 import { Clock, Effect, Fiber, FiberId, FiberRef, FiberStatus, HashMap, Metric, MetricState, Option } from "effect"
 
+/** A fiber still alive when `collect` ran. */
 export interface AliveFiber {
+  /** The fiber's id number (`FiberId`'s `id`), shown as `#<id>` in reports. */
   readonly id: number
-  /** See `nameOf`. */
+  /** Its name for reports: the one `CollectOptions.names` gives it, else `nameOf`'s. */
   readonly name: string
-  /** Since the fiber was made (Effect stamps fiber ids with the wall clock; read against Clock, so 0 on TestClock). */
+  /**
+   * How long ago (ms) the fiber was made. Effect stamps fiber ids with the wall clock and this reads it against
+   * Clock, so it is 0 under TestClock.
+   */
   readonly ageMs: number
   /** The fibers it waits for, when it is suspended joining or awaiting them. */
   readonly waitingOn: ReadonlyArray<number>
 }
 
+/** Something one of Keel's gauges says is still held: permits, callers waiting at a limit, jobs or tasks. */
 export interface HeldResource {
   /** What is held, count included, e.g. `2 permits of concurrency limit "http"`. */
   readonly what: string
+  /** How many: the gauge's value, always positive. */
   readonly count: number
 }
 
+/** What `collect` found: the fibers still alive and the resources still held. */
 export interface Leftovers {
+  /** The alive fibers listed, at most `maxFibers`, roots first, then their children, level by level. */
   readonly fibers: ReadonlyArray<AliveFiber>
   /** Alive fibers found past `maxFibers`, not listed. */
   readonly moreFibers: number
+  /**
+   * One entry per non-zero gauge series: a limit's permits or waiting callers, a pool's running jobs, a group's
+   * pending tasks. Empty when nothing is held.
+   */
   readonly held: ReadonlyArray<HeldResource>
 }
 
+/** Options of `collect`; all optional. */
 export interface CollectOptions {
   /** Fibers listed; the rest are counted. Default 20. */
   readonly maxFibers?: number
@@ -110,7 +124,22 @@ const heldResources = Effect.sync((): Array<HeldResource> => {
   return held
 })
 
-/** The fibers alive besides the caller (and its ancestors and descendants), and the resources still held. */
+/**
+ * The fibers alive besides the caller (and its ancestors and descendants), and the resources still held.
+ * Bounded: it visits at most `maxVisited` fibers and gives each a few scheduler turns to answer, so it
+ * never hangs on a fiber that does not.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Leftovers } from "keel"
+ *
+ * const whyNotExiting = Effect.gen(function*() {
+ *   const leftovers = yield* Leftovers.collect({ maxFibers: 10 })
+ *   if (!Leftovers.isEmpty(leftovers)) yield* Effect.logWarning(Leftovers.render(leftovers).join("\n"))
+ * })
+ * ```
+ */
 export const collect = (options: CollectOptions = {}): Effect.Effect<Leftovers> =>
   Effect.withFiberRuntime((self) =>
     Effect.gen(function*() {
@@ -160,7 +189,10 @@ export const collect = (options: CollectOptions = {}): Effect.Effect<Leftovers> 
     })
   )
 
-/** The leftovers as report lines (indented by two spaces); none when nothing was left. */
+/**
+ * The leftovers as report lines (indented by two spaces), as the shutdown report prints them, e.g.
+ * `  still alive: 2 fibers` then one line per fiber; none when nothing was left.
+ */
 export const render = (leftovers: Leftovers): Array<string> => {
   const lines: Array<string> = []
   const total = leftovers.fibers.length + leftovers.moreFibers
@@ -179,6 +211,6 @@ export const render = (leftovers: Leftovers): Array<string> => {
   return lines
 }
 
-/** Nothing alive, nothing held. */
+/** Whether nothing was left: no fiber alive (listed or not), nothing held. */
 export const isEmpty = (leftovers: Leftovers): boolean =>
   leftovers.fibers.length === 0 && leftovers.moreFibers === 0 && leftovers.held.length === 0

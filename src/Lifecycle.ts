@@ -34,23 +34,50 @@ import { ShuttingDown } from "./Errors.js"
 import * as Leftovers from "./Leftovers.js"
 import * as Tracker from "./Tracker.js"
 
+/**
+ * Where the service is: `running` (work is accepted), `draining` (intake closed, the drain phases under way)
+ * or `stopped` (set by `run` once the program has ended, drained or not).
+ */
 export type Phase = "running" | "draining" | "stopped"
 
+/** The process signals the Lifecycle reacts to: SIGINT (Ctrl+C) and SIGTERM (what orchestrators send). */
 export type SignalName = "SIGINT" | "SIGTERM"
 
 /** What started the drain. */
 export type Trigger =
-  | { readonly _tag: "Signal"; readonly signal: SignalName }
-  | { readonly _tag: "Requested"; readonly reason: string }
+  | {
+    /** Draining was started by a process signal. */
+    readonly _tag: "Signal"
+    /** The signal received. */
+    readonly signal: SignalName
+  }
+  | {
+    /** Draining was started by `shutdown(reason)`. */
+    readonly _tag: "Requested"
+    /** The reason given to `shutdown`. */
+    readonly reason: string
+  }
 
 /** Why waiting stopped before the work was done. */
 export type ForceReason =
-  | { readonly _tag: "Deadline"; readonly after: Duration.Duration }
-  | { readonly _tag: "Escalated"; readonly signal: SignalName }
+  | {
+    /** The drain deadline passed. */
+    readonly _tag: "Deadline"
+    /** The deadline that passed (`drainTimeout`), counted from the start of draining. */
+    readonly after: Duration.Duration
+  }
+  | {
+    /** A second signal came during the drain. */
+    readonly _tag: "Escalated"
+    /** The signal that escalated: the second one received, whichever it was. */
+    readonly signal: SignalName
+  }
 
 /** What one component (a pool, the tracked work) did during the drain. */
 export interface DrainReport {
+  /** Who reports: a pool's or server's name (e.g. `http`), or `tracked` for the work run through `track`. */
   readonly component: string
+  /** How long the component took to drain, in milliseconds. */
   readonly durationMs: number
   /** Items that finished on their own after the drain started. */
   readonly finished: number
@@ -60,42 +87,86 @@ export interface DrainReport {
   readonly unfinished: ReadonlyArray<string>
 }
 
+/** How long one phase of the drain took. */
 export interface PhaseTiming {
+  /**
+   * `preStop`: the wait after readiness turned false (only when `preStopDelay` is above zero); `inFlight`:
+   * waiting for the work run through `track`; `finalizers`: interrupting the program and running its Scopes'
+   * and Layers' finalizers (pools and servers drain here).
+   */
   readonly phase: "preStop" | "inFlight" | "finalizers"
+  /** The phase's duration in milliseconds, read from `Clock`. */
   readonly durationMs: number
 }
 
+/**
+ * What a drain did, built by `run` once the program has stopped; `run` logs it (as `renderReport` writes it)
+ * and returns it in `RunResult.report`.
+ */
 export interface ShutdownReport {
+  /** What started the drain. */
   readonly trigger: Trigger
   /** `clean`: everything finished in time; `forced`: the deadline cut work; `escalated`: a second signal did. */
   readonly outcome: "clean" | "forced" | "escalated"
+  /**
+   * Why waiting was cut: a second signal always; the deadline only when it cut work or finalizers were
+   * abandoned. None after a clean drain.
+   */
   readonly forcedBy: Option.Option<ForceReason>
+  /** The drain deadline that applied, in milliseconds. */
   readonly drainTimeoutMs: number
+  /**
+   * From the start of draining to the end of the drain, in milliseconds. It can exceed `drainTimeoutMs` when
+   * the deadline was reached: interrupted work and finalizers are given `forceGrace` more.
+   */
   readonly totalMs: number
+  /** The phases that ran, in order, each with its duration. */
   readonly phases: ReadonlyArray<PhaseTiming>
+  /** What each component reported through `reportDrain`, in the order they reported. */
   readonly components: ReadonlyArray<DrainReport>
+  /** Items that finished after the drain started, summed over `components`. */
   readonly finished: number
+  /** Items the deadline or a second signal cut, summed over `components`. */
   readonly forced: number
+  /** Every item that did not finish, from all `components`, by id or label. */
   readonly unfinished: ReadonlyArray<string>
   /** True when finalizers were still running `forceGrace` after the deadline and were abandoned. */
   readonly finalizersAbandoned: boolean
-  /** When the drain was cut: the fibers still alive and the resources still held at the end ("why won't it exit?"). */
+  /**
+   * When the drain was cut: the fibers still alive and the resources still held at the end ("why won't it
+   * exit?").
+   */
   readonly leftovers: Option.Option<Leftovers.Leftovers>
 }
 
+/** Options of `make` and `layer` (and of `runMain` in `keel/node`). */
 export interface Options {
   /** The one deadline for all drain phases. Default: `KEEL_DRAIN_TIMEOUT`, else 30 seconds. */
   readonly drainTimeout?: Duration.DurationInput
-  /** Wait after readiness turns false, before draining (lets load balancers notice). Default: `KEEL_PRE_STOP_DELAY`, else 0. */
+  /**
+   * Wait after readiness turns false, before draining (lets load balancers notice). Default:
+   * `KEEL_PRE_STOP_DELAY`, else 0.
+   */
   readonly preStopDelay?: Duration.DurationInput
   /** How long finalizers may still run once the deadline has cut the work. Default 5 seconds. */
   readonly forceGrace?: Duration.DurationInput
 }
 
+/**
+ * The Lifecycle: the phase, the intake check, the one drain deadline, and the signals and requests that
+ * start it. Components read it to close intake and bound their drain; `run` walks the drain phases.
+ */
 export interface LifecycleService {
+  /** The one deadline for all drain phases: the `drainTimeout` option, else `KEEL_DRAIN_TIMEOUT`, else 30 s. */
   readonly drainTimeout: Duration.Duration
+  /**
+   * How long to wait after readiness turns false before servers stop accepting and the drain goes on:
+   * the `preStopDelay` option, else `KEEL_PRE_STOP_DELAY`, else 0.
+   */
   readonly preStopDelay: Duration.Duration
+  /** How long interrupted work and finalizers may still run once the deadline has cut the drain. */
   readonly forceGrace: Duration.Duration
+  /** The current phase. */
   readonly phase: Effect.Effect<Phase>
   /** The current phase, then every change. */
   readonly phaseChanges: Stream.Stream<Phase>
@@ -131,6 +202,27 @@ export interface LifecycleService {
   readonly drainStartedAt: Effect.Effect<Option.Option<number>>
 }
 
+/**
+ * The Lifecycle service's tag. `layer` provides it (and `runMain` from `keel/node` does so for you); the
+ * accessors below (`shutdown`, `track`, `isReady`, ...) read it from the context.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Lifecycle } from "keel"
+ *
+ * // A component closes its own intake and stops its loop when draining starts.
+ * const accept = (job: string) =>
+ *   Effect.gen(function*() {
+ *     const lifecycle = yield* Lifecycle.Lifecycle
+ *     yield* lifecycle.ensureAccepting // fails with ShuttingDown once draining
+ *     yield* Effect.log(`accepted ${job}`)
+ *   })
+ * const poller = Effect.forever(Effect.sleep("1 second")).pipe(
+ *   Effect.raceFirst(Effect.asVoid(Lifecycle.awaitDraining))
+ * )
+ * ```
+ */
 export class Lifecycle extends Context.Tag("keel/Lifecycle")<Lifecycle, LifecycleService>() {}
 
 /** A trigger in words, for reasons and logs. */
@@ -139,7 +231,9 @@ export const describeTrigger = (trigger: Trigger): string =>
 
 /** Environment variables read through `Config` when an option is not given. */
 export const config = {
+  /** `KEEL_DRAIN_TIMEOUT`, a duration such as `10 seconds`; 30 seconds when unset. */
   drainTimeout: Config.duration("KEEL_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(30))),
+  /** `KEEL_PRE_STOP_DELAY`, a duration such as `500 millis`; 0 when unset. */
   preStopDelay: Config.duration("KEEL_PRE_STOP_DELAY").pipe(Config.withDefault(Duration.zero))
 }
 
@@ -152,7 +246,10 @@ const resolveDuration = (
 const pollDeferred = <A>(deferred: Deferred.Deferred<A>): Effect.Effect<Option.Option<A>> =>
   Effect.flatMap(Deferred.poll(deferred), (polled) => Option.isNone(polled) ? Effect.succeedNone : Effect.asSome(polled.value))
 
-/** Builds a Lifecycle in a Scope; its deadline timer lives in that Scope. */
+/**
+ * Builds a Lifecycle in a Scope, in phase `running`; its deadline timer lives in that Scope. Fails with a
+ * `ConfigError` when a setting not given as an option is read from the environment and is not a duration.
+ */
 export const make = (options: Options = {}): Effect.Effect<LifecycleService, ConfigError.ConfigError, Scope.Scope> =>
   Effect.gen(function*() {
     const drainTimeout = yield* resolveDuration(options.drainTimeout, config.drainTimeout)
@@ -227,18 +324,52 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
     return service
   })
 
+/** The Lifecycle as a Layer, built by `make`; fails with a `ConfigError` as `make` does. */
 export const layer = (options: Options = {}): Layer.Layer<Lifecycle, ConfigError.ConfigError> =>
   Layer.scoped(Lifecycle, make(options))
 
 // Accessors, so application code reads `Lifecycle.shutdown("reason")`.
+/**
+ * Starts draining, with trigger `Requested` and this reason; does nothing once draining has started. It
+ * returns at once and does not wait for the drain: `run` walks it.
+ */
 export const shutdown = (reason: string) => Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.shutdown(reason))
+/** Completes with the trigger when draining starts (at once if it already has). */
 export const awaitDraining = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.awaitDraining)
+/** The current phase. */
 export const phase = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.phase)
+/** True while running, false from the first instant of draining: what a readiness probe should answer. */
 export const isReady = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.isReady)
+/**
+ * Runs `effect` in the calling fiber as work the drain waits for, under `label`. Fails with `ShuttingDown`
+ * (and does not run `effect`) once draining has started. When the deadline or a second signal cuts the
+ * wait, the calling fiber is interrupted and `label` is listed as unfinished in the shutdown report.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Lifecycle } from "keel"
+ *
+ * const handle = (orderId: string) =>
+ *   Lifecycle.track(`order ${orderId}`, Effect.sleep("200 millis")).pipe(
+ *     Effect.catchTag("ShuttingDown", (refused) => Effect.logWarning(`order ${orderId} refused: ${refused.message}`))
+ *   )
+ * ```
+ */
 export const track = <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.track(label, effect))
 
+/**
+ * What `run` returns: how the program ended, and the shutdown report when there was a drain.
+ *
+ * @typeParam A - The program's success type.
+ * @typeParam E - The program's error type.
+ */
 export interface RunResult<A, E> {
+  /**
+   * How the program ended. A program stopped by the drain ends interrupted, or failed with `ShuttingDown`
+   * when it met closed intake (`isShutdownCause` tells them from real failures).
+   */
   readonly exit: Exit.Exit<A, E>
   /** Present when a shutdown was triggered (signal or `shutdown`), absent when the program just ended. */
   readonly report: Option.Option<ShutdownReport>
@@ -255,6 +386,26 @@ const timed = <A>(effect: Effect.Effect<A>) =>
 /**
  * Runs `program` under the Lifecycle. When it ends by itself, its exit is returned. When draining starts
  * first, the phases run in order within the one deadline and the shutdown report is logged and returned.
+ * Never fails: the program's failure is in `exit`. `runMain` (`keel/node`) calls it with the process signals
+ * wired; call it directly in tests, where `TestClock` drives every phase.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Lifecycle } from "keel"
+ *
+ * const program = Effect.gen(function*() {
+ *   yield* Effect.fork(Lifecycle.track("job-1", Effect.sleep("100 millis")))
+ *   yield* Effect.sleep("10 millis")
+ *   yield* Lifecycle.shutdown("deploy")
+ *   yield* Effect.never // interrupted by the drain once job-1 is done
+ * })
+ *
+ * const exitCode = Lifecycle.run(program).pipe( // 0: the drain was clean
+ *   Effect.map(Lifecycle.exitCode),
+ *   Effect.provide(Lifecycle.layer({ drainTimeout: "5 seconds" }))
+ * )
+ * ```
  */
 export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<RunResult<A, E>, never, R | Lifecycle> =>
   Effect.gen(function*() {

@@ -26,16 +26,33 @@ export type { Settlement } from "./Tracker.js"
 /** `collect` lets every task finish (JoinSet); `failFast` interrupts the rest at the first failure (errgroup). */
 export type Mode = "collect" | "failFast"
 
+/** What `make` takes. Only `mode` is required. */
 export interface Options {
+  /** What a failing task does to the others: nothing (`collect`) or interrupt them (`failFast`); see `Mode`. */
   readonly mode: Mode
-  /** At most this many tasks run at once; later ones wait for a slot, and count as in the group meanwhile. */
+  /**
+   * At most this many tasks run at once; later ones wait for a slot, and count as in the group meanwhile.
+   * A positive integer. Default: no limit.
+   */
   readonly concurrency?: number
-  /** Names the group in the reason of its `ShuttingDown` errors. */
+  /**
+   * Names the group in the reason of its `ShuttingDown` errors, in its tasks' logs (`group=<name>`) and in the
+   * `pendingGauge` series. Default `task-group`.
+   */
   readonly name?: string
 }
 
-/** A handle on one spawned task. */
+/**
+ * A handle on one spawned task, as `spawn` returns it. Dropping it does not stop the task: the group keeps it.
+ *
+ * @typeParam A - What the task succeeds with.
+ * @typeParam E - The task's typed failures.
+ */
 export interface Task<A, E> {
+  /**
+   * The label given to `spawn`: names the task in results, in errors, in its logs (`task=<label>`) and in
+   * reports. Labels need not be unique.
+   */
   readonly label: string
   /** The task's value, `TaskFailed` for a typed failure, `TaskPanicked` for a defect; interrupted if the task was. */
   readonly join: Effect.Effect<A, TaskFailed<E> | TaskPanicked>
@@ -43,41 +60,85 @@ export interface Task<A, E> {
   readonly interrupt: Effect.Effect<void>
 }
 
+/**
+ * A task that succeeded, in `Results.succeeded`.
+ *
+ * @typeParam A - What the task succeeds with.
+ */
 export interface Succeeded<A> {
+  /** The task's label, as given to `spawn`. */
   readonly label: string
+  /** What the task succeeded with. */
   readonly value: A
 }
 
+/**
+ * A task that failed with a typed error and no defect, in `Results.failed`.
+ *
+ * @typeParam E - The task's typed failures.
+ */
 export interface Failed<E> {
+  /** The task's label, as given to `spawn`. */
   readonly label: string
+  /** The task's typed failure (the first one, if its Cause holds several). */
   readonly error: E
 }
 
+/** A task that died with a defect, in `Results.panicked`. A defect outranks a typed failure in the same Cause. */
 export interface Panicked {
+  /** The task's label, as given to `spawn`. */
   readonly label: string
+  /** The defect (the first one, if its Cause holds several): typically a thrown value or an `Effect.die` argument. */
   readonly defect: unknown
 }
 
+/**
+ * A task that was interrupted, with no failure or defect, in `Results.interrupted`: by its `interrupt`, by the
+ * group's Scope closing, by `waitFor`'s deadline, or by a sibling's failure in `failFast` mode.
+ */
 export interface Interrupted {
+  /** The task's label, as given to `spawn`. */
   readonly label: string
   /** False when the task was interrupted while still waiting for a slot. */
   readonly started: boolean
 }
 
-/** How tasks ended, each with its label, in spawn order. Every task appears in exactly one list. */
+/**
+ * How tasks ended, each with its label, in spawn order, as `join` and `poll` take them. Every task appears in
+ * exactly one list, of exactly one `Results`: taking results removes them from the group.
+ *
+ * @typeParam A - What the tasks succeed with.
+ * @typeParam E - The tasks' typed failures.
+ */
 export interface Results<A, E> {
+  /** Tasks that succeeded, with their values. */
   readonly succeeded: ReadonlyArray<Succeeded<A>>
+  /** Tasks that failed with a typed error (and no defect), with their errors. */
   readonly failed: ReadonlyArray<Failed<E>>
+  /** Tasks that died with a defect, with their defects. */
   readonly panicked: ReadonlyArray<Panicked>
+  /** Tasks that were interrupted, with whether they had started. */
   readonly interrupted: ReadonlyArray<Interrupted>
 }
 
+/**
+ * A group of tasks living in a Scope, as `make` returns it. Every task of the group succeeds with `A` or fails
+ * with `E`; each runs in a fiber of its own, and closing the group's Scope interrupts and awaits them all.
+ *
+ * @typeParam A - What the tasks succeed with.
+ * @typeParam E - The tasks' typed failures.
+ */
 export interface TaskGroup<A, E> {
+  /** The group's name: `Options.name`, default `task-group`. */
   readonly name: string
+  /** The mode the group was made with. */
   readonly mode: Mode
   /**
    * Starts `effect` as a task of the group (or queues it for a slot under `concurrency`). Fails with
    * `ShuttingDown` once the group is closed: by `close`, by its Scope, or by a failure in `failFast` mode.
+   * The task runs with the spawner's context and fiber refs (log annotations included), not as its child.
+   *
+   * @typeParam R - The services `effect` needs, provided from the spawner's context.
    */
   readonly spawn: <R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<Task<A, E>, ShuttingDown, R>
   /**
@@ -89,6 +150,10 @@ export interface TaskGroup<A, E> {
   readonly poll: Effect.Effect<Results<A, E>>
   /** Refuses new tasks from now on; tasks already spawned go on. Idempotent (the first reason is kept). */
   readonly close: (reason?: string) => Effect.Effect<void>
+  /**
+   * Whether the group refuses new tasks: after `close`, once its Scope is closing, or after the first failure
+   * or defect in `failFast` mode.
+   */
   readonly isClosed: Effect.Effect<boolean>
   /** Labels of the tasks not ended yet, running or waiting for a slot, in spawn order. */
   readonly pending: Effect.Effect<ReadonlyArray<string>>
@@ -158,12 +223,37 @@ const validate = (options: Options) =>
     ? Effect.void
     : Effect.dieMessage(`TaskGroup: concurrency must be a positive integer (got ${options.concurrency})`)
 
-/** Tasks spawned and not ended (running or waiting for a slot), tagged `group=<name>`. */
+/**
+ * The gauge `keel_task_group_pending`: tasks spawned and not ended (running or waiting for a slot), one series
+ * per group, tagged `group=<name>`. Every group updates it; read it or export it with the other metrics.
+ */
 export const pendingGauge = Metric.gauge("keel_task_group_pending", {
   description: "tasks of a task group not ended yet, running or waiting for a slot"
 })
 
-/** Builds a group in the current Scope; closing the Scope interrupts its tasks and waits for them. */
+/**
+ * Builds a group in the current Scope; closing the Scope refuses new tasks, interrupts the tasks still running
+ * or waiting for a slot, and waits for them. Dies if `concurrency` is not a positive integer.
+ *
+ * @typeParam A - What the tasks succeed with. Default `unknown`.
+ * @typeParam E - The tasks' typed failures. Default `unknown`.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { TaskGroup } from "keel"
+ *
+ * const fetchAll = (urls: ReadonlyArray<string>) =>
+ *   Effect.scoped(Effect.gen(function*() {
+ *     const group = yield* TaskGroup.make<number, string>({ mode: "collect", concurrency: 4 })
+ *     for (const url of urls) {
+ *       yield* group.spawn(url, url.startsWith("https:") ? Effect.succeed(url.length) : Effect.fail("not https"))
+ *     }
+ *     const results = yield* group.join
+ *     return { ok: results.succeeded.length, failed: results.failed.map((failed) => failed.label) }
+ *   }))
+ * ```
+ */
 export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<TaskGroup<A, E>, never, Scope.Scope> =>
   Effect.gen(function*() {
     yield* validate(options)

@@ -11,26 +11,43 @@ import { Duration, Effect, Fiber } from "effect"
 import { ShuttingDown } from "./Errors.js"
 import * as Waiters from "./Waiters.js"
 
+/**
+ * What waiting with a deadline ended with: `Tracker`'s `settle`, and `waitFor` of a task group, return it.
+ */
 export interface Settlement {
-  /** Tracked work that completed on its own after the tracker closed. */
+  /** Work that ended on its own (succeeded or failed) while waiting, rather than being interrupted. */
   readonly finished: number
   /** Labels of the work the deadline interrupted. */
   readonly interrupted: ReadonlyArray<string>
 }
 
+/**
+ * Work in flight in its callers' own fibers, registered for its duration so that a drain can wait for it and
+ * cut it at a deadline. Made by `make`; the Lifecycle's `track` runs on one.
+ */
 export interface Tracker {
-  /** Runs `effect` as tracked work, or fails with `ShuttingDown` once the tracker is closed. */
+  /**
+   * Runs `effect` in the caller's fiber as tracked work, under `label`, until it ends however it ends; or
+   * fails with `ShuttingDown` at once, without running it, once the tracker is closed. `effect` keeps the
+   * caller's interruptibility.
+   *
+   * @typeParam A - What `effect` succeeds with.
+   * @typeParam E - How `effect` fails.
+   * @typeParam R - What `effect` needs.
+   */
   readonly track: <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
   /** Refuses new work from now on; idempotent (the first reason is kept). */
   readonly close: (reason: string) => Effect.Effect<void>
+  /** Whether `close` has been called. */
   readonly isClosed: Effect.Effect<boolean>
-  /** Labels of the work in flight now. */
+  /** Labels of the work in flight now, in the order it started. */
   readonly inFlight: Effect.Effect<ReadonlyArray<string>>
   /** Completes once the tracker is closed and nothing is in flight. */
   readonly wait: Effect.Effect<void>
   /**
    * Waits like `wait`, but when `deadline` completes first, interrupts what is left and lists it; waits at
-   * most `grace` more for the interrupted work to end (work in an uninterruptible region may not).
+   * most `grace` more for the interrupted work to end (work in an uninterruptible region may not). `grace`
+   * defaults to no limit. It does not close the tracker: call `close` first, or it waits for `deadline`.
    */
   readonly settle: (deadline: Effect.Effect<unknown>, grace?: Duration.DurationInput) => Effect.Effect<Settlement>
 }
@@ -40,6 +57,26 @@ interface Entry {
   readonly fiber: Fiber.RuntimeFiber<unknown, unknown>
 }
 
+/**
+ * Makes an open tracker with nothing in flight. It needs no Scope and starts no fiber: each `make` is a new
+ * tracker.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Tracker } from "keel"
+ *
+ * const program = Effect.gen(function*() {
+ *   const tracker = yield* Tracker.make
+ *   const handle = (id: string) => tracker.track(`request ${id}`, Effect.log(`handling ${id}`))
+ *   yield* handle("1")
+ *   // Shutting down: refuse new work, wait up to 10 seconds, then interrupt what is left.
+ *   yield* tracker.close("draining")
+ *   const settlement = yield* tracker.settle(Effect.sleep("10 seconds"))
+ *   yield* Effect.log(`finished ${settlement.finished}, cut: ${settlement.interrupted.join(", ")}`)
+ * })
+ * ```
+ */
 export const make: Effect.Effect<Tracker> = Effect.sync(() => {
   let closedReason: string | undefined
   let nextId = 0

@@ -28,14 +28,31 @@ import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
 import * as Waiters from "./Waiters.js"
 
-/** How a full queue treats a new job: wait for room, refuse the new job, or evict the oldest queued one. */
+/**
+ * How a full queue treats a new job (`Options.strategy`): `suspend` makes `submit` wait for room;
+ * `dropNewest` refuses the new job, `submit` failing with `QueueFull`; `dropOldest` accepts it and evicts the
+ * oldest queued job, which goes to the dead-letter sink with an `Evicted` failure.
+ */
 export type Strategy = "suspend" | "dropNewest" | "dropOldest"
 
-/** What a drain does with jobs still queued: run them (`drain`) or return them unstarted (`handBack`). */
+/**
+ * What a drain does with jobs still queued (`Options.onShutdown`): run them within the deadline (`drain`), or
+ * return them unstarted to the hand-back sink at once (`handBack`).
+ */
 export type ShutdownPolicy = "drain" | "handBack"
 
+/**
+ * A job a pool accepted: its payload, with the id and acceptance time the pool gave it.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface Job<A> {
+  /**
+   * The job's id: the one given in `SubmitOptions.id`, else `<pool name>-<sequence>` (`worker-pool-1`, …);
+   * for a job of `consume`, the shared queue's id. `submit` and `trySubmit` return it.
+   */
   readonly id: string
+  /** The value given to `submit` or `trySubmit` (or offered to the shared queue), as the handler receives it. */
   readonly payload: A
   /** Clock time (ms) when the job was accepted. */
   readonly enqueuedAt: number
@@ -43,49 +60,97 @@ export interface Job<A> {
 
 /** What a handler knows about the job it runs. */
 export interface JobContext {
+  /** The id of the job being run (`Job.id`), e.g. to make a side effect idempotent. */
   readonly id: string
   /** 1 on the first run, 2 on the first retry, … (counted within one delivery). */
   readonly attempt: number
-  /** Which delivery of the job this is: always 1 in a pool's own queue; higher after a lease was lost or released. */
+  /**
+   * Which delivery of the job this is: always 1 in a pool's own queue; with `consume`, higher after a lease
+   * was lost or released.
+   */
   readonly delivery: number
 }
 
-/** A job as a worker of `consume` holds it: one delivery, leased from a shared queue. */
+/**
+ * A job as a worker of `consume` holds it: one delivery, leased from a shared queue. A `JobQueue.Lease` of
+ * keel/services is one.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface Lease<A> extends Job<A> {
   /** Which delivery this is, from 1. */
   readonly attempt: number
   /** Completes if the lease is lost (it expired and the job went back to the queue). */
   readonly lost: Effect.Effect<void>
-  /** Calls `listener` once, synchronously, when the lease is lost (at once if it is); returns how to stop listening. */
+  /**
+   * Calls `listener` once, synchronously, when the lease is lost (at once if it is); returns how to stop
+   * listening.
+   */
   readonly onLost: (listener: () => void) => () => void
 }
 
 /**
  * A queue shared by consumers, as `consume` uses it. The JobQueue contract (`JobQueue.JobQueue` in
  * keel/services, with its memory and Redis backends) is one: pass the service itself.
+ *
+ * @typeParam A - The payload's type.
  */
 export interface Source<A> {
   /** How long a lease lasts without `renew`; a running job's lease is renewed every third of it. */
   readonly leaseDuration: Duration.Duration
   /**
    * Waits for a job and leases it, without a Scope: `consume` settles or releases every lease it acquires (an
-   * interrupted wait must lease nothing).
+   * interrupted wait must lease nothing). A failure is logged and the take tried again a second later.
    */
   readonly acquire: Effect.Effect<Lease<A>, unknown>
   /** The job is ready again at once, for any consumer. */
   readonly release: (lease: Lease<A>) => Effect.Effect<void>
+  /**
+   * Extends the lease by `leaseDuration` from now. `consume` calls it for every running job, every third of
+   * `leaseDuration`; a failure while the job still runs is logged, and the job goes on (a lost lease is
+   * reported through `lost` / `onLost`, not here).
+   */
   readonly renew: (lease: Lease<A>) => Effect.Effect<void, unknown>
+  /**
+   * The job completed: it leaves the queue. Called once its outcome was observed; on failure `consume` logs
+   * it and releases the lease, so the job runs again.
+   */
   readonly ack: (lease: Lease<A>) => Effect.Effect<void, unknown>
+  /**
+   * The job failed for good: it goes to the queue's dead letters with `reason`, the rendered Cause of its
+   * last attempt. On failure `consume` logs it and releases the lease, so the job runs again.
+   */
   readonly deadLetter: (lease: Lease<A>, reason: string) => Effect.Effect<void, unknown>
 }
 
+/**
+ * A job that failed for good, as the dead-letter sink (`Options.deadLetter`) and a `Failed` outcome carry it:
+ * its last attempt failed (typed failure, `Timeout` or defect) with no retry left, or `dropOldest` evicted
+ * it from the queue unstarted.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface DeadLetter<A> {
+  /** The job that failed. */
   readonly job: Job<A>
+  /**
+   * Why: the whole Cause of the last attempt (a typed failure, a `Timeout`, or a defect), or a failure with
+   * `Evicted` for an evicted job. `render` (exported by keel) turns it into one line.
+   */
   readonly cause: Cause.Cause<unknown>
+  /** Attempts run in this delivery, retries included; 0 for an evicted job. */
   readonly attempts: number
 }
 
+/**
+ * A job accepted but not finished: interrupted while it ran, or never started. A drain lists these in
+ * `DrainResult.unfinished` and passes them to the hand-back sink at its end; one that ends so outside a
+ * drain (a lost lease, with `consume`) is passed to the sink at once.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface Unfinished<A> {
+  /** The job that did not finish. */
   readonly job: Job<A>
   /**
    * `interrupted`: it was running when waiting stopped; `notStarted`: still queued when the deadline came;
@@ -93,27 +158,70 @@ export interface Unfinished<A> {
    * (`consume`), so it was interrupted and the queue delivers it again.
    */
   readonly reason: "interrupted" | "notStarted" | "handedBack" | "leaseLost"
+  /** Attempts started in this delivery before it stopped; 0 for a job that never started. */
   readonly attempts: number
 }
 
+/**
+ * How an accepted job ended, as `Options.onOutcome` observes it. Every accepted job gets exactly one,
+ * decided when it ends.
+ *
+ * @typeParam A - The payload's type.
+ */
 export type Outcome<A> =
-  | { readonly _tag: "Completed"; readonly job: Job<A>; readonly attempts: number; readonly result: unknown }
-  | { readonly _tag: "Failed"; readonly letter: DeadLetter<A> }
-  | { readonly _tag: "Unfinished"; readonly unfinished: Unfinished<A> }
+  | {
+    /** The handler succeeded, on some attempt. */
+    readonly _tag: "Completed"
+    /** The job that completed. */
+    readonly job: Job<A>
+    /** Attempts it took in this delivery, the successful one included. */
+    readonly attempts: number
+    /** What the handler succeeded with (untyped: the pool does not use it). */
+    readonly result: unknown
+  }
+  | {
+    /** The job failed for good, or was evicted: it went to the dead-letter sink. */
+    readonly _tag: "Failed"
+    /** The job, why it failed and after how many attempts. */
+    readonly letter: DeadLetter<A>
+  }
+  | {
+    /** The job was interrupted while it ran, or never started: it is handed back. */
+    readonly _tag: "Unfinished"
+    /** The job, why it did not finish and after how many attempts. */
+    readonly unfinished: Unfinished<A>
+  }
 
+/**
+ * What `make` takes. Only `capacity`, `workers` and `handler` are required.
+ *
+ * @typeParam A - The payload's type.
+ * @typeParam E - The handler's typed failures.
+ * @typeParam R - The services the handler needs, required by `make` in turn.
+ */
 export interface Options<A, E, R> {
   /** Names the pool in metrics, ids and the shutdown report. Default `worker-pool`. */
   readonly name?: string
-  /** Queue capacity: at most this many accepted jobs wait. */
+  /** Queue capacity: at most this many accepted jobs wait. A positive integer. */
   readonly capacity: number
-  /** Number of worker fibers, i.e. jobs running at once. */
+  /** Number of worker fibers, i.e. jobs running at once. A positive integer. */
   readonly workers: number
+  /**
+   * Runs one attempt of a job, given its payload and context. A typed failure is retried per `retry`, then
+   * the job is dead-lettered; a defect (or a throw instead of returning an Effect) fails the job at once,
+   * without retry. It runs interruptibly: the drain's deadline, or a lost lease with `consume`, interrupts it.
+   */
   readonly handler: (payload: A, job: JobContext) => Effect.Effect<unknown, E, R>
+  /** What `submit` does when the queue is full (see `Strategy`). Default `suspend`. */
   readonly strategy?: Strategy
   /** Limit for one attempt; past it the attempt fails with `Timeout { after }` and is interrupted. */
   readonly timeout?: Duration.DurationInput
-  /** Retries failed attempts (typed failures and timeouts, never defects) on this schedule. */
+  /**
+   * Retries failed attempts (typed failures and timeouts, never defects) on this schedule, such as a
+   * `Backoff.exponential` policy. Default: no retry.
+   */
   readonly retry?: Schedule.Schedule<unknown, E | Timeout>
+  /** What the drain does with jobs still queued (see `ShutdownPolicy`). Default `drain`. */
   readonly onShutdown?: ShutdownPolicy
   /**
    * Receives every failed or evicted job. Default: a warning log with the rendered cause. Sinks run in the
@@ -129,17 +237,25 @@ export interface Options<A, E, R> {
   readonly onOutcome?: (outcome: Outcome<A>) => Effect.Effect<void, unknown>
 }
 
+/** A pool's counters at one instant, as `stats` reads them. The totals count from the pool's start. */
 export interface Stats {
+  /** The pool's name (`Options.name`, default `worker-pool`). */
   readonly name: string
+  /** The queue's capacity as configured; 0 for a consumer, whose queue is shared. */
   readonly capacity: number
+  /** Number of worker fibers, as configured. */
   readonly workers: number
+  /** Whether the pool still takes jobs: false once its intake is closed (for a consumer, once it stops taking). */
   readonly accepting: boolean
   /** Jobs waiting in the queue (never more than capacity). */
   readonly depth: number
   /** Producers suspended in `submit` because the queue is full. */
   readonly waitingProducers: number
+  /** Jobs running now. */
   readonly inFlight: number
+  /** Jobs accepted so far (for a consumer, leases taken), not counting producers still suspended in `submit`. */
   readonly accepted: number
+  /** Jobs whose handler succeeded. */
   readonly completed: number
   /** Jobs whose last attempt failed (typed failure, timeout or defect). */
   readonly failed: number
@@ -147,21 +263,45 @@ export interface Stats {
   readonly retried: number
   /** Failed jobs plus evicted ones. */
   readonly deadLettered: number
+  /** Jobs interrupted while running or never started (see `Unfinished`). */
   readonly unfinished: number
 }
 
+/**
+ * What a drain did, as `shutdown` returns it; the same figures go to the Lifecycle's shutdown report.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface DrainResult<A> {
+  /** How long the drain took, in ms of Clock time, from the moment intake closed. */
   readonly durationMs: number
   /** Jobs that completed or failed while the drain ran. */
   readonly finished: number
+  /**
+   * The jobs the drain did not finish: interrupted at the deadline, still queued then, or handed back (see
+   * `Unfinished.reason`). The hand-back sink received the same list.
+   */
   readonly unfinished: ReadonlyArray<Unfinished<A>>
 }
 
+/**
+ * A running pool, as `make` returns it: submit jobs, watch its counters, wait for it to be idle, drain it.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface WorkerPool<A> {
-  /** Accepts a job, suspending while the queue is full (with `dropNewest`/`dropOldest`, never suspends). */
+  /**
+   * Accepts a job and succeeds with its id, suspending while the queue is full (with `dropNewest` it fails
+   * with `QueueFull` instead, with `dropOldest` it evicts the oldest queued job; neither suspends). Fails with
+   * `ShuttingDown` once intake is closed.
+   */
   readonly submit: (payload: A, options?: SubmitOptions) => Effect.Effect<string, ShuttingDown | QueueFull>
-  /** Accepts a job only if there is room now; otherwise fails with `QueueFull`. */
+  /**
+   * Accepts a job only if there is room now, and succeeds with its id; otherwise fails with `QueueFull`.
+   * Fails with `ShuttingDown` once intake is closed.
+   */
   readonly trySubmit: (payload: A, options?: SubmitOptions) => Effect.Effect<string, ShuttingDown | QueueFull>
+  /** The pool's counters now (see `Stats`). */
   readonly stats: Effect.Effect<Stats>
   /** Completes when every accepted job has an outcome. */
   readonly awaitIdle: Effect.Effect<void>
@@ -169,8 +309,9 @@ export interface WorkerPool<A> {
   readonly shutdown: Effect.Effect<DrainResult<A>>
 }
 
+/** Options of `submit` and `trySubmit`. */
 export interface SubmitOptions {
-  /** Caller-chosen id; default `<pool name>-<sequence>`. */
+  /** Caller-chosen id; default `<pool name>-<sequence>`. The pool does not check that ids are unique. */
   readonly id?: string
 }
 
@@ -184,14 +325,34 @@ const poolMetrics = {
   unfinished: Metric.counter("keel_pool_jobs_unfinished_total", { incremental: true })
 }
 
-/** The metrics of the pool named `pool` (tagged `pool=<name>`), to read them or to export them. */
+/**
+ * The metrics of the pool named `pool` (tagged `pool=<name>`), to read them or to export them. Every pool
+ * and consumer updates them as it goes (each series starts at 0 when the pool starts), and `Stats` shows the
+ * same figures. Two pools of one name share their series.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Metric } from "effect"
+ * import { WorkerPool } from "keel"
+ *
+ * const completedEmails = Metric.value(WorkerPool.metrics("emails").completed)
+ * const report = Effect.flatMap(completedEmails, (state) => Effect.log(`emails sent: ${state.count}`))
+ * ```
+ */
 export const metrics = (pool: string) => ({
+  /** Gauge `keel_pool_queue_depth`: jobs waiting in the queue. */
   depth: Metric.tagged(poolMetrics.depth, "pool", pool),
+  /** Gauge `keel_pool_in_flight`: jobs running now. */
   inFlight: Metric.tagged(poolMetrics.inFlight, "pool", pool),
+  /** Counter `keel_pool_jobs_completed_total`: jobs whose handler succeeded. */
   completed: Metric.tagged(poolMetrics.completed, "pool", pool),
+  /** Counter `keel_pool_jobs_failed_total`: jobs whose last attempt failed (evictions not counted). */
   failed: Metric.tagged(poolMetrics.failed, "pool", pool),
+  /** Counter `keel_pool_jobs_retried_total`: attempts run again after a failure. */
   retried: Metric.tagged(poolMetrics.retried, "pool", pool),
+  /** Counter `keel_pool_jobs_dead_lettered_total`: jobs sent to the dead-letter sink, failed or evicted. */
   deadLettered: Metric.tagged(poolMetrics.deadLettered, "pool", pool),
+  /** Counter `keel_pool_jobs_unfinished_total`: jobs interrupted while running or never started. */
   unfinished: Metric.tagged(poolMetrics.unfinished, "pool", pool)
 })
 
@@ -222,14 +383,28 @@ const validate = (what: string, values: Record<string, number>) => {
     )
 }
 
-/** The options `consume` takes: a pool's, less those of the pool's own queue. */
+/**
+ * The options `consume` takes: a pool's, less those of the pool's own queue (`capacity`, `strategy`,
+ * `onShutdown`). `workers` and `handler` are required.
+ *
+ * @typeParam A - The payload's type.
+ * @typeParam E - The handler's typed failures.
+ * @typeParam R - The services the handler needs, required by `consume` in turn.
+ */
 export type ConsumeOptions<A, E, R> = Omit<Options<A, E, R>, "capacity" | "strategy" | "onShutdown">
 
-/** Workers consuming a shared queue (see `consume`). */
+/**
+ * Workers consuming a shared queue, as `consume` returns them.
+ *
+ * @typeParam A - The payload's type.
+ */
 export interface Consumer<A> {
   /** For a consumer, `depth`, `capacity` and `waitingProducers` are 0: the shared queue has its own `depth`. */
   readonly stats: Effect.Effect<Stats>
-  /** Stops taking, lets in-flight jobs finish within the deadline and releases the rest; same result for every caller. */
+  /**
+   * Stops taking, lets in-flight jobs finish within the deadline and releases the rest; the same result for
+   * every caller.
+   */
   readonly shutdown: Effect.Effect<DrainResult<A>>
 }
 
@@ -443,8 +618,33 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
 }
 
 /**
- * Starts a pool in the current Scope. Requires `Lifecycle`: its draining closes intake, and its deadline
- * bounds the drain that runs when the Scope closes.
+ * Starts a pool in the current Scope: `workers` fibers taking jobs from a queue of `capacity`. Requires
+ * `Lifecycle`: its draining closes intake and starts the drain, and its deadline bounds the drain, which also
+ * runs when the Scope closes. The pool is ready when `make` returns. Dies if `capacity` or `workers` is not a
+ * positive integer.
+ *
+ * @typeParam A - The payload's type, usually inferred from `handler`.
+ * @typeParam E - The handler's typed failures.
+ * @typeParam R - The services the handler needs.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Lifecycle, WorkerPool } from "keel"
+ *
+ * const program = Effect.gen(function*() {
+ *   const pool = yield* WorkerPool.make({
+ *     name: "emails",
+ *     capacity: 100,
+ *     workers: 4,
+ *     timeout: "10 seconds",
+ *     handler: (to: string) => Effect.log(`sending to ${to}`)
+ *   })
+ *   const id = yield* pool.submit("ada@example.com")
+ *   yield* pool.awaitIdle
+ *   yield* Effect.log(`job ${id} done`)
+ * }).pipe(Effect.scoped, Effect.provide(Lifecycle.layer()))
+ * ```
  */
 export const make = <A, E = never, R = never>(
   options: Options<A, E, R>
@@ -564,7 +764,8 @@ export const make = <A, E = never, R = never>(
       Effect.gen(function*() {
         if (policy === "handBack") yield* takeAllQueued("handedBack")
         yield* Effect.raceFirst(core.awaitIdle, core.deadline)
-        // Idle workers wait in `take`; after the deadline this also interrupts running jobs, which settle as unfinished.
+        // Idle workers wait in `take`; after the deadline this also interrupts running jobs, which settle as
+        // unfinished.
         yield* Fiber.interruptAll(workerFibers)
         yield* takeAllQueued(policy === "handBack" ? "handedBack" : "notStarted")
         yield* Queue.shutdown(queue)
@@ -598,6 +799,27 @@ const takeRetryPause = Duration.seconds(1)
  * metrics and the drain report are those of `make`. Requires `Lifecycle`: draining stops the taking, and its
  * deadline bounds the wait for in-flight jobs, after which they are interrupted and released. A source that
  * fails to deliver (the backend is unreachable) is logged and tried again every second until the drain.
+ * Dies if `workers` is not a positive integer.
+ *
+ * @typeParam A - The payload's type, as the source holds it.
+ * @typeParam E - The handler's typed failures.
+ * @typeParam R - The services the handler needs.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer } from "effect"
+ * import { Lifecycle, WorkerPool } from "keel"
+ * import { MemoryJobQueue } from "keel/memory"
+ * import { JobQueue } from "keel/services"
+ *
+ * const runner = Effect.gen(function*() {
+ *   const queue = yield* JobQueue.JobQueue
+ *   yield* WorkerPool.consume(queue, { workers: 4, handler: (payload) => Effect.log("running", payload) })
+ *   yield* Lifecycle.awaitDraining // consume until the service drains
+ * })
+ * const queueLayer = MemoryJobQueue.layer({ capacity: 100, leaseDuration: "30 seconds", maxAttempts: 3 })
+ * const program = runner.pipe(Effect.scoped, Effect.provide(Layer.merge(queueLayer, Lifecycle.layer())))
+ * ```
  */
 export const consume = <A, E = never, R = never>(
   source: Source<A>,

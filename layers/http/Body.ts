@@ -31,7 +31,32 @@ const describeIssues = (error: ParseResult.ParseError): string =>
     .map((issue) => issue.path.length === 0 ? issue.message : `${issue.path.join(".")}: ${issue.message}`)
     .join("; ")
 
-/** Decodes the request body as JSON of the given Schema. */
+/**
+ * Reads the request body and decodes it as JSON of the given Schema, reporting every issue and refusing
+ * properties the Schema does not declare. Fails with `TooLarge` when the body is over the server's limit
+ * (`maxBodySize` of `keel/node`'s `HttpServer`), and with `Invalid` when it cannot be read, is not JSON or
+ * does not match (the reason lists each issue as `path: message`); `withMiddleware` answers them with 413
+ * and 400.
+ *
+ * @typeParam A - The decoded value.
+ * @typeParam I - The Schema's encoded side, what the JSON must look like.
+ * @typeParam R - What the Schema needs to decode.
+ *
+ * @example
+ * ```ts
+ * import { HttpServerResponse } from "@effect/platform"
+ * import { Effect, Schema } from "effect"
+ * import { Middleware } from "keel"
+ * import { Body, withMiddleware } from "keel/http"
+ *
+ * const Greeting = Schema.Struct({ name: Schema.String })
+ *
+ * // {"name":"Ada"} is answered 200; {"nom":"Ada"} 400, with the issues as the message.
+ * const app = withMiddleware(Middleware.timeout("5 seconds"))(
+ *   Effect.map(Body.json(Greeting), ({ name }) => HttpServerResponse.unsafeJson({ hello: name }))
+ * )
+ * ```
+ */
 export const json = <A, I, R>(
   schema: Schema.Schema<A, I, R>
 ): Effect.Effect<A, Invalid | TooLarge, R | HttpServerRequest.HttpServerRequest> =>

@@ -10,18 +10,39 @@ import type { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Clock, Context, Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
 import type { Cause } from "effect"
 
+/**
+ * The counter `keel_http_requests_total`: requests answered, tagged `route` (the name given to `measured`),
+ * `method` and `status`, failures included with the status the server answers them with.
+ */
 export const requests = Metric.counter("keel_http_requests_total", {
   description: "HTTP requests answered, by route, method and status",
   incremental: true
 })
 
+/**
+ * The histogram `keel_http_request_duration_seconds`: request latency in seconds, from the start of the
+ * measured app to its response or failure, tagged `route`. Buckets from 1 ms to 10 s.
+ */
 export const duration = Metric.histogram(
   "keel_http_request_duration_seconds",
   MetricBoundaries.fromIterable([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]),
   "HTTP request latency in seconds, by route"
 )
 
-/** Counts and times `app` as the route `route`. */
+/**
+ * Counts and times `app` as the route `route`, in `requests` and `duration`. Give the route pattern
+ * (`/jobs/:id`), never the raw path, whose ids would make the series unbounded. The app itself is left
+ * unchanged: its response and errors pass through. Call it once per route, not per request.
+ *
+ * @example
+ * ```ts
+ * import { HttpServerResponse } from "@effect/platform"
+ * import { Effect } from "effect"
+ * import { HttpMetrics } from "keel/http"
+ *
+ * const health = HttpMetrics.measured("/health")(Effect.succeed(HttpServerResponse.text("ok")))
+ * ```
+ */
 export const measured = (route: string) => {
   // One label array per series, made once: the registry caches a series' hook by the array's identity,
   // where tagging the metric on every request would build a new key each time.

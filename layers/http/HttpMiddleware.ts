@@ -17,8 +17,15 @@ import { Context, Duration, Effect, Exit, Metric, MetricLabel, Option } from "ef
 import type { Fiber } from "effect"
 import type { Middleware } from "keel"
 
-/** The rejections this adapter answers, by tag. */
+/**
+ * The rejections `withMiddleware` answers, by tag: Keel's errors that mean "not now" or "not like this",
+ * whichever module raised them. They leave the app's error type once it is wrapped.
+ */
 export type Rejection = {
+  /**
+   * The error's tag, with the status it is answered with: `Timeout` 504, `RateLimited` 429, `Overloaded`,
+   * `CircuitOpen`, `QueueFull` and `ShuttingDown` 503, `Invalid` 400, `TooLarge` 413.
+   */
   readonly _tag:
     | "Timeout"
     | "RateLimited"
@@ -41,6 +48,10 @@ const statusByTag: Record<Rejection["_tag"], number> = {
   TooLarge: 413
 }
 
+/**
+ * The counter `keel_http_rejections_total`: requests `withMiddleware` answered with an error status, tagged
+ * `status` (e.g. `503`) and `error` (the rejection's tag, e.g. `Overloaded`).
+ */
 export const rejections = Metric.counter("keel_http_rejections_total", {
   description: "requests answered with an error status by the Keel middleware adapter",
   incremental: true
@@ -64,7 +75,13 @@ const retryAfterSeconds = (error: Rejection & Record<string, unknown>): Option.O
   return Option.some(String(Math.max(1, Math.ceil(Duration.toMillis(retryAfter) / 1000))))
 }
 
-/** The HTTP answer for a Keel rejection, or none when the error is not one. */
+/**
+ * The HTTP answer for a Keel rejection, or none when the error is not one (recognised by its `_tag`). The
+ * answer is JSON, `{ "error": <tag>, "message": <the error's message> }`, with the rejection's status and,
+ * when the wait is known, a `Retry-After` header in whole seconds (rounded up); an `Overloaded` or
+ * `QueueFull` without a known wait gets `1`. For apps that answer errors themselves; `withMiddleware` uses
+ * it and counts the answer.
+ */
 export const rejectionResponse = (error: unknown): Option.Option<HttpServerResponse.HttpServerResponse> => {
   if (!isRejection(error)) return Option.none()
   const status = statusByTag[error._tag]
@@ -94,6 +111,27 @@ const rejectionLabels = (status: number, error: string) => {
 /**
  * Runs `app` under `middleware` and answers Keel's rejections with their HTTP status. Request-typed
  * middleware (a keyed `rateLimit` reading the client from the request) fits as well as generic middleware.
+ * The service the middleware wraps takes the `HttpServerRequest` and answers with the app's response.
+ * Rejections (see `Rejection`) become responses as `rejectionResponse` makes them, counted in
+ * `rejections`; every other error is left to the app's own error handling.
+ *
+ * @typeParam EAdd - The errors the middleware adds.
+ * @typeParam RAdd - The requirements the middleware adds.
+ *
+ * @example
+ * ```ts
+ * import { HttpServerResponse } from "@effect/platform"
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ * import { withMiddleware } from "keel/http"
+ *
+ * const program = Effect.gen(function*() {
+ *   const limit = yield* Middleware.concurrencyLimit(100)
+ *   const guard = withMiddleware(Middleware.stack(Middleware.loadShed(), limit, Middleware.timeout("5 seconds")))
+ *   // Overloaded is answered with 503, Timeout with 504.
+ *   return guard(Effect.succeed(HttpServerResponse.text("hello")))
+ * })
+ * ```
  */
 export const withMiddleware = <EAdd, RAdd = never>(
   middleware:

@@ -11,6 +11,7 @@ import { HttpServerResponse } from "@effect/platform"
 import { Effect, Metric, MetricState, Option } from "effect"
 import type { MetricPair } from "effect"
 
+/** The `Content-Type` of the text exposition format 0.0.4, as `metricsApp` answers with it. */
 export const contentType = "text/plain; version=0.0.4; charset=utf-8"
 
 type FamilyType = "counter" | "gauge" | "histogram" | "summary"
@@ -35,7 +36,10 @@ interface Family {
   readonly series: Array<Series>
 }
 
-/** Replaces the characters `invalid` matches with `_`, and prefixes `_` to a name that is empty or starts with a digit. */
+/**
+ * Replaces the characters `invalid` matches with `_`, and prefixes `_` to a name that is empty or starts
+ * with a digit.
+ */
 const sanitize = (name: string, invalid: RegExp): string => {
   const replaced = name.replace(invalid, "_")
   return replaced === "" || /^[0-9]/.test(replaced) ? `_${replaced}` : replaced
@@ -155,6 +159,11 @@ const renderFamily = (family: Family): string => {
   return lines.map((line) => `${line}\n`).join("")
 }
 
+/**
+ * Renders metric pairs (e.g. `Metric.snapshot`'s) as a text exposition: one family per sanitized name,
+ * families and series sorted, `# HELP` from the metric's description. Pure; `exposition` renders the
+ * current snapshot.
+ */
 export const render = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>): string => {
   const families = new Map<string, Family>()
   for (const pair of pairs) {
@@ -177,8 +186,21 @@ export const render = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>): str
     .join("")
 }
 
+/** Every Effect metric now (`Metric.snapshot` of the global registry), rendered by `render`. */
 export const exposition: Effect.Effect<string> = Effect.map(Metric.snapshot, render)
 
+/**
+ * An HTTP app answering with `exposition` as `text/plain` (`contentType`): mount it at `GET /metrics` for
+ * Prometheus to scrape.
+ *
+ * @example
+ * ```ts
+ * import { HttpRouter } from "@effect/platform"
+ * import { Prometheus } from "keel/http"
+ *
+ * const router = HttpRouter.empty.pipe(HttpRouter.get("/metrics", Prometheus.metricsApp))
+ * ```
+ */
 export const metricsApp: Effect.Effect<HttpServerResponse.HttpServerResponse> = Effect.map(
   exposition,
   (body) => HttpServerResponse.text(body, { contentType })

@@ -42,7 +42,12 @@ interface Job {
   state: State
 }
 
-/** A queue living as long as the current Scope. */
+/**
+ * A queue in this process's memory, empty, living as long as the current Scope: closing it stops its timers
+ * (delays, lease expiries), and the queue is gone with every job it held. Dies when the options are invalid
+ * (`capacity`, `maxAttempts`, `maxDeadLetters` integers ≥ 1, `leaseDuration` finite and at least 1 ms). Its
+ * operations never fail with `QueueUnavailable`; ids it makes are `job-1`, `job-2`, …
+ */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
     const problem = JobQueue.invalidOptions(options)
@@ -264,5 +269,21 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     return service
   })
 
-/** The queue as the `JobQueue` service, living as long as the layer. */
+/**
+ * The queue as the `JobQueue` service, living as long as the layer (each build of the layer is a new, empty
+ * queue).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { MemoryJobQueue } from "keel/memory"
+ * import { JobQueue } from "keel/services"
+ *
+ * const JobQueueLive = MemoryJobQueue.layer({ capacity: 10_000, leaseDuration: "30 seconds", maxAttempts: 5 })
+ *
+ * const enqueue = (to: string) => Effect.flatMap(JobQueue.JobQueue, (queue) => queue.offer({ to }))
+ *
+ * const program = enqueue("ada@example.com").pipe(Effect.provide(JobQueueLive))
+ * ```
+ */
 export const layer = (options: Options): Layer.Layer<JobQueue.JobQueue> => Layer.scoped(JobQueue.JobQueue, make(options))

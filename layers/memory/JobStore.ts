@@ -20,14 +20,19 @@ import {
   StoreFull
 } from "../../services/JobStore.js"
 
+/** Options of `make` and `layer`. */
 export interface Options {
-  /** The most records held at once; a positive integer. */
+  /** The most records held at once; a positive integer. A full store evicts the record that finished earliest. */
   readonly capacity: number
 }
 
 type StateTag = JobState["_tag"]
 type Created = Effect.Effect.Success<ReturnType<JobStoreService["create"]>>
 
+/**
+ * A new, empty store in this process's memory; each call makes a separate one. Dies when `capacity` is not a
+ * positive integer. Its methods never fail with `StoreUnavailable`.
+ */
 export const make = (options: Options): Effect.Effect<JobStoreService> =>
   Effect.suspend(() => {
     const { capacity } = options
@@ -37,6 +42,23 @@ export const make = (options: Options): Effect.Effect<JobStoreService> =>
     return Effect.sync(() => unsafeMake(capacity))
   })
 
+/**
+ * The store as the `JobStore` service (each build of the layer is a new, empty store).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Option } from "effect"
+ * import { MemoryJobStore } from "keel/memory"
+ * import { JobStore } from "keel/services"
+ *
+ * const stateOf = (id: string) =>
+ *   Effect.flatMap(JobStore.JobStore, (store) => store.get(id)).pipe(
+ *     Effect.map(Option.map((record) => record.state._tag))
+ *   )
+ *
+ * const program = stateOf("job-1").pipe(Effect.provide(MemoryJobStore.layer({ capacity: 10_000 })))
+ * ```
+ */
 export const layer = (options: Options): Layer.Layer<JobStore> => Layer.effect(JobStore, make(options))
 
 /** A stored record, linked into the "finished" list once its state is terminal. */

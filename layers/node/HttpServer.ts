@@ -8,8 +8,9 @@
  * closes idle keep-alive sockets (a socket used in the last 250 ms gets that long to deliver the request
  * its client may be sending); requests already in flight complete. From the first instant of the
  * drain every response carries `Connection: close`, and a request that arrives on a kept-alive connection
- * during the drain is still handled by the app and answered, never left hanging. The server's Scope closes once every connection has ended; at the Lifecycle's
- * deadline the connections still open are destroyed and listed in the shutdown report.
+ * during the drain is still handled by the app and answered, never left hanging. The server's Scope closes
+ * once every connection has ended; at the Lifecycle's deadline the connections still open are destroyed and
+ * listed in the shutdown report.
  *
  * Each request runs as one fiber started synchronously (`immediate`): an app that answers without
  * suspending is answered within the same tick, its buffered body written by the request handler itself
@@ -35,10 +36,11 @@ import * as Net from "node:net"
 import { Readable } from "node:stream"
 import { pipeline } from "node:stream/promises"
 
+/** Options of `make` and `layer`. */
 export interface Options {
-  /** Default 0 (a free port, see `address`). */
+  /** The port to listen on. Default 0: a free port chosen by the system (read it from `address`). */
   readonly port?: number
-  /** Default `127.0.0.1`. */
+  /** The address to listen on. Default `127.0.0.1` (this machine only; `0.0.0.0` listens on every interface). */
   readonly host?: string
   /** Names the server in the shutdown report. Default `http`. */
   readonly name?: string
@@ -52,9 +54,13 @@ export interface Options {
   readonly requestTimeout?: Duration.DurationInput
 }
 
+/** A snapshot of the server, read from `DrainingServer.stats`. */
 export interface Stats {
+  /** False once the server has stopped accepting connections: during a drain, after the pre-stop delay. */
   readonly accepting: boolean
+  /** Connections open now, idle keep-alive ones included. */
   readonly connections: number
+  /** Requests received whose response is not yet completely written. */
   readonly inFlight: number
   /** Responses completed since the start. */
   readonly served: number
@@ -62,10 +68,33 @@ export interface Stats {
 
 /** The running server: where it listens and what it holds. */
 export interface DrainingServer {
-  readonly address: { readonly host: string; readonly port: number }
+  /** Where the server listens, once it does. */
+  readonly address: {
+    /** The address bound, as Node reports it (e.g. `127.0.0.1`, `::1`). */
+    readonly host: string
+    /** The port bound: the one chosen by the system when `port` was 0. */
+    readonly port: number
+  }
+  /** The server's connections and requests now, and whether it still accepts connections. */
   readonly stats: Effect.Effect<Stats>
 }
 
+/**
+ * The running server's tag, provided by `layer` next to `HttpServer.HttpServer`: read its address (the port
+ * chosen when `port` was 0) and its stats from it.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { HttpServer as DrainingHttpServer } from "keel/node"
+ *
+ * const logListening = Effect.gen(function*() {
+ *   const server = yield* DrainingHttpServer.DrainingHttpServer
+ *   const stats = yield* server.stats
+ *   yield* Effect.log(`listening on http://${server.address.host}:${server.address.port}, ${stats.inFlight} in flight`)
+ * })
+ * ```
+ */
 export class DrainingHttpServer
   extends Context.Tag("keel/node/DrainingHttpServer")<DrainingHttpServer, DrainingServer>()
 {}
@@ -400,10 +429,16 @@ const writeResponse = (
 
 /**
  * Starts the server in the current Scope. Requires `Lifecycle`: its draining stops intake (after the
- * pre-stop delay) and its deadline bounds the drain.
+ * pre-stop delay) and its deadline bounds the drain. Closing the Scope drains the server: it waits until
+ * every connection has ended, or until the Lifecycle's deadline, when the rest are destroyed and reported.
+ * Fails with `ServeError` when it cannot listen (port taken, address not available). `layer` is the usual
+ * way in.
  */
 export const make = (options: Options = {}): Effect.Effect<
-  DrainingServer & { readonly server: HttpServer.HttpServer },
+  DrainingServer & {
+    /** The server as @effect/platform's `HttpServer.HttpServer`, to serve an app on. */
+    readonly server: HttpServer.HttpServer
+  },
   HttpServerError.ServeError,
   Scope.Scope | Lifecycle.Lifecycle
 > =>
@@ -632,7 +667,25 @@ export const make = (options: Options = {}): Effect.Effect<
     }
   })
 
-/** `HttpServer.HttpServer` (for `HttpServer.serve(app)`) plus `DrainingHttpServer` for its address and stats. */
+/**
+ * `HttpServer.HttpServer` (for `HttpServer.serve(app)`) plus `DrainingHttpServer` for its address and stats,
+ * started by `make`: the server lives, and drains, with the layer. Fails with `ServeError` when it cannot
+ * listen.
+ *
+ * @example
+ * ```ts
+ * import { HttpServer, HttpServerResponse } from "@effect/platform"
+ * import { Effect, Layer } from "effect"
+ * import { HttpServer as DrainingHttpServer, runMain } from "keel/node"
+ *
+ * const app = Effect.succeed(HttpServerResponse.text("hello"))
+ * const ServerLive = HttpServer.serve(app).pipe(
+ *   Layer.provide(DrainingHttpServer.layer({ port: 8080, host: "0.0.0.0", maxBodySize: 64 * 1024 }))
+ * )
+ *
+ * runMain(Layer.launch(ServerLive)) // SIGTERM: stop accepting, finish requests, exit
+ * ```
+ */
 export const layer = (
   options: Options = {}
 ): Layer.Layer<HttpServer.HttpServer | DrainingHttpServer, HttpServerError.ServeError, Lifecycle.Lifecycle> =>

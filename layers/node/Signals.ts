@@ -11,9 +11,19 @@ import { Effect, Runtime } from "effect"
 import type { Scope } from "effect"
 import type { Lifecycle } from "keel"
 
+/**
+ * The exit code for each signal, 128 plus its number (SIGINT 130, SIGTERM 143), as a shell reports a
+ * process that signal killed. `listen` exits with it on a third signal.
+ */
 export const exitCodeForSignal: Record<Lifecycle.SignalName, number> = { SIGINT: 130, SIGTERM: 143 }
 
-/** Routes SIGINT and SIGTERM to the Lifecycle for as long as the Scope is open. */
+/**
+ * Routes process signals (default SIGINT and SIGTERM) to `lifecycle.signal` for as long as the Scope is
+ * open: the first starts draining, the second escalates, and a third exits the process at once with
+ * `exitCodeForSignal`, without waiting for finalizers. While listening, these signals no longer kill the
+ * process by Node's default. The listeners are removed when the Scope closes. `runMain` calls it; use it
+ * directly only in a runner of your own.
+ */
 export const listen = (
   lifecycle: Lifecycle.LifecycleService,
   signals: ReadonlyArray<Lifecycle.SignalName> = ["SIGINT", "SIGTERM"]

@@ -25,10 +25,11 @@ import type { Scope } from "effect"
 import { Backoff, Lifecycle } from "keel"
 import * as Net from "node:net"
 
+/** Options of `serve`. */
 export interface Options {
-  /** Default 0 (a free port, see `address`). */
+  /** The port to listen on. Default 0: a free port chosen by the system (read it from `address`). */
   readonly port?: number
-  /** Default `127.0.0.1`. */
+  /** The address to listen on. Default `127.0.0.1` (this machine only; `0.0.0.0` listens on every interface). */
   readonly host?: string
   /** Names the server in the shutdown report and logs. Default `tcp`. */
   readonly name?: string
@@ -42,8 +43,12 @@ export interface Options {
 
 /** One connection, as the handler gets it. */
 export interface Connection {
-  /** Numbered from 1 in accept order. */
+  /** Numbered from 1, in the order connections are handed to the handler. */
   readonly id: number
+  /**
+   * The client's socket, flowing: read it with its `data` event, write to it. Bytes that arrived while the
+   * connection waited for a slot are delivered first. It is destroyed when the handler returns.
+   */
   readonly socket: Net.Socket
   /** Completes when the server starts draining: finish what was read, answer it, then end the connection. */
   readonly draining: Effect.Effect<void>
@@ -51,8 +56,14 @@ export interface Connection {
   readonly isDraining: () => boolean
 }
 
+/** A snapshot of the server, read from `TcpServer.stats`. */
 export interface Stats {
+  /**
+   * False once the drain has closed the listener for good; a listener paused after an accept error still
+   * counts as accepting.
+   */
   readonly accepting: boolean
+  /** Connections being served now, at most `maxConnections`. */
   readonly connections: number
   /** Accepted past the cap, waiting for a slot. */
   readonly pending: number
@@ -60,16 +71,28 @@ export interface Stats {
   readonly refused: number
   /** Connections served and ended since the start. */
   readonly served: number
+  /** Failed accepts that paused the listener, since the start (failures during a pause are not counted). */
   readonly acceptErrors: number
 }
 
+/** The running server, returned by `serve`: where it listens and what it holds. */
 export interface TcpServer {
-  readonly address: { readonly host: string; readonly port: number }
+  /** Where the server listens. */
+  readonly address: {
+    /** The address listened on, as given in `host`. */
+    readonly host: string
+    /** The port bound: the one chosen by the system when `port` was 0. */
+    readonly port: number
+  }
+  /** The server's connections now, and its counts since the start. */
   readonly stats: Effect.Effect<Stats>
 }
 
 /** The server could not listen (port taken, address not available). */
-export class ServeError extends Data.TaggedError("ServeError")<{ readonly message: string }> {}
+export class ServeError extends Data.TaggedError("ServeError")<{
+  /** `<name>: cannot listen on <host>:<port>: <Node's error message>`. */
+  readonly message: string
+}> {}
 
 /** Bytes read ahead from a waiting connection (to notice it closing); past it, it is no longer read. */
 const maxHeldPerPending = 16 * 1024
@@ -78,7 +101,33 @@ const defaultAcceptBackoff: Backoff.Policy = { base: "1 second", max: "64 second
 
 /**
  * Starts the server in the current Scope; `handle` runs once per connection, in a fiber of its own, and the
- * connection's socket is destroyed when it returns. Requires `Lifecycle` for the drain.
+ * connection's socket is destroyed when it returns. Requires `Lifecycle` for the drain: closing the Scope
+ * waits until every connection has ended, or until the Lifecycle's deadline, when the rest are interrupted
+ * and reported. Fails with `ServeError` when it cannot listen.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { TcpServer, runMain } from "keel/node"
+ *
+ * // Echoes what it reads until the client hangs up or the server drains.
+ * const echo = ({ socket, draining }: TcpServer.Connection) =>
+ *   Effect.raceFirst(
+ *     Effect.async<void>((resume) => {
+ *       socket.on("data", (chunk) => socket.write(chunk))
+ *       socket.once("close", () => resume(Effect.void))
+ *     }),
+ *     draining
+ *   )
+ *
+ * const program = Effect.gen(function*() {
+ *   const server = yield* TcpServer.serve({ port: 7000, maxConnections: 100 }, echo)
+ *   yield* Effect.log(`listening on ${server.address.host}:${server.address.port}`)
+ *   yield* Effect.never
+ * }).pipe(Effect.scoped)
+ *
+ * runMain(program)
+ * ```
  */
 export const serve = (
   options: Options,

@@ -11,8 +11,12 @@ import { Cause, Effect, Exit, Layer, Logger } from "effect"
 import { Lifecycle } from "keel"
 import * as Signals from "./Signals.js"
 
+/** Options of `runMain` and `runToExitCode`: the Lifecycle's options, plus how logs are written. */
 export interface RunMainOptions extends Lifecycle.Options {
-  /** Default `pretty` on a terminal, `logfmt` otherwise. */
+  /**
+   * The log format for the whole run: `pretty` (for people), `logfmt` or `json` (one line per entry, for log
+   * collectors). Default `pretty` when standard error is a terminal, `logfmt` otherwise.
+   */
   readonly logger?: "pretty" | "logfmt" | "json"
 }
 
@@ -31,7 +35,14 @@ const loggerLayer = (choice: RunMainOptions["logger"]) => {
   return chosen === "pretty" ? prettyOnTerminal : chosen === "json" ? Logger.json : Logger.logFmt
 }
 
-/** The whole run as an Effect that yields the exit code; `runMain` executes it and exits. */
+/**
+ * The whole run as an Effect that yields the exit code; `runMain` executes it and exits. It provides
+ * `Lifecycle.layer(options)` and the logger, listens to SIGINT and SIGTERM while it runs, runs `program`
+ * with `Lifecycle.run` and returns `Lifecycle.exitCode` of the result (0, 1, 130 or 143). A program that
+ * failed (not merely stopped by the drain) is logged as `program failed`. Never fails: if the Lifecycle
+ * cannot be built (a `KEEL_*` setting is not a duration), it logs `could not start` and yields 1. It does
+ * not exit the process.
+ */
 export const runToExitCode = <A, E>(
   program: Effect.Effect<A, E, Lifecycle.Lifecycle>,
   options: RunMainOptions = {}
@@ -53,6 +64,28 @@ export const runToExitCode = <A, E>(
     )
   )
 
+/**
+ * Runs `program` as the process's main program, under the Lifecycle with SIGINT and SIGTERM wired to it,
+ * then exits the process with the code `runToExitCode` yields: 0 after success or a clean drain, 1 after a
+ * failure or a forced drain, 130 / 143 after a second SIGINT / SIGTERM. The process stays up until the
+ * program has ended, even if it only waits. Returns at once; call it once, at the entry point.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Lifecycle } from "keel"
+ * import { runMain } from "keel/node"
+ *
+ * const service = Effect.gen(function*() {
+ *   yield* Effect.fork(Lifecycle.track("request-1", Effect.sleep("300 millis")))
+ *   yield* Effect.sleep("50 millis")
+ *   yield* Lifecycle.shutdown("demo over") // SIGINT / SIGTERM do the same
+ *   yield* Effect.never // the Lifecycle interrupts the program once the tracked work is done
+ * })
+ *
+ * runMain(service, { drainTimeout: "5 seconds", logger: "json" })
+ * ```
+ */
 export const runMain = <A, E>(program: Effect.Effect<A, E, Lifecycle.Lifecycle>, options: RunMainOptions = {}): void => {
   // A program that only waits (for a signal, on a Deferred) leaves Node nothing to do; this keeps the
   // process up until the program has ended.

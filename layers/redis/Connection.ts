@@ -15,12 +15,14 @@ import { createHash } from "node:crypto"
 /** Longest wait for one Redis reply before the call counts as failed. */
 export const callTimeout = Duration.seconds(2)
 
+/** A failure as text for a `reason`: an Error's message, or anything else as `String` renders it. */
 export const describeError = (error: unknown) => (error instanceof Error ? error.message : String(error))
 
 /** A client the caller owns (of whichever copy of ioredis), rather than `{ url }`. */
 export const isClient = (redis: Redis | { readonly url: string }): redis is Redis =>
   typeof (redis as Redis).evalsha === "function"
 
+/** The ioredis options of every connection these backends open: fail fast while Redis is away. */
 export const connectionOptions = {
   // While Redis is away a command fails at the next failed reconnection (at most 500 ms later) instead of
   // waiting in the offline queue for Redis to return; at start it still waits for the first connection.
@@ -36,11 +38,15 @@ export const quiet = (connection: Redis): Redis => connection.on("error", () => 
 export const open = (url: string, extra: Partial<typeof connectionOptions> & { enableAutoPipelining?: boolean } = {}) =>
   quiet(new Redis(url, { ...connectionOptions, ...extra }))
 
+/** A Lua script with its SHA-1, so it can be run by EVALSHA. */
 export interface Script {
+  /** The script's text. */
   readonly lua: string
+  /** The SHA-1 of `lua`, in hex, as Redis names a loaded script. */
   readonly sha: string
 }
 
+/** `lua` with its SHA-1, ready for `evalScript`. */
 export const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
 
 /** Runs `script` by its SHA, sending its text only when Redis does not have it yet (NOSCRIPT). */
@@ -54,6 +60,7 @@ export const evalScript = (
     describeError(error).startsWith("NOSCRIPT") ? client.eval(lua, keys.length, ...keys, ...args) : Promise.reject(error)
   )
 
+/** Options of `call`, for a call replying `A` that fails with `E`. */
 export interface CallOptions<A, E> {
   /** Longest wait for the reply. */
   readonly timeout: Duration.Duration

@@ -71,9 +71,16 @@ import {
   script
 } from "./Connection.js"
 
+/** Options of `make` and `layer`: the contract's, and how to reach Redis. */
 export interface Options extends JobQueue.QueueOptions {
-  /** An ioredis client the caller owns (left open when the queue closes), or the URL of a Redis to connect to. */
-  readonly redis: Redis | { readonly url: string }
+  /**
+   * An ioredis client the caller owns (left open when the queue closes), or the URL of a Redis to connect to.
+   * Either way the queue opens one more connection of its own, for its blocking reads.
+   */
+  readonly redis: Redis | {
+    /** The Redis to connect to, as ioredis takes it: `redis://[[user]:password@]host[:port][/db]`. */
+    readonly url: string
+  }
   /** The queue's name: its keys are `keel:jobs:<name>:…`. Queues with the same name share their jobs. */
   readonly name: string
   /** This queue's consumer name in the group. Default: a fresh unique id per `make`. */
@@ -378,7 +385,15 @@ interface Held {
 
 const held = new WeakMap<JobQueue.Lease, Held>()
 
-/** A queue living as long as the current Scope. */
+/**
+ * A queue on Redis, living as long as the current Scope, whose fibers (wake-up read, delayed-job promoter,
+ * lease watch, fetcher, acker) it starts; the stream and consumer group are created when first needed.
+ * Closing the Scope stops the fibers, fails the takes and acks still waiting with `QueueUnavailable` (`the
+ * queue is closed`), leaves the group if this consumer holds no lease, and closes the connections it opened
+ * (within 500 ms each). The jobs stay in Redis. Dies when the options are invalid or `name` is empty. Making
+ * it sends nothing to Redis; while Redis is away, operations fail with `QueueUnavailable`. Ids it makes are
+ * `job-<uuid>`.
+ */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
     const problem = JobQueue.invalidOptions(options) ?? (options.name === "" ? "name must not be empty" : undefined)
@@ -882,5 +897,24 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     return service
   })
 
-/** The queue as the `JobQueue` service, living as long as the layer. */
+/**
+ * The queue as the `JobQueue` service, living as long as the layer.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { RedisJobQueue } from "keel/redis"
+ * import { JobQueue } from "keel/services"
+ *
+ * const JobQueueLive = RedisJobQueue.layer({
+ *   redis: { url: "redis://localhost:6379" },
+ *   name: "emails",
+ *   capacity: 10_000,
+ *   leaseDuration: "30 seconds",
+ *   maxAttempts: 5
+ * })
+ *
+ * const program = Effect.flatMap(JobQueue.JobQueue, (queue) => queue.depth).pipe(Effect.provide(JobQueueLive))
+ * ```
+ */
 export const layer = (options: Options): Layer.Layer<JobQueue.JobQueue> => Layer.scoped(JobQueue.JobQueue, make(options))

@@ -44,12 +44,19 @@ import { JobStore } from "keel/services"
 import { randomUUID } from "node:crypto"
 import { call, callTimeout, describeError, evalScript, isClient, open, quit, script } from "./Connection.js"
 
+/** Options of `make` and `layer`. */
 export interface Options {
   /** An ioredis client the caller owns (left open when the store closes), or the URL of a Redis to connect to. */
-  readonly redis: Redis | { readonly url: string }
+  readonly redis: Redis | {
+    /** The Redis to connect to, as ioredis takes it: `redis://[[user]:password@]host[:port][/db]`. */
+    readonly url: string
+  }
   /** The store's name: its keys are `keel:store:<name>:…`. Stores with the same name share their records. */
   readonly name: string
-  /** The most records held at once; a positive integer. */
+  /**
+   * The most records held at once; a positive integer. Every store of one name should be given the same: each
+   * enforces its own on `create`.
+   */
   readonly capacity: number
 }
 
@@ -179,7 +186,12 @@ const request = <A>(what: string, send: () => Promise<A>): Effect.Effect<A, JobS
 /** The store's own connection, closed with the Scope (within Connection's bound). */
 const connect = (url: string) => Effect.acquireRelease(Effect.sync(() => open(url)), (connection) => quit(connection))
 
-/** A store living as long as the current Scope (which closes its connection, when it opened one). */
+/**
+ * A store on Redis, living as long as the current Scope, which closes the connection it opened (within 500 ms;
+ * a caller's client is left open). The records stay in Redis. Dies when `capacity` is not a positive integer
+ * or `name` is empty. Making it sends nothing to Redis; while Redis is away, methods fail with
+ * `StoreUnavailable`.
+ */
 export const make = (options: Options): Effect.Effect<JobStore.JobStoreService, never, Scope.Scope> =>
   Effect.gen(function*() {
     const { capacity, name } = options
@@ -270,5 +282,22 @@ export const make = (options: Options): Effect.Effect<JobStore.JobStoreService, 
     return { create, update, remove, get, stats }
   })
 
-/** The store as the `JobStore` service, living as long as the layer. */
+/**
+ * The store as the `JobStore` service, living as long as the layer.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { RedisJobStore } from "keel/redis"
+ * import { JobStore } from "keel/services"
+ *
+ * const JobStoreLive = RedisJobStore.layer({
+ *   redis: { url: "redis://localhost:6379" },
+ *   name: "jobs",
+ *   capacity: 100_000
+ * })
+ *
+ * const program = Effect.flatMap(JobStore.JobStore, (store) => store.stats).pipe(Effect.provide(JobStoreLive))
+ * ```
+ */
 export const layer = (options: Options): Layer.Layer<JobStore.JobStore> => Layer.scoped(JobStore.JobStore, make(options))

@@ -11,24 +11,70 @@
 import { Effect, Metric } from "effect"
 import { Invalid } from "../Errors.js"
 
-/** Calls a middleware refused, for every middleware: tagged `middleware=<name>` and `reason`. */
+/**
+ * The counter `keel_middleware_rejections_total`: calls a middleware refused, for every middleware, tagged
+ * `middleware=<name>` (the name given in the middleware's options) and `reason` (e.g. `queue-full`, `open`).
+ * Read one middleware's series through its own helper (`rateLimitMetrics`, `concurrencyLimitMetrics`,
+ * `circuitBreakerMetrics`).
+ */
 export const middlewareRejections = Metric.counter("keel_middleware_rejections_total", {
   description: "calls a middleware refused",
   incremental: true
 })
 
-/** Calls waiting at a limit (a concurrency limit's queue, a rate limit's sleepers), tagged `middleware=<name>`. */
+/**
+ * The gauge `keel_middleware_waiting`: calls waiting at a limit now (queued for a concurrency limit's
+ * permit, sleeping until a rate limit's slot), tagged `middleware=<name>`.
+ */
 export const middlewareWaiting = Metric.gauge("keel_middleware_waiting", { description: "calls queued at a limit" })
 
-/** A request in, an Effect of a response out. */
+/**
+ * A request in, an Effect of a response out: what every middleware wraps. Any function of that shape is a
+ * service (a client call, a handler, a method of a service object); nothing needs to be registered.
+ *
+ * @typeParam Req - The request the service takes.
+ * @typeParam Res - The response it succeeds with.
+ * @typeParam E - The typed errors it can fail with.
+ * @typeParam R - The requirements (context) its Effect needs.
+ */
 export type Service<Req, Res, E = never, R = never> = (request: Req) => Effect.Effect<Res, E, R>
 
-/** Wraps any service, adding the errors `EAdd` and the requirements `RAdd`. */
+/**
+ * Wraps any service, whatever its request and response types, in a service of the same shape that may
+ * also fail with `EAdd` and need `RAdd`. Build one with `timeout`, `deadline`, `loadShed`, `tap`, …, or
+ * from the Effect of a stateful one (`rateLimit`, `concurrencyLimit`, `retry`, `hedge`, a circuit breaker's
+ * `middleware`), and compose several with `stack`.
+ *
+ * @typeParam EAdd - The errors the middleware adds (e.g. `Timeout`); `never` when it adds none.
+ * @typeParam RAdd - The requirements the middleware adds; `never` when it adds none.
+ */
 export type Middleware<EAdd = never, RAdd = never> = <Req, Res, E, R>(
   service: Service<Req, Res, E, R>
 ) => Service<Req, Res, E | EAdd, R | RAdd>
 
-/** Composes middleware outermost first (ServiceBuilder order). */
+/**
+ * Composes middleware outermost first (Tower's `ServiceBuilder` order): `stack(a, b)(service)` is
+ * `a(b(service))`, so a request passes through `a`, then `b`, then reaches the service. The result is a
+ * `Middleware` adding the errors and requirements of all of them (`E1 | E2 | …`, `R1 | R2 | …`, where
+ * `En` and `Rn` are what the n-th middleware adds). Up to seven at once; a `stack` is itself a middleware,
+ * so stacks nest for more. Order matters: a `timeout` above a `retry` bounds the whole sequence, below it
+ * each attempt.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const lookup = (id: number) => Effect.succeed({ id, name: `user ${id}` })
+ *
+ * const program = Effect.gen(function*() {
+ *   const limit = yield* Middleware.concurrencyLimit(10)
+ *   // Timeout | Overloaded is added to lookup's errors
+ *   const guarded = Middleware.stack(Middleware.timeout("2 seconds"), Middleware.loadShed(), limit)(lookup)
+ *   return yield* guarded(1)
+ * }).pipe(Effect.scoped)
+ * ```
+ */
 export function stack<E1, R1>(m1: Middleware<E1, R1>): Middleware<E1, R1>
 export function stack<E1, R1, E2, R2>(m1: Middleware<E1, R1>, m2: Middleware<E2, R2>): Middleware<E1 | E2, R1 | R2>
 export function stack<E1, R1, E2, R2, E3, R3>(
@@ -71,10 +117,33 @@ export function stack(...layers: ReadonlyArray<Middleware<unknown, unknown>>): M
     layers.reduceRight<Service<Req, Res, unknown, unknown>>((inner, layer) => layer(inner), service)
 }
 
-/** Runs `observe` around every call (logging, metrics, spans) without changing what the call does. */
+/**
+ * Runs `observe` around every call (logging, metrics, spans) without changing what the call does: the
+ * hooks cannot fail, and the service's response or error passes on unchanged. Each hook is optional.
+ *
+ * @typeParam Req - The request of the services it wraps.
+ * @typeParam Res - Their response.
+ * @typeParam E - Their typed errors, as `onFailure` receives them.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const lookup = (id: number) => Effect.succeed(`user ${id}`)
+ *
+ * const logged = Middleware.tap<number, string, never>({
+ *   onRequest: (id) => Effect.log(`lookup ${id}`),
+ *   onSuccess: (id, name) => Effect.log(`lookup ${id}: ${name}`)
+ * })(lookup)
+ * ```
+ */
 export const tap = <Req, Res, E>(observe: {
+  /** Runs before the service is called, with the request. */
   readonly onRequest?: (request: Req) => Effect.Effect<void>
+  /** Runs after the service succeeded, with the request and the response. */
   readonly onSuccess?: (request: Req, response: Res) => Effect.Effect<void>
+  /** Runs after the service failed with a typed error (not on a defect or an interruption). */
   readonly onFailure?: (request: Req, error: E) => Effect.Effect<void>
 }) =>
 <R>(service: Service<Req, Res, E, R>): Service<Req, Res, E, R> =>
@@ -87,7 +156,13 @@ export const tap = <Req, Res, E>(observe: {
     )
   )
 
-/** Refuses a request that fails `check` with `Invalid { reason }` before it reaches the service. */
+/**
+ * Checks each request before it reaches the service. `check` returns `undefined` to let the request
+ * through, or a reason (a message a client can act on) to refuse it: the call then fails with
+ * `Invalid { reason }` and the service is not called.
+ *
+ * @typeParam Req - The request `check` inspects.
+ */
 export const filter = <Req>(check: (request: Req) => string | undefined) =>
 <Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Invalid, R> =>
 (request) => {
@@ -95,7 +170,14 @@ export const filter = <Req>(check: (request: Req) => string | undefined) =>
   return reason === undefined ? service(request) : Effect.fail(new Invalid({ reason }))
 }
 
-/** Answers with `recover` when the service fails with an error `handles` accepts; other errors pass on. */
+/**
+ * Answers with `recover` when the service fails with an error `handles` accepts (a type guard), so that
+ * error leaves the wrapped service's error type; other errors, defects and interruptions pass on.
+ *
+ * @typeParam E - The errors of the services it wraps.
+ * @typeParam Res - Their response, which `recover` answers with.
+ * @typeParam EHandled - The errors `handles` picks out and `recover` turns into a response.
+ */
 export const fallback = <E, Res, EHandled extends E>(
   handles: (error: E) => error is EHandled,
   recover: (error: EHandled) => Effect.Effect<Res>

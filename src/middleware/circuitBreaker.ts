@@ -27,26 +27,45 @@ import { Cause, Chunk, Data, Duration, Effect, Exit, Metric, MetricLabel, PubSub
 import type { Scope } from "effect"
 import { middlewareRejections, type Middleware, type Service } from "./Middleware.js"
 
-/** How the closed breaker decides to open. */
+/** How the closed breaker decides to open: after a run of consecutive failures, or on a failure rate. */
 export type CircuitPolicy =
   /** Opens after `failures` counted failures in a row (a success restarts the run). */
-  | { readonly kind: "consecutive"; readonly failures: number }
+  | {
+    /** Selects the consecutive-failures policy. */
+    readonly kind: "consecutive"
+    /** Counted failures in a row that open the breaker: an integer ≥ 1. */
+    readonly failures: number
+  }
   /**
    * Opens when, over the last `window`, at least `minimumCalls` counted calls ended and the share of them
    * that failed is at least `failureRate` (0 < rate ≤ 1). Checked after every counted outcome.
    */
   | {
+    /** Selects the failure-rate policy. */
     readonly kind: "rate"
+    /**
+     * The sliding window outcomes are counted over: a positive, finite duration, cut into ten buckets
+     * (see the module's description).
+     */
     readonly window: Duration.DurationInput
+    /** Counted calls the window must hold before the rate is judged at all: an integer ≥ 1. */
     readonly minimumCalls: number
+    /** The share of failures, in (0, 1], at or above which the breaker opens (0.5: half the calls failed). */
     readonly failureRate: number
   }
 
+/**
+ * How `circuitBreaker` builds a breaker. Invalid values (a non-positive `openFor`, a count that is not a
+ * positive integer, a `failureRate` outside (0, 1]) are a programming error: building the breaker dies.
+ *
+ * @typeParam E - The errors of the services the breaker wraps, as `isFailure` receives them.
+ */
 export interface CircuitBreakerOptions<E = unknown> {
-  /** Names the breaker in errors and metrics. Default `circuit-breaker`. */
+  /** Names the breaker in errors (`CircuitOpen.breaker`) and metrics. Default `circuit-breaker`. */
   readonly name?: string
+  /** When the closed breaker opens: a run of consecutive failures or a failure rate over a window. */
   readonly policy: CircuitPolicy
-  /** How long the breaker stays open before it lets trials through. */
+  /** How long the breaker stays open before it lets trials through: a positive, finite duration. */
   readonly openFor: Duration.DurationInput
   /** Trials admitted at once while half-open. Default 1. */
   readonly trialCalls?: number
@@ -60,12 +79,28 @@ export interface CircuitBreakerOptions<E = unknown> {
 
 /** The breaker's state; `Open.until` is the Clock time (ms) from which it lets trials through. */
 export type CircuitState = Data.TaggedEnum<{
+  /** Calls pass, and their outcomes are counted by the policy. */
   Closed: {}
-  Open: { readonly until: number }
+  /** Calls are refused with `CircuitOpen` until `until`. */
+  Open: {
+    /** The Clock time (ms) from which the breaker lets trials through (half-open). */
+    readonly until: number
+  }
+  /** Trials pass, `trialCalls` at a time; the other calls are refused. */
   HalfOpen: {}
+  /** Every call is refused until `reset` (after `isolate`). */
   Isolated: {}
 }>
 
+/**
+ * Constructors and matchers of `CircuitState` (`CircuitState.Closed()`, `CircuitState.$is("Open")`,
+ * `CircuitState.$match`), for tests and for code that follows a breaker's `changes`.
+ *
+ * @property __type.Closed - Makes the `Closed` state: `CircuitState.Closed()`.
+ * @property __type.Open - Makes the `Open` state: `CircuitState.Open({ until })`, `until` in Clock ms.
+ * @property __type.HalfOpen - Makes the `HalfOpen` state: `CircuitState.HalfOpen()`.
+ * @property __type.Isolated - Makes the `Isolated` state: `CircuitState.Isolated()`.
+ */
 export const CircuitState = Data.taggedEnum<CircuitState>()
 
 /** The value of the `keel_circuit_state` gauge for each state. */
@@ -78,8 +113,9 @@ export const circuitStateCode: { readonly [Tag in CircuitState["_tag"]]: number 
 
 /** The breaker refused the call without calling the service. */
 export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
+  /** The name of the breaker that refused (its `name` option, default `circuit-breaker`). */
   readonly breaker: string
-  /** `HalfOpen`: every trial slot is taken. */
+  /** The breaker's state when it refused; `HalfOpen` means every trial slot was taken. */
   readonly state: "Open" | "HalfOpen" | "Isolated"
   /**
    * Open: the time left until trials are let through. Half-open: `openFor`, the wait if the running
@@ -87,6 +123,10 @@ export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
    */
   readonly retryAfter: Duration.Duration
 }> {
+  /**
+   * By state: `circuit <breaker> is open (retry after <retryAfter>)`, `circuit <breaker> is half-open
+   * with every trial slot taken (retry after <retryAfter>)`, or `circuit <breaker> is isolated until reset`.
+   */
   override get message() {
     switch (this.state) {
       case "Isolated":
@@ -101,22 +141,36 @@ export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
   }
 }
 
+/** A breaker's counters at one instant, as its `stats` returns them. */
 export interface CircuitBreakerStats {
+  /** The breaker's name (its `name` option, default `circuit-breaker`). */
   readonly name: string
+  /** The state now (reading it may have moved an open breaker whose time is up to half-open). */
   readonly state: CircuitState
   /** Consecutive policy: the current run of failures (0 unless closed). */
   readonly consecutiveFailures: number
-  /** Rate policy: counted calls and failures in the window now (0 unless closed). */
+  /** Rate policy: counted calls in the window now (0 unless closed). */
   readonly windowCalls: number
+  /** Rate policy: counted failures in the window now (0 unless closed). */
   readonly windowFailures: number
-  /** Half-open: trials running now and trial successes so far. */
+  /** Half-open: trials running now (0 otherwise). */
   readonly trialsInFlight: number
+  /** Half-open: trials that succeeded so far in this half-open period (0 otherwise). */
   readonly trialSuccesses: number
+  /** Calls let through to the service since the breaker was built (trials included); not cleared by `reset`. */
   readonly admitted: number
+  /** Calls refused with `CircuitOpen` since the breaker was built; not cleared by `reset`. */
   readonly rejected: number
+  /** State changes since the breaker was built (each one `changes` publishes); not cleared by `reset`. */
   readonly transitions: number
 }
 
+/**
+ * A circuit breaker, as `circuitBreaker` builds it: its `middleware` to wrap services with, and the means
+ * to watch and steer it. It lives as long as the Scope it was built in.
+ *
+ * @typeParam E - The errors of the services it wraps, as its `isFailure` option inspects them.
+ */
 export interface CircuitBreaker<E = unknown> {
   /**
    * Wraps a service: refuses calls with `CircuitOpen` while open, counts the outcomes of the others. With
@@ -298,9 +352,30 @@ const rateTripwire = (windowMillis: number, minimumCalls: number, failureRate: n
 }
 
 /**
- * Builds a circuit breaker living in the current Scope. `E` is the error type of the services it wraps
- * (what `isFailure` inspects); leave it `unknown` to use the breaker in `stack`. Invalid options are a
- * programming error: the Effect dies with an `IllegalArgumentException`.
+ * Builds a circuit breaker living in the current Scope (closing it ends every `changes` stream). `E` is
+ * the error type of the services it wraps (what `isFailure` inspects); leave it `unknown` to use the
+ * breaker in `stack`. Invalid options are a programming error: the Effect dies with an
+ * `IllegalArgumentException`. The breaker's `middleware` fails refused calls with `CircuitOpen`.
+ *
+ * @typeParam E - The errors of the services it wraps.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware, Unavailable } from "keel"
+ *
+ * const charge = (amount: number) => Effect.fail(new Unavailable({ reason: `gateway down (${amount})` }))
+ *
+ * const program = Effect.gen(function*() {
+ *   const breaker = yield* Middleware.circuitBreaker({
+ *     policy: { kind: "consecutive", failures: 3 },
+ *     openFor: "5 seconds"
+ *   })
+ *   const guarded = breaker.middleware(charge)
+ *   yield* Effect.forEach([1, 2, 3, 4], (amount) => Effect.either(guarded(amount)))
+ *   return yield* breaker.state // Open: the 4th call failed with CircuitOpen without calling charge
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export const circuitBreaker = <E = unknown>(
   options: CircuitBreakerOptions<E>

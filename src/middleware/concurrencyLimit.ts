@@ -16,8 +16,12 @@ import type { Cause, Fiber, Scope } from "effect"
 import { Overloaded, takeShedding, withShedding } from "./loadShed.js"
 import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 
+/** How `concurrencyLimit` queues and names itself; every field is optional. */
 export interface ConcurrencyLimitOptions {
-  /** Callers allowed to queue for a permit; past it a call fails with `Overloaded`. Default 1000. */
+  /**
+   * Callers allowed to queue for a permit: an integer ≥ 0 (0 never queues). Past it a call fails with
+   * `Overloaded`. Default 1000.
+   */
   readonly maxWaiting?: number
   /** Names the limit in metrics (`middleware=<name>`). Default `concurrency-limit`. */
   readonly name?: string
@@ -53,8 +57,25 @@ export const concurrencyLimitMetrics = (name: string): ConcurrencyLimitMetrics =
 const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
 
 /**
- * Builds a limit of `max` calls in flight, shared by every service it wraps. The permits live as long as
- * the Scope; the gauges read 0 once it closes.
+ * Builds a limit of `max` calls in flight (an integer ≥ 1), shared by every service it wraps. The permits
+ * live as long as the Scope; the gauges read 0 once it closes. Later callers queue in arrival order; a call
+ * fails with `Overloaded` when `maxWaiting` callers already queue, or, under `loadShed()`, whenever it
+ * would have to queue. Invalid arguments are a defect.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const render = (page: string) => Effect.as(Effect.sleep("100 millis"), `<h1>${page}</h1>`)
+ *
+ * const program = Effect.gen(function*() {
+ *   const limit = yield* Middleware.concurrencyLimit(4, { maxWaiting: 100, name: "render" })
+ *   const limited = limit(render)
+ *   // At most 4 renders run at once; the others wait their turn.
+ *   return yield* Effect.forEach(["a", "b", "c", "d", "e", "f"], limited, { concurrency: "unbounded" })
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export const concurrencyLimit = (
   max: number,

@@ -13,10 +13,18 @@ import { Timeout } from "../Errors.js"
 import type { Middleware, Service } from "./Middleware.js"
 import { failAfter } from "./timeout.js"
 
-/** The instant (Clock milliseconds) by which the current call must end; none when no caller set one. */
+/**
+ * The instant (Clock time, in ms) by which the current call must end; none when no caller set one. Set by
+ * `within` (and so by `deadline`); read through `remaining` by `timeout`, `retry`, `hedge` and a waiting
+ * `rateLimit`. Machinery for those middleware: set it with `within` rather than directly, which could
+ * widen a caller's deadline.
+ */
 export const currentDeadline: FiberRef.FiberRef<Option.Option<number>> = FiberRef.unsafeMake(Option.none())
 
-/** Time left before the deadline of the call `fiber` is running; none when there is no deadline. */
+/**
+ * Time left before the deadline of the call `fiber` is running (zero once it has passed); none when there
+ * is no deadline. The synchronous form of `remaining`, for middleware that already hold their fiber.
+ */
 export const remainingFor = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Option.Option<Duration.Duration> => {
   const deadline = fiber.getFiberRef(currentDeadline)
   if (Option.isNone(deadline)) return Option.none()
@@ -24,12 +32,28 @@ export const remainingFor = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Optio
   return Option.some(Duration.millis(Math.max(0, deadline.value - now)))
 }
 
-/** Time left before the current deadline; none when there is no deadline. */
+/** Time left before the current call's deadline (zero once it has passed); none when there is no deadline. */
 export const remaining: Effect.Effect<Option.Option<Duration.Duration>> = Effect.withFiberRuntime((fiber) =>
   Effect.succeed(remainingFor(fiber))
 )
 
-/** Runs `effect` with the deadline narrowed to `budget` from now (a caller's sooner deadline stays). */
+/**
+ * Runs `effect` with the deadline narrowed to `budget` from now; a caller's sooner deadline stays. It only
+ * sets the deadline: nothing is interrupted by `within` itself, only by the `timeout`, `retry` and `hedge`
+ * middleware that read it below. Use the `deadline` middleware to have the call fail when it runs out.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const slow = (id: number) => Effect.as(Effect.sleep("5 seconds"), id)
+ * const timed = Middleware.timeout("10 seconds")(slow)
+ *
+ * // Fails with Timeout after 1 second: the caller's deadline is sooner than the timeout.
+ * const program = Middleware.within("1 second")(timed(1))
+ * ```
+ */
 export const within = (budget: Duration.DurationInput) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
@@ -41,7 +65,24 @@ export const within = (budget: Duration.DurationInput) => <A, E, R>(effect: Effe
 
 /**
  * The deadline middleware: the call below gets at most `budget` (or the caller's remaining time, if that
- * is less), every timeout and retry below honours it, and past it the call fails with `Timeout`.
+ * is less), every `timeout`, `retry` and `hedge` below honours it, and past it the call is interrupted (its
+ * finalizers run first) and fails with `Timeout { after: budget }`. Put it at the top of a stack to bound
+ * the whole call, retries included.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const fetchOrder = (id: string) => Effect.succeed({ id, total: 42 })
+ *
+ * const program = Effect.gen(function*() {
+ *   const retry = yield* Middleware.retry({ backoff: { base: "100 millis", max: "1 second" } })
+ *   // At most 2 seconds in all; each attempt at most 500 ms, and never past the 2 seconds.
+ *   const guarded = Middleware.stack(Middleware.deadline("2 seconds"), retry, Middleware.timeout("500 millis"))
+ *   return yield* guarded(fetchOrder)("A-17")
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export const deadline = (budget: Duration.DurationInput): Middleware<Timeout> => {
   const after = Duration.decode(budget)

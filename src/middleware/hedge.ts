@@ -11,8 +11,9 @@
  *
  * The delay is fixed, or a percentile of recent latencies (Tower's choice: p95 hedges 5 % of calls). The
  * latency recorded is the first attempt's: its duration when it succeeds, and when a hedge wins, the time
- * it had run by then (a failed first attempt records nothing). That second value is only a lower bound, but it lies above the delay, so the count of
- * latencies below the delay — hence the percentile — is not dragged down by the calls hedging made fast.
+ * it had run by then (a failed first attempt records nothing). That second value is only a lower bound,
+ * but it lies above the delay, so the count of latencies below the delay — hence the percentile — is not
+ * dragged down by the calls hedging made fast.
  * Until `minSamples` latencies are known a call is not hedged, or is hedged after `fallback` if given.
  */
 import { Cause, Deferred, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option } from "effect"
@@ -32,10 +33,14 @@ export interface HedgeLatencyPercentile {
   readonly fallback?: Duration.DurationInput
 }
 
+/** How `hedge` hedges. Invalid values are a defect when the middleware is built. */
 export interface HedgeOptions {
-  /** A fixed delay, or a latency percentile. */
+  /**
+   * When to start each further attempt: a fixed delay (finite; attempt k+1 starts k·delay after the call
+   * began), or a latency percentile that sets the delay from recent calls.
+   */
   readonly after: Duration.DurationInput | HedgeLatencyPercentile
-  /** Attempts per call, the first included. Default 2. */
+  /** Attempts per call, the first included: an integer ≥ 1 (1 never hedges). Default 2. */
   readonly maxAttempts?: number
   /** Tags the metrics (`middleware=<name>`). Default `"hedge"`. */
   readonly name?: string
@@ -55,8 +60,11 @@ const hedgeInstruments = {
 
 /** The metrics of the hedge middleware named `name` (tagged `middleware=<name>`). */
 export const hedgeMetrics = (name: string) => ({
+  /** `keel_hedge_attempts_total`: hedged attempts started (beyond each call's first). */
   hedges: Metric.tagged(hedgeInstruments.hedges, "middleware", name),
+  /** `keel_hedge_wins_total`: calls answered by a hedged attempt rather than the first. */
   wins: Metric.tagged(hedgeInstruments.wins, "middleware", name),
+  /** `keel_hedge_delay_milliseconds`: the percentile delay now in force, in ms (never set for a fixed delay). */
   delay: Metric.tagged(hedgeInstruments.delay, "middleware", name)
 })
 
@@ -64,6 +72,23 @@ export const hedgeMetrics = (name: string) => ({
  * The hedge middleware. With a percentile it keeps the latest latencies, shared by every call through it,
  * so, like every stateful middleware, it is built in a Scope; a fixed delay keeps no state. Invalid options
  * are a defect.
+ *
+ * It adds no error of its own: the call fails only once every attempt it started has failed, with the last
+ * failure. Hedge only calls that are safe to make twice (reads, idempotent writes).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const read = (key: string) => Effect.as(Effect.sleep("20 millis"), `value of ${key}`)
+ *
+ * const program = Effect.gen(function*() {
+ *   // A second attempt when the first has not answered within the p95 of recent latencies.
+ *   const hedge = yield* Middleware.hedge({ after: { percentile: 0.95, fallback: "100 millis" } })
+ *   return yield* hedge(read)("user:1")
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export const hedge = (options: HedgeOptions): Effect.Effect<Middleware<never>, never, Scope.Scope> =>
   Effect.suspend(() => {

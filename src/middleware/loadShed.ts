@@ -25,9 +25,16 @@ import type { Middleware, Service } from "./Middleware.js"
 
 /** A limit refused the call instead of letting it wait; retry later, not before `retryAfter` when given. */
 export class Overloaded extends Data.TaggedError("Overloaded")<{
+  /** Which limit refused and why, in words (e.g. `concurrency limit: waiting queue full`). */
   readonly reason: string
+  /**
+   * How long to wait before trying again, when the refusing limit knows it; absent otherwise (Keel's
+   * `concurrencyLimit` cannot tell when a permit frees up). `withMiddleware` sends it as `Retry-After`,
+   * and 1 second when it is absent.
+   */
   readonly retryAfter?: Duration.Duration
 }> {
+  /** `overloaded: <reason>`, followed by ` (retry after <retryAfter>)` when the wait is known. */
   override get message() {
     return this.retryAfter === undefined
       ? `overloaded: ${this.reason}`
@@ -47,6 +54,7 @@ const sheddingRequest: FiberRef.FiberRef<SheddingRequest | undefined> = FiberRef
 /**
  * For a limit that would make callers wait: whether the running call asked it to refuse instead. The
  * request is taken, so limits further below (and calls the admitted service makes) wait as usual.
+ * Machinery for Keel's limits (`concurrencyLimit`, `rateLimit`); a limit of your own can call it too.
  */
 export const takeShedding = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
   const request = fiber.getFiberRef(sheddingRequest)
@@ -60,7 +68,12 @@ const sheddingTwin = Symbol.for("keel/middleware/sheddingTwin")
 /** A service as a limit returns it, carrying its twin that refuses instead of waiting. */
 type WithSheddingTwin<S> = S & { readonly [sheddingTwin]?: S }
 
-/** Attaches to `service` (a limit's wrapped service) the twin `loadShed()` uses in its place. */
+/**
+ * Attaches to `service` (a limit's wrapped service) the twin `loadShed()` uses in its place when it wraps
+ * the limit directly, and returns `service`. Machinery for Keel's limits; a limit of your own can use it.
+ *
+ * @typeParam S - The type of the service and of its twin.
+ */
 export const withShedding = <S extends Service<never, unknown, unknown, unknown>>(service: S, shedding: S): S =>
   Object.assign(service, { [sheddingTwin]: shedding })
 
@@ -72,7 +85,24 @@ export const isShedding: Effect.Effect<boolean> = Effect.map(
 
 /**
  * The load-shedding middleware: the first limit below that would make the call wait fails it at once
- * instead (`concurrencyLimit` with `Overloaded`, a waiting `rateLimit` with `RateLimited`).
+ * instead (`concurrencyLimit` with `Overloaded`, a waiting `rateLimit` with `RateLimited`). Limits further
+ * below, and calls the service itself makes, still wait. Its usual place is right above the limit it
+ * applies to.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const handle = (id: number) => Effect.as(Effect.sleep("1 second"), id)
+ *
+ * const program = Effect.gen(function*() {
+ *   const limit = yield* Middleware.concurrencyLimit(2)
+ *   const shedding = Middleware.stack(Middleware.loadShed(), limit)(handle)
+ *   // Two run; the third fails at once with Overloaded instead of queueing.
+ *   return yield* Effect.forEach([1, 2, 3], (id) => Effect.either(shedding(id)), { concurrency: "unbounded" })
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export const loadShed = (): Middleware<Overloaded> =>
 <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Overloaded, R> =>

@@ -21,9 +21,9 @@
  *
  * With `key`, every key has its own log. Memory stays bounded: a log keeps at most `limit` instants plus
  * its waiters, at most `maxKeys` keys are remembered, and past that the least recently used key without
- * waiters is forgotten. The trade-off: a forgotten key
- * starts fresh, so a client whose key was evicted can get a new burst of `limit` calls sooner than `per`
- * after its last one. Size `maxKeys` above the number of clients active within one `per`.
+ * waiters is forgotten. The trade-off: a forgotten key starts fresh, so a client whose key was evicted can
+ * get a new burst of `limit` calls sooner than `per` after its last one. Size `maxKeys` above the number of
+ * clients active within one `per`.
  */
 import { Clock, Context, Data, Deferred, Duration, Effect, Exit, FiberId, Metric, MetricLabel, Option } from "effect"
 import type { Scope } from "effect"
@@ -33,16 +33,28 @@ import { middlewareRejections, middlewareWaiting, type Middleware, type Service 
 
 /** The rate limit refused the call; a token is back, and the call could be admitted, after `retryAfter`. */
 export class RateLimited extends Data.TaggedError("RateLimited")<{
+  /**
+   * How long from the refusal until the earliest slot this call could have had, after every earlier
+   * admission and reservation: the wait it was spared. `withMiddleware` sends it as `Retry-After`.
+   */
   readonly retryAfter: Duration.Duration
 }> {
+  /** `rate limited (retry after <retryAfter>)`, the duration formatted (e.g. `retry after 250ms`). */
   override get message() {
     return `rate limited (retry after ${Duration.format(this.retryAfter)})`
   }
 }
 
+/**
+ * How `rateLimit` limits. Invalid values (a count that is not an integer in range, a `per` that is not a
+ * positive finite duration) are a defect when the limit is built.
+ *
+ * @typeParam Req - The request `key` reads its key from.
+ */
 export interface RateLimitOptions<Req = unknown> {
-  /** Calls admitted in any window of length `per`. */
+  /** Calls admitted in any window of length `per`: an integer ≥ 1. */
   readonly limit: number
+  /** The window's length, e.g. `"1 second"`: a positive, finite duration. */
   readonly per: Duration.DurationInput
   /** `wait` (default): sleep until a slot is free; `reject`: fail at once with `RateLimited`. */
   readonly onLimit?: "wait" | "reject"
@@ -60,6 +72,9 @@ export interface RateLimitOptions<Req = unknown> {
  * A middleware for services whose requests are at least `Req`: what a keyed limit is, since it reads its
  * key from the request. Apply it to a service directly (or to what `stack(…)` returns); `stack` itself
  * takes only middleware that accept any request.
+ *
+ * @typeParam Req - The request type the middleware reads (the service's request must extend it).
+ * @typeParam EAdd - The errors the middleware adds.
  */
 export type RequestMiddleware<Req, EAdd> = <R extends Req, Res, E, Rq>(
   service: Service<R, Res, E, Rq>
@@ -133,10 +148,49 @@ const isCount = (value: number, minimum: number) => Number.isInteger(value) && v
 /**
  * Builds a rate limit; one log (or one per key) shared by every service it wraps, living as long as the
  * Scope. Without `key` it is a plain `Middleware`; with `key` it wraps services whose requests carry it.
+ * A refused call fails with `RateLimited { retryAfter }`: at once in `reject` mode, and in `wait` mode
+ * when `maxWaiting` callers already wait, under `loadShed()`, or when the slot lies at or past the
+ * caller's deadline. Invalid options are a defect.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const send = (message: string) => Effect.log(`sent ${message}`)
+ *
+ * const program = Effect.gen(function*() {
+ *   const limit = yield* Middleware.rateLimit({ limit: 2, per: "1 second", onLimit: "reject" })
+ *   const limited = limit(send)
+ *   // The third call within the second fails with RateLimited.
+ *   return yield* Effect.forEach(["a", "b", "c"], (message) => Effect.either(limited(message)))
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export function rateLimit(
   options: Omit<RateLimitOptions, "key">
 ): Effect.Effect<Middleware<RateLimited>, never, Scope.Scope>
+/**
+ * Builds a rate limit with one log per key, read from each request by `key`: a `RequestMiddleware` for
+ * services whose requests are at least `Req`. At most `maxKeys` keys are remembered; past that the least
+ * recently used key without waiters is forgotten. Otherwise as the limit without `key`.
+ *
+ * @typeParam Req - The request `key` reads the key from.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * interface Call { readonly tenant: string; readonly query: string }
+ * const search = (call: Call) => Effect.succeed([`${call.tenant}: ${call.query}`])
+ *
+ * const program = Effect.gen(function*() {
+ *   const perTenant = yield* Middleware.rateLimit({ limit: 10, per: "1 second", key: (call: Call) => call.tenant })
+ *   return yield* perTenant(search)({ tenant: "acme", query: "gpu" })
+ * }).pipe(Effect.scoped)
+ * ```
+ */
 export function rateLimit<Req>(
   options: RateLimitOptions<Req> & { readonly key: (request: Req) => string }
 ): Effect.Effect<RequestMiddleware<Req, RateLimited>, never, Scope.Scope>

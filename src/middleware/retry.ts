@@ -23,15 +23,25 @@ import * as Backoff from "../Backoff.js"
 import { remaining } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"
 
+/**
+ * A retry budget: within any `window`, retries stay within `minPerSecond · windowSeconds + ratio · calls`
+ * (calls through the middleware in that window). Invalid values (a negative or non-finite number, a window
+ * that is not a positive finite duration) are a defect when the middleware is built.
+ */
 export interface RetryBudgetOptions {
   /** Retries may add at most this fraction of the calls in the window (0.2: at most one retry per 5 calls). */
   readonly ratio: number
-  /** Retries always allowed, per second of `window`, however few calls there were. */
+  /** Retries always allowed, per second of `window`, however few calls there were (10: 100 per 10 s). */
   readonly minPerSecond: number
-  /** The sliding window both counts are taken over. */
+  /** The sliding window both counts are taken over, e.g. `"10 seconds"`; cut into ten Clock-driven buckets. */
   readonly window: Duration.DurationInput
 }
 
+/**
+ * How `retry` retries.
+ *
+ * @typeParam E - The failures the schedule (or the policy's `retryOn`) is fed.
+ */
 export interface RetryOptions<E> {
   /**
    * When to retry and how long to wait first. A `Backoff.Policy` is turned into `Backoff.exponential`; any
@@ -62,14 +72,42 @@ const retryCounters = {
 
 /** The metrics of the retry middleware named `name` (tagged `middleware=<name>`). */
 export const retryMetrics = (name: string) => ({
+  /** `keel_retry_retries_total`: retries started (attempts after each call's first). */
   retries: Metric.tagged(retryCounters.retries, "middleware", name),
+  /** `keel_retry_budget_exhausted_total`: calls that stopped retrying because the retry budget refused. */
   budgetExhausted: Metric.tagged(retryCounters.budgetExhausted, "middleware", name),
+  /**
+   * `keel_retry_deadline_exhausted_total`: calls that stopped retrying because the next attempt could not
+   * start before the caller's deadline.
+   */
   deadlineExhausted: Metric.tagged(retryCounters.deadlineExhausted, "middleware", name)
 })
 
 /**
  * The retry middleware. Its budget is state shared by every call through the middleware, so it is built
  * once (in a Scope, like every stateful middleware) and then stacked. Invalid options are a defect.
+ *
+ * It adds no error of its own: a call that stops retrying (the schedule is done or refuses the failure,
+ * the budget refuses, or the next attempt could not start before the caller's deadline) fails with its
+ * last error, unchanged. Defects and interruptions are never retried. Place a `timeout` below it to bound
+ * each attempt, a `deadline` above it to bound them all.
+ *
+ * @typeParam E - The failures the schedule inspects; the services it wraps must fail only with those.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware, Unavailable } from "keel"
+ *
+ * let calls = 0
+ * const flaky = (id: number) =>
+ *   Effect.suspend(() => ++calls < 3 ? Effect.fail(new Unavailable({ reason: "blip" })) : Effect.succeed(id))
+ *
+ * const program = Effect.gen(function*() {
+ *   const retry = yield* Middleware.retry({ backoff: { base: "50 millis", max: "1 second", maxAttempts: 4 } })
+ *   return yield* retry(flaky)(1) // succeeds on the third attempt
+ * }).pipe(Effect.scoped)
+ * ```
  */
 export const retry = <E = unknown>(options: RetryOptions<E>): Effect.Effect<Middleware<never>, never, Scope.Scope> =>
   Effect.suspend(() => {

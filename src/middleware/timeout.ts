@@ -25,8 +25,8 @@ const callFlags = RuntimeFlags.disable(Runtime.defaultRuntime.runtimeFlags, Runt
 
 /**
  * Runs `effect` (not already its result: callers answer those themselves) for `caller`, interrupting it
- * after `limit` (waiting for its finalizers) and failing with `onTimeout()`. The effect runs in a fiber started on the spot with the caller's context and fiber refs;
- * interrupting the caller interrupts it.
+ * after `limit` (waiting for its finalizers) and failing with `onTimeout()`. The effect runs in a fiber
+ * started on the spot with the caller's context and fiber refs; interrupting the caller interrupts it.
  */
 const runFor = <A, E, R, E2>(
   caller: Fiber.RuntimeFiber<unknown, unknown>,
@@ -55,13 +55,34 @@ const runFor = <A, E, R, E2>(
 }
 
 /**
- * `effect`, interrupted after `limit` and failed with `onTimeout()`. An effect that is already its result (a
- * constant answer) cannot run late: it is returned as it is, with no fiber and no timer.
+ * `effect`, interrupted after `limit` (its finalizers run first) and failed with `onTimeout()`. An effect
+ * that is already its result (a constant answer) cannot run late: it is returned as it is, with no fiber
+ * and no timer. The mechanism of `timeout` and `deadline`, which ignores the caller's deadline; use those
+ * middleware rather than this.
  */
 export const failAfter = <E2>(limit: Duration.Duration, onTimeout: () => E2) =>
 <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | E2, R> =>
   Exit.isExit(effect) ? effect : Effect.withFiberRuntime((caller) => runFor(caller, limit, onTimeout, effect))
 
+/**
+ * The timeout middleware (Tower's TimeoutLayer): a call that takes longer than `after` is interrupted,
+ * its finalizers run, and it fails with `Timeout { after }`. When the caller's deadline (see `deadline`)
+ * is sooner, that wins, and `after` in the error is the time that was left. The service's own errors pass
+ * through unchanged. The call runs in a fiber of its own, so FiberRef changes it makes stay with it. Keeps
+ * no state: it needs no Scope, and one value serves every stack.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ *
+ * const slowLookup = (id: number) => Effect.as(Effect.sleep("3 seconds"), `user ${id}`)
+ *
+ * const program = Middleware.timeout("1 second")(slowLookup)(7).pipe(
+ *   Effect.catchTag("Timeout", (error) => Effect.succeed(error.message)) // "timed out after 1s"
+ * )
+ * ```
+ */
 export const timeout = (after: Duration.DurationInput): Middleware<Timeout> => {
   const limit = Duration.decode(after)
   const timedOut = () => new Timeout({ after: limit })

@@ -14,18 +14,47 @@ import { Context, Data, Duration, Effect, Effectable, Layer, Predicate } from "e
 import type { Random } from "effect"
 import type { Middleware, Service } from "../middleware/Middleware.js"
 
-/** The defect an injector kills a call with. */
+/**
+ * The defect an injector kills a call with (through `Effect.die`, so it is in the call's Cause as a defect,
+ * not in its error channel). `FaultPlan.replay` dies with it too.
+ */
 export class InjectedDefect extends Data.TaggedError("InjectedDefect")<{
+  /**
+   * What the defect says: the `defect.message` of the injector's `Faults` (default `injected defect`), or
+   * `planned defect (call n)` for a call `FaultPlan.replay` planned to die.
+   */
   readonly message: string
 }> {}
 
 /** How long an injected delay lasts; build one with `Latency.fixed`, `Latency.uniform`, `Latency.exponential`. */
 export type Latency =
-  | { readonly _tag: "Fixed"; readonly duration: Duration.Duration }
-  | { readonly _tag: "Uniform"; readonly min: Duration.Duration; readonly max: Duration.Duration }
-  | { readonly _tag: "Exponential"; readonly mean: Duration.Duration; readonly max: Duration.Duration }
+  | {
+    /** Every delay is the same. */
+    readonly _tag: "Fixed"
+    /** The delay; must be finite. */
+    readonly duration: Duration.Duration
+  }
+  | {
+    /** Delays spread evenly over a range. */
+    readonly _tag: "Uniform"
+    /** The shortest delay. */
+    readonly min: Duration.Duration
+    /** The longest delay; finite, and not below `min`. */
+    readonly max: Duration.Duration
+  }
+  | {
+    /** Mostly short delays with a long tail, cut at `max`. */
+    readonly _tag: "Exponential"
+    /** The mean of the distribution before the cut; must be finite. */
+    readonly mean: Duration.Duration
+    /** The longest delay: a longer draw lasts `max`. Must be finite. */
+    readonly max: Duration.Duration
+  }
 
-/** The delay distributions. */
+/**
+ * The delay distributions, built from any `DurationInput` (`"50 millis"`, a number of milliseconds, a
+ * `Duration`). A distribution that could give an infinite delay is refused by `make` (a defect).
+ */
 export const Latency = {
   /** Always `duration`. */
   fixed: (duration: Duration.DurationInput): Latency => ({ _tag: "Fixed", duration: Duration.decode(duration) }),
@@ -52,21 +81,47 @@ export const Latency = {
  */
 export interface Faults<E = never> {
   /** The call never completes; it can be interrupted, so a timeout (or any interruption) ends it. */
-  readonly hang?: { readonly rate: number }
+  readonly hang?: {
+    /** Chance in [0, 1] that a call hangs. */
+    readonly rate: number
+  }
   /** The call dies with `InjectedDefect { message }`; `message` defaults to `injected defect`. */
-  readonly defect?: { readonly rate: number; readonly message?: string }
+  readonly defect?: {
+    /** Chance in [0, 1] that a call that did not hang dies. */
+    readonly rate: number
+    /** The `InjectedDefect`'s message. Default `injected defect`. */
+    readonly message?: string
+  }
   /** The call fails with a fresh error from a factory picked uniformly; use the service's own errors. */
-  readonly failure?: { readonly rate: number; readonly errors: ReadonlyArray<() => E> }
+  readonly failure?: {
+    /** Chance in [0, 1] that a call that neither hung nor died fails. */
+    readonly rate: number
+    /** Factories of the errors to fail with, at least one; each failure calls one, so errors are fresh. */
+    readonly errors: ReadonlyArray<() => E>
+  }
   /** The call runs after a delay drawn from `distribution`. */
-  readonly latency?: { readonly rate: number; readonly distribution: Latency }
+  readonly latency?: {
+    /** Chance in [0, 1] that a call not faulted otherwise is delayed before it reaches the service. */
+    readonly rate: number
+    /** How long a delay lasts, drawn afresh for each delayed call. */
+    readonly distribution: Latency
+  }
 }
 
-/** What an injector has done so far. `calls` counts every call it saw, faulted or not. */
+/**
+ * What an injector has done so far, over every service it wraps. `calls` counts every call it saw, faulted
+ * or not: each time a call's Effect runs, before any fault is drawn.
+ */
 export interface FaultStats {
+  /** Calls seen, faulted or not. */
   readonly calls: number
+  /** Calls made to hang. */
   readonly hangs: number
+  /** Calls made to die with `InjectedDefect`. */
   readonly defects: number
+  /** Calls made to fail with one of the `failure.errors`. */
   readonly failures: number
+  /** Calls delayed before reaching the service (they then ran as usual). */
   readonly delayed: number
 }
 
@@ -157,7 +212,28 @@ const isPlainEffect = (value: unknown): value is Effect.Effect<unknown, unknown,
 /**
  * Builds an injector for `faults`. A rate outside [0, 1], an empty `failure.errors` or a delay that could
  * be infinite is a defect. The error type is the union of what the factories return (TypeScript would
- * otherwise settle on the first factory's); to name it, declare the spec as `Faults<MyError>`.
+ * otherwise settle on the first factory's); to name it, declare the spec as `Faults<MyError>`. Each call
+ * to `make` has its own counters; faults are drawn from the `Random` service of the fiber making the call.
+ *
+ * @typeParam Factory - The type of the `failure.errors` factories, inferred from them; the injector fails
+ * with what they return, and with nothing (`never`) when there is no `failure`.
+ *
+ * @example
+ * ```ts
+ * import { Data, Effect, Random } from "effect"
+ * import { FaultInjection } from "keel/testing"
+ *
+ * class Unavailable extends Data.TaggedError("Unavailable")<{}> {}
+ *
+ * const program = Effect.gen(function*() {
+ *   const injector = yield* FaultInjection.make({
+ *     failure: { rate: 0.2, errors: [() => new Unavailable()] },
+ *     latency: { rate: 0.5, distribution: FaultInjection.Latency.uniform("10 millis", "200 millis") }
+ *   })
+ *   const lookup = injector.middleware((id: string) => Effect.succeed({ id, name: "Ada" }))
+ *   return yield* lookup("42") // fails with Unavailable one time in five
+ * }).pipe(Effect.withRandom(Random.make(42))) // one seed, the same faults every run
+ * ```
  */
 export const make = <Factory extends () => unknown = () => never>(
   faults: Faults<ReturnType<Factory>> & { readonly failure?: { readonly errors: ReadonlyArray<Factory> } }

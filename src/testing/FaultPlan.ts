@@ -15,11 +15,36 @@ import { InjectedDefect } from "./FaultInjection.js"
 
 /** What happens to one call, in the order calls arrive. */
 export type CallFault =
-  | { readonly _tag: "Ok"; readonly latencyMs: number }
-  | { readonly _tag: "Fail"; readonly error: number; readonly latencyMs: number }
-  | { readonly _tag: "Defect"; readonly latencyMs: number }
-  | { readonly _tag: "Hang" }
+  | {
+    /** The call reaches the service and answers as it does. */
+    readonly _tag: "Ok"
+    /** Delay before the call reaches the service, in milliseconds; 0 for none. */
+    readonly latencyMs: number
+  }
+  | {
+    /** The call fails with a typed error instead of reaching the service. */
+    readonly _tag: "Fail"
+    /** Which of `ReplayOptions.errors` to fail with: an index, taken modulo their number. */
+    readonly error: number
+    /** Delay before the call fails, in milliseconds; 0 for none. */
+    readonly latencyMs: number
+  }
+  | {
+    /** The call dies with `InjectedDefect` instead of reaching the service. */
+    readonly _tag: "Defect"
+    /** Delay before the call dies, in milliseconds; 0 for none. */
+    readonly latencyMs: number
+  }
+  | {
+    /** The call never completes (until it is interrupted) and never reaches the service. */
+    readonly _tag: "Hang"
+  }
 
+/**
+ * One whole failure scenario, as `arbitrary` generates it: the fate of each call, the jobs to run and the
+ * signals to send. `replay` plays its calls, `sendSignals` its signals; the jobs are for the test to submit.
+ * Generated plans print as `describe` reads.
+ */
 export interface FaultPlan {
   /** The fate of the n-th call (from 0); calls past the end succeed at once. */
   readonly calls: ReadonlyArray<CallFault>
@@ -27,24 +52,44 @@ export interface FaultPlan {
   readonly jobDurationsMs: ReadonlyArray<number>
   /** When the first SIGTERM arrives, in milliseconds from the start; undefined: never. */
   readonly sigtermAtMs: number | undefined
-  /** How long after the first signal a second one arrives; undefined: never. */
+  /** How long after the first SIGTERM a second one arrives, in milliseconds; undefined: never. Unused without one. */
   readonly secondSignalAfterMs: number | undefined
 }
 
+/** What `arbitrary` may generate; every field is optional. */
 export interface PlanOptions {
   /** Calls planned. Default 0 to 20. */
-  readonly calls?: { readonly min?: number; readonly max?: number }
+  readonly calls?: {
+    /** Fewest calls planned. Default 0. */
+    readonly min?: number
+    /** Most calls planned. Default 20. */
+    readonly max?: number
+  }
   /** Number of typed errors a call may fail with (the `error` index is below it). Default 1. */
   readonly errorKinds?: number
-  /** Which faults to plan besides failures. Default: defects and hangs both. */
+  /** Whether calls may be planned to die (`Defect`). Default true. */
   readonly defects?: boolean
+  /** Whether calls may be planned to hang (`Hang`). Default true. */
   readonly hangs?: boolean
   /** Longest latency planned for a call. Default 1000 ms. */
   readonly maxLatencyMs?: number
   /** Jobs planned and their longest duration. Default 0 to 10 jobs of at most 2000 ms. */
-  readonly jobs?: { readonly min?: number; readonly max?: number; readonly maxDurationMs?: number }
-  /** Whether signals are planned, and the latest instant of the first. Default: yes, within 5000 ms. */
-  readonly signals?: boolean | { readonly latestMs: number }
+  readonly jobs?: {
+    /** Fewest jobs planned. Default 0. */
+    readonly min?: number
+    /** Most jobs planned. Default 10. */
+    readonly max?: number
+    /** Longest duration of a job, in milliseconds. Default 2000. */
+    readonly maxDurationMs?: number
+  }
+  /**
+   * Whether signals are planned (`false`: never), and the latest instant of the first. Default: yes, within
+   * 5000 ms. Either signal may be left out; the second follows the first by at most the same `latestMs`.
+   */
+  readonly signals?: boolean | {
+    /** Latest instant of the first SIGTERM, and longest wait for the second, in milliseconds. */
+    readonly latestMs: number
+  }
 }
 
 const describeCall = (fault: CallFault, index: number): string | undefined => {
@@ -76,7 +121,25 @@ export const describe = (plan: FaultPlan): string => {
 const printable = (plan: FaultPlan): FaultPlan =>
   Object.defineProperty({ ...plan }, fc.toStringMethod, { value: () => describe(plan), enumerable: false })
 
-/** Scenarios as an arbitrary; shrinking makes them smaller and calmer. */
+/**
+ * Scenarios as an arbitrary; shrinking makes them smaller and calmer. A planned `Fail` names one of
+ * `errorKinds` errors; call fates are weighted so most calls succeed.
+ *
+ * @example
+ * ```ts
+ * import { Data, Effect, FastCheck as fc, TestContext } from "effect"
+ * import { FaultPlan, VirtualTime } from "keel/testing"
+ *
+ * class Unavailable extends Data.TaggedError("Unavailable")<{}> {}
+ *
+ * const property = fc.asyncProperty(FaultPlan.arbitrary({ calls: { max: 5 }, hangs: false }), (plan) =>
+ *   Effect.gen(function*() {
+ *     const faults = yield* FaultPlan.replay(plan, { errors: [() => new Unavailable()] })
+ *     const lookup = faults((id: string) => Effect.succeed(id))
+ *     for (const id of ["a", "b", "c"]) yield* Effect.exit(lookup(id)) // ok, failed or died
+ *   }).pipe(VirtualTime.run, Effect.provide(TestContext.TestContext), Effect.runPromise))
+ * ```
+ */
 export const arbitrary = (options: PlanOptions = {}): fc.Arbitrary<FaultPlan> => {
   const maxLatencyMs = options.maxLatencyMs ?? 1000
   const latencyMs = fc.integer({ min: 0, max: maxLatencyMs })
@@ -107,7 +170,10 @@ export const arbitrary = (options: PlanOptions = {}): fc.Arbitrary<FaultPlan> =>
   }).map(printable)
 }
 
-/** Sends the plan's signals to `signal` (a Lifecycle's `signal`), on the Clock; run it forked. */
+/**
+ * Sends the plan's signals to `signal` (a Lifecycle's `signal`), on the Clock; run it forked. Completes after
+ * the last signal, at once when the plan has none.
+ */
 export const sendSignals = (
   plan: FaultPlan,
   signal: (name: "SIGTERM") => Effect.Effect<void>
@@ -118,6 +184,7 @@ export const sendSignals = (
   return Effect.zipRight(first, Effect.zipRight(Effect.sleep(Duration.millis(plan.secondSignalAfterMs)), signal("SIGTERM")))
 }
 
+/** Options of `replay`. */
 export interface ReplayOptions<E> {
   /** The typed errors a `Fail` call picks from, by its `error` index (modulo their number). */
   readonly errors: ReadonlyArray<() => E>

@@ -10,8 +10,9 @@
  * just finishing (an interrupted fiber running its finalizers, a cleanup forked by a finalizer) can end,
  * then fails with `FiberLeak` listing each fiber still alive: its id, how long it has lived (by `Clock`,
  * so TestClock drives it) and a name — its `fiber.name` log annotation, else its current span's name,
- * else its other log annotations, else its id (`Leftovers.nameOf`, as in the shutdown report). The leaked fibers are then interrupted (without waiting for them), so one failing check
- * does not leave work running into the next test.
+ * else its other log annotations, else its id (`Leftovers.nameOf`, as in the shutdown report). The leaked
+ * fibers are then interrupted (without waiting for them), so one failing check does not leave work running
+ * into the next test.
  *
  * When `effect` itself fails, that failure is the result: it is what the caller needs to see first.
  *
@@ -27,9 +28,12 @@ import * as Leftovers from "../Leftovers.js"
 export interface LeakedFiber {
   /** The fiber's id number (`#id` in Effect's logs). */
   readonly id: number
-  /** Its `fiber.name` annotation, its current span's name, or `#id`. */
+  /**
+   * Its `fiber.name` log annotation, else its current span's name, else its other log annotations
+   * (`pool=jobs worker=3`), else `#id`.
+   */
   readonly name: string
-  /** How long it had lived when the check found it. */
+  /** How long it had lived when the check found it, by `Clock` (so on TestClock, virtual time). */
   readonly age: Duration.Duration
 }
 
@@ -44,8 +48,13 @@ const describeFiber = (fiber: LeakedFiber) => {
 
 /** Fibers forked inside a checked effect were still alive after its scope closed. */
 export class FiberLeak extends Data.TaggedError("FiberLeak")<{
+  /** Every fiber found alive, in the order they started; the message names the first 10. */
   readonly fibers: ReadonlyArray<LeakedFiber>
 }> {
+  /**
+   * Reads `2 fibers still alive after the scope closed: renewer (#12, alive 5s), #14 (alive 0ms)`, with
+   * `, … and n more` past ten fibers.
+   */
   override get message() {
     const shown = this.fibers.slice(0, shownInMessage).map(describeFiber).join(", ")
     const more = this.fibers.length > shownInMessage ? `, … and ${this.fibers.length - shownInMessage} more` : ""
@@ -54,8 +63,12 @@ export class FiberLeak extends Data.TaggedError("FiberLeak")<{
   }
 }
 
+/** Options of `check`. */
 export interface CheckOptions {
-  /** `Effect.yieldNow()`s after the scope closed, for finishing fibers to end. Default 10. */
+  /**
+   * `Effect.yieldNow()`s after the scope closed, for finishing fibers to end. An integer ≥ 0 (anything else
+   * is a defect). Default 10.
+   */
   readonly graceYields?: number
 }
 
@@ -93,7 +106,22 @@ class LiveFibers extends Supervisor.AbstractSupervisor<ReadonlyArray<Fiber.Runti
 
 /**
  * Runs `effect` in a fresh Scope, closes it, and fails with `FiberLeak` if any fiber forked inside is
- * still alive `graceYields` yields later.
+ * still alive `graceYields` yields later; those fibers are interrupted, without waiting for them. When
+ * `effect` fails or dies, that is the result instead (leaked fibers are still interrupted). Otherwise
+ * succeeds with `effect`'s value.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { FiberLeaks } from "keel/testing"
+ *
+ * const poller = Effect.never.pipe(Effect.annotateLogs(FiberLeaks.nameAnnotation, "poller"))
+ *
+ * // Fails with FiberLeak: "1 fiber still alive after the scope closed: poller (#52, alive 1ms)".
+ * const leaky = FiberLeaks.check(Effect.forkDaemon(poller))
+ * // Succeeds: forkScoped ties the fiber to the Scope that `check` closes.
+ * const tidy = FiberLeaks.check(Effect.forkScoped(poller))
+ * ```
  */
 export const check = <A, E, R>(
   effect: Effect.Effect<A, E, R>,

@@ -17,8 +17,9 @@
  */
 import { Data, Effect } from "effect"
 
+/** Options of `make`. */
 export interface LedgerOptions<Outcome> {
-  /** Distinct ids the ledger holds; recording one more dies. Default 1,000,000. */
+  /** Distinct ids the ledger holds; recording one more dies. An integer ≥ 1 (else a defect). Default 1,000,000. */
   readonly maxEntries?: number
   /**
    * Names an outcome for the summary's counts. Default: a string as itself, a tagged value (an `Exit`, a
@@ -39,7 +40,9 @@ export interface LedgerSummary {
 
 /** An id that was settled more than once, with every outcome recorded for it. */
 export interface SettledMoreThanOnce<Id, Outcome> {
+  /** The id, as given to `settle`. */
   readonly id: Id
+  /** Every outcome recorded for it, two or more, in the order `settle` recorded them. */
   readonly outcomes: ReadonlyArray<Outcome>
 }
 
@@ -59,12 +62,17 @@ export class LedgerViolation<Id = unknown, Outcome = unknown> extends Data.Tagge
   readonly acceptedTwice: ReadonlyArray<Id>
   /** Ids accepted but never settled. */
   readonly lost: ReadonlyArray<Id>
+  /** Ids settled more than once, each with all of its outcomes. */
   readonly settledMoreThanOnce: ReadonlyArray<SettledMoreThanOnce<Id, Outcome>>
   /** Ids settled but never accepted. */
   readonly settledWithoutAccept: ReadonlyArray<Id>
   /** Ids the caller said must have been accepted (`checkAgainst`) that never were. */
   readonly neverAccepted: ReadonlyArray<Id>
 }> {
+  /**
+   * Reads `ledger violated: 1 lost: accepted but never settled (job-7); 2 settled more than once (job-1 ×2,
+   * job-3 ×3)`: one part per kind of break found, each listing up to 10 ids (`String(id)`).
+   */
   override get message() {
     const parts: Array<string> = []
     const add = (ids: ReadonlyArray<string>, what: string) => {
@@ -82,6 +90,11 @@ export class LedgerViolation<Id = unknown, Outcome = unknown> extends Data.Tagge
   }
 }
 
+/**
+ * A record of what a system accepted and how each item ended, built by `make`. `Id` keys the items (compared
+ * as `Map` keys), `Outcome` is what an item ended as. Recording is synchronous, so any number of fibers may
+ * record at once; checking does not clear the record.
+ */
 export interface Ledger<Id, Outcome> {
   /** Records that the system accepted `id`. */
   readonly accept: (id: Id) => Effect.Effect<void>
@@ -108,7 +121,24 @@ const defaultOutcomeLabel = (outcome: unknown): string => {
   return String(outcome)
 }
 
-/** A fresh, empty ledger. */
+/**
+ * A fresh, empty ledger. A `maxEntries` that is not an integer ≥ 1 is a defect.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Ledger } from "keel/testing"
+ *
+ * const program = Effect.gen(function*() {
+ *   const ledger = yield* Ledger.make<string, "done" | "dead-lettered">()
+ *   yield* ledger.accept("job-1")
+ *   yield* ledger.accept("job-2")
+ *   yield* ledger.settle("job-1", "done")
+ *   // Fails with LedgerViolation: job-2 was accepted but never settled (lost).
+ *   return yield* ledger.checkAgainst(["job-1", "job-2"])
+ * })
+ * ```
+ */
 export const make = <Id, Outcome>(
   options: LedgerOptions<Outcome> = {}
 ): Effect.Effect<Ledger<Id, Outcome>> =>

@@ -22,20 +22,32 @@ import { rateLimitMetrics } from "../middleware/rateLimit.js"
 
 /** Reads how many permits (or waiting callers) of one limit are outstanding now. */
 export interface PermitProbe {
+  /**
+   * Names the limit in a `PermitLeak`: the name given to `semaphore`, `concurrencyLimit <name>` or
+   * `rateLimit <name> (waiting callers)`.
+   */
   readonly name: string
+  /**
+   * Reads the count afresh each time it runs: permits taken (`semaphore`), calls holding a permit
+   * (`concurrencyLimit`) or callers waiting (`rateLimitWaiting`).
+   */
   readonly outstanding: Effect.Effect<number>
 }
 
 /** A probe that read more than zero. */
 export interface OutstandingPermits {
+  /** The probe's `name`. */
   readonly name: string
+  /** What it read: permits (or waiting callers) still out, more than zero. */
   readonly outstanding: number
 }
 
 /** Permits (or waiting callers) were still outstanding when everything should have been given back. */
 export class PermitLeak extends Data.TaggedError("PermitLeak")<{
+  /** Every probe that read more than zero, in the order the probes were given. */
   readonly leaks: ReadonlyArray<OutstandingPermits>
 }> {
+  /** Reads `permits not returned: concurrencyLimit db has 1 outstanding; pool has 2 outstanding`. */
   override get message() {
     const listed = this.leaks.map((leak) => `${leak.name} has ${leak.outstanding} outstanding`)
     return `permits not returned: ${listed.join("; ")}`
@@ -44,7 +56,8 @@ export class PermitLeak extends Data.TaggedError("PermitLeak")<{
 
 /**
  * The permits of `semaphore` (created with `total`) that are taken now. The search takes at most
- * log2(total) + 2 tries, each taking and returning the permits it asks for in one step.
+ * log2(total) + 2 tries, each taking and returning the permits it asks for in one step. A `total` that is
+ * not an integer ≥ 0 makes the probe's `outstanding` die.
  */
 export const semaphore = (name: string, semaphore: Effect.Semaphore, total: number): PermitProbe => {
   const availableNow = (permits: number) =>
@@ -67,19 +80,42 @@ export const semaphore = (name: string, semaphore: Effect.Semaphore, total: numb
   return { name, outstanding }
 }
 
-/** The calls holding a permit of the Keel concurrency limit named `name`. */
+/**
+ * The calls holding a permit of the Keel concurrency limit named `name` (its `name` option), read from the
+ * process-wide in-flight gauge.
+ */
 export const concurrencyLimit = (name: string): PermitProbe => ({
   name: `concurrencyLimit ${name}`,
   outstanding: Effect.map(Metric.value(concurrencyLimitMetrics(name).inFlight), (state) => state.value)
 })
 
-/** The callers waiting for a slot at the Keel rate limit named `name`. */
+/**
+ * The callers waiting for a slot at the Keel rate limit named `name` (its `name` option), read from the
+ * process-wide waiting gauge.
+ */
 export const rateLimitWaiting = (name: string): PermitProbe => ({
   name: `rateLimit ${name} (waiting callers)`,
   outstanding: Effect.map(Metric.value(rateLimitMetrics(name).waiting), (state) => state.value)
 })
 
-/** Fails with `PermitLeak` naming every probe that reads more than zero. */
+/**
+ * Reads every probe once, in order, and fails with `PermitLeak` naming every probe that reads more than zero.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Middleware } from "keel"
+ * import { Permits } from "keel/testing"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const limit = yield* Middleware.concurrencyLimit(2, { name: "db" })
+ *   const query = limit((sql: string) => Effect.succeed(sql))
+ *   yield* Effect.all([query("a"), query("b"), query("c")], { concurrency: "unbounded" })
+ *   // Fails with PermitLeak if any call kept its permit.
+ *   yield* Permits.expectReturned([Permits.concurrencyLimit("db")])
+ * }))
+ * ```
+ */
 export const expectReturned = (probes: Iterable<PermitProbe>): Effect.Effect<void, PermitLeak> =>
   Effect.gen(function*() {
     const leaks: Array<OutstandingPermits> = []

@@ -10,7 +10,10 @@
 /** Cases per property when `KEEL_PROPERTY_RUNS` is not set. */
 export const defaultRuns = 100
 
-/** The number of cases per property: `KEEL_PROPERTY_RUNS` (a positive integer), else 100. */
+/**
+ * The number of cases per property: `KEEL_PROPERTY_RUNS` (a positive integer), else 100. Reads the variable
+ * on every call; throws an `Error` when it is set to anything but a positive integer.
+ */
 export const runs = (): number => {
   const environment = (globalThis as { readonly process?: { readonly env?: Record<string, string | undefined> } })
     .process?.env
@@ -23,5 +26,25 @@ export const runs = (): number => {
   return value
 }
 
-/** The options `it.effect.prop` / `it.prop` take: `runs()` cases from a fixed `seed`. */
-export const fastCheck = (seed: number) => ({ fastCheck: { numRuns: runs(), seed } })
+/**
+ * The options `it.effect.prop` / `it.prop` take: `runs()` cases from a fixed `seed`. Reads
+ * `KEEL_PROPERTY_RUNS` when called, and throws as `runs` does when it is not a positive integer.
+ *
+ * @example
+ * ```ts
+ * import { FastCheck as fc } from "effect"
+ * import { PropertyRuns } from "keel/testing"
+ *
+ * // 100 cases, or KEEL_PROPERTY_RUNS of them, always from seed 42.
+ * fc.assert(fc.property(fc.integer(), (n) => n + 0 === n), PropertyRuns.fastCheck(42).fastCheck)
+ * ```
+ */
+export const fastCheck = (seed: number) => ({
+  /** The fast-check parameters, under the key `@effect/vitest` reads them from. */
+  fastCheck: {
+    /** Cases to run: `runs()`. */
+    numRuns: runs(),
+    /** The seed the cases are drawn from: the same seed draws the same cases. */
+    seed
+  }
+})

@@ -50,22 +50,28 @@ import {
 } from "effect"
 import type { Exit } from "effect"
 
+/** Options of `run` and `runExit`: how long a run may go on, and how long it settles between steps. */
 export interface Options {
-  /** Steps (clock advances, or settles the program spent busy) before it counts as a livelock. Default 10,000. */
+  /**
+   * Steps (clock advances, or settles the program spent busy) before it counts as a livelock. An integer ≥ 0.
+   * Default 10,000.
+   */
   readonly maxSteps?: number
   /**
    * `Effect.yieldNow()` rounds given to the fibers to make progress after each wake-up, before the clock may
-   * move again; more while the program's own fibers keep running. Default 20.
+   * move again; more while the program's own fibers keep running. An integer ≥ 1. Default 20.
    */
   readonly settleRounds?: number
 }
 
 /** The program was still not done after `steps` steps: clock advances, or settles it spent busy. */
 export class Livelock extends Data.TaggedError("Livelock")<{
+  /** Steps taken when the run gave up: the `maxSteps` option, 10,000 by default. */
   readonly steps: number
   /** Virtual time that had passed since the run began. */
   readonly virtualMillis: number
 }> {
+  /** Reads `livelock: not done after 10000 steps (2h 46m 40s of virtual time)`. */
   override get message() {
     return `livelock: not done after ${this.steps} steps (${formatMillis(this.virtualMillis)} of virtual time)`
   }
@@ -76,6 +82,7 @@ export class Stalled extends Data.TaggedError("Stalled")<{
   /** Virtual time that had passed since the run began. */
   readonly virtualMillis: number
 }> {
+  /** Reads `stalled after 5s of virtual time: waiting, and no sleep is pending`. */
   override get message() {
     return `stalled after ${formatMillis(this.virtualMillis)} of virtual time: waiting, and no sleep is pending`
   }
@@ -83,7 +90,8 @@ export class Stalled extends Data.TaggedError("Stalled")<{
 
 /**
  * Runs `effect` on virtual time to its end and returns how it ended. Fails only when the run itself could
- * not finish: `Livelock` or `Stalled`.
+ * not finish: `Livelock` or `Stalled`; the program is then interrupted, as it is when the runner is. Options
+ * out of range are a defect. Needs the `TestServices` (`it.effect`, or `TestContext.TestContext`).
  */
 export const runExit = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
@@ -111,7 +119,23 @@ export const runExit = <A, E, R>(
     )
   })
 
-/** Runs `effect` on virtual time to its end: its value, its error, or `Livelock` / `Stalled`. */
+/**
+ * Runs `effect` on virtual time to its end: its value, its error, or `Livelock` / `Stalled` (see `runExit`).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schedule, TestContext } from "effect"
+ * import { VirtualTime } from "keel/testing"
+ *
+ * // Ends at once in real time, an hour into virtual time: no TestClock.adjust needed.
+ * const hour = VirtualTime.run(Effect.sleep("1 hour").pipe(Effect.as("done")))
+ *
+ * // Fails with Livelock after 100 steps instead of hanging the test.
+ * const forever = VirtualTime.run(Effect.repeat(Effect.void, Schedule.spaced("1 second")), { maxSteps: 100 })
+ *
+ * const program = Effect.all([hour, Effect.either(forever)]).pipe(Effect.provide(TestContext.TestContext))
+ * ```
+ */
 export const run = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   options: Options = {}

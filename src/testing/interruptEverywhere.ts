@@ -34,8 +34,13 @@ import { describe } from "../Errors.js"
 import type { Livelock, Stalled } from "./VirtualTime.js"
 import * as VirtualTime from "./VirtualTime.js"
 
-/** How one run ended. */
+/** How one run ended, as the scenario's `check` receives it. */
 export interface Outcome<A, E> {
+  /**
+   * How `run` ended. When `interruptedAt` is some point this is usually an interruption, but not always: the
+   * interrupt is handled after the fibers already scheduled, and not inside an uninterruptible region, so
+   * `run` may end another way first. The check must hold whatever it is.
+   */
   readonly exit: Exit.Exit<A, E>
   /** The suspension point (from 1) `run` was interrupted at; none for the run left to reach its end. */
   readonly interruptedAt: Option.Option<number>
@@ -43,15 +48,33 @@ export interface Outcome<A, E> {
 
 /** One fresh system: what to run, and the invariants that must hold after it, however it ended. */
 export interface Scenario<A, E, R, E2, R2> {
+  /**
+   * The effect under test. It runs on virtual time in the run's Scope (so it may use `Scope`), watched for
+   * suspension points, and is interrupted at one of them in every run but the last.
+   */
   readonly run: Effect.Effect<A, E, R>
+  /**
+   * States the invariants after `run`, however it ended; it runs on virtual time in the same Scope, before
+   * that Scope closes. A typed failure becomes `InvariantBroken`; a defect (a failed `expect`) stays a defect,
+   * its message naming the point.
+   */
   readonly check: (outcome: Outcome<A, E>) => Effect.Effect<void, E2, R2>
 }
 
+/**
+ * Options of `interruptEverywhere`: the `VirtualTime` options that drive every phase of every run (`maxSteps`,
+ * `settleRounds`), and the bound on the search.
+ */
 export interface Options extends VirtualTime.Options {
-  /** The search stops with `TooManySuspensionPoints` past this many points in one run. Default 1,000. */
+  /**
+   * The most suspension points a run may have: the search fails with `TooManySuspensionPoints` once the run
+   * interrupted at point `maxSuspensionPoints + 1` has been checked. An integer ≥ 0 (anything else is a
+   * defect). Default 1,000.
+   */
   readonly maxSuspensionPoints?: number
 }
 
+/** What a search that found no broken invariant did. */
 export interface Report {
   /** Runs made, the last one uninterrupted: `suspensionPoints + 1`. */
   readonly runs: number
@@ -61,8 +84,10 @@ export interface Report {
 
 /** A run still had suspension points left after `maxSuspensionPoints`. */
 export class TooManySuspensionPoints extends Data.TaggedError("TooManySuspensionPoints")<{
+  /** The bound that was passed: the `maxSuspensionPoints` option, 1,000 by default. */
   readonly maxSuspensionPoints: number
 }> {
+  /** Reads `interruptEverywhere: a run has more than 1000 suspension points (maxSuspensionPoints)`. */
   override get message() {
     return `interruptEverywhere: a run has more than ${this.maxSuspensionPoints} suspension points (maxSuspensionPoints)`
   }
@@ -70,23 +95,39 @@ export class TooManySuspensionPoints extends Data.TaggedError("TooManySuspension
 
 /** The scenario's `check` failed after a run: `error` is the check's failure. */
 export class InvariantBroken<E> extends Data.TaggedError("InvariantBroken")<{
+  /** The suspension point (from 1) the failing run was interrupted at; none for the run left to reach its end. */
   readonly interruptedAt: Option.Option<number>
+  /** The typed error the check failed with. */
   readonly error: E
 }> {
+  /**
+   * Reads `interruptEverywhere: invariant broken after the run interrupted at suspension point 3: …`, then the
+   * error's own description.
+   */
   override get message() {
     return `interruptEverywhere: invariant broken ${afterRun(this.interruptedAt)}: ${describe(this.error)}`
   }
 }
 
-/** Where a run cannot finish. */
+/**
+ * A phase of one run, as `Stuck` names it: `build` (running the scenario's builder), `run`, `check`, and
+ * `close` (closing the run's Scope).
+ */
 export type Phase = "build" | "run" | "check" | "close"
 
 /** A phase of a run never finished: it kept sleeping (`Livelock`) or waited for nothing time brings (`Stalled`). */
 export class Stuck extends Data.TaggedError("Stuck")<{
+  /** The phase that never finished. */
   readonly phase: Phase
+  /** The suspension point (from 1) this run was interrupted at; none for the run left to reach its end. */
   readonly interruptedAt: Option.Option<number>
+  /** Why the phase could not finish, as `VirtualTime.runExit` reported it. */
   readonly reason: Livelock | Stalled
 }> {
+  /**
+   * Reads `interruptEverywhere: the close phase after the run interrupted at suspension point 2 never ended: `
+   * followed by the reason's message.
+   */
   override get message() {
     return `interruptEverywhere: the ${this.phase} phase ${afterRun(this.interruptedAt)} never ended: ${this.reason.message}`
   }
@@ -95,7 +136,7 @@ export class Stuck extends Data.TaggedError("Stuck")<{
 /**
  * A scenario from its `run` and its `check`, typing `check` from `run` without annotations:
  * `Effect.succeed(scenario(run, ({ exit }) => …))`. (Two arguments rather than one object, so that
- * TypeScript infers `run` completely before it types `check`.)
+ * TypeScript infers `run` completely before it types `check`.) See `interruptEverywhere` for an example.
  */
 export const scenario = <A, E, R, E2, R2>(
   run: Effect.Effect<A, E, R>,
@@ -104,8 +145,34 @@ export const scenario = <A, E, R, E2, R2>(
 
 /**
  * Runs the scenario once per suspension point of `run`, interrupting the k-th run at its k-th point, then
- * once more to the end, checking the invariants after each run. Succeeds with how many runs and points there
- * were; fails with the first broken invariant, naming the point.
+ * once more to the end, checking the invariants after each run. `build` is run afresh for every run, in that
+ * run's Scope, and must build a fresh system each time. Every phase runs on virtual time, so it needs the
+ * `TestServices` (`it.effect` provides them, or `TestContext.TestContext`).
+ *
+ * Succeeds with how many runs and points there were. Fails with `InvariantBroken` at the first run whose
+ * `check` fails, with `Stuck` when a phase of a run cannot finish, with `TooManySuspensionPoints` past
+ * `maxSuspensionPoints`, and with `build`'s own failure as it is. A check that dies makes the search die,
+ * naming the point.
+ *
+ * @example
+ * ```ts
+ * import { Effect, TestContext } from "effect"
+ * import { interruptEverywhere, scenario } from "keel/testing"
+ *
+ * // A fresh counter per run, taken by acquireUseRelease: it must be back at 0 however `run` ended.
+ * const counter = Effect.sync(() => {
+ *   let held = 0
+ *   const run = Effect.acquireUseRelease(
+ *     Effect.sync(() => held++),
+ *     () => Effect.sleep("1 second"),
+ *     () => Effect.sync(() => held--)
+ *   )
+ *   return scenario(run, () => (held === 0 ? Effect.void : Effect.fail(`${held} still held`)))
+ * })
+ *
+ * // Succeeds with a Report; fails with InvariantBroken naming the point if any run left the counter held.
+ * const program = interruptEverywhere(counter).pipe(Effect.provide(TestContext.TestContext))
+ * ```
  */
 export const interruptEverywhere = <A, E, R, E2, R2, E3, R3>(
   build: Effect.Effect<Scenario<A, E, R, E2, R2>, E3, R3>,
