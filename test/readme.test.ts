@@ -1,48 +1,75 @@
 /**
- * Every TypeScript snippet in the README runs: each ```ts block is written to a file inside the package
- * (so `import … from "keel"` resolves as it does for users) and executed as a real process, which must
- * exit 0 and print what the snippet's comments promise.
+ * Every TypeScript snippet in the README runs, as a user would run it: against the packed package installed
+ * in a project outside the repository (`packedKeel`), through tsx, as a real process that must exit 0 and
+ * print what the snippet's comments promise. Snippets are matched to their promises by the marker before
+ * each block; the consumer test also type-checks them under `--strict`.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { mkdirSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
-import { afterEach, describe, expect, it } from "vitest"
-import { killLeftovers, repositoryRoot, startTypeScript } from "./support/childProcess.js"
+import { afterEach, beforeAll, describe, expect, it } from "vitest"
+import { killLeftovers, type RunningProcess, startTypeScriptIn } from "./support/childProcess.js"
+import { packedKeel } from "./support/packedKeel.js"
+import { readmeSnippets } from "./support/readmeSnippets.js"
+import { freePort } from "./support/redisServer.js"
 
-const readme = readFileSync(join(repositoryRoot, "README.md"), "utf8")
-const snippets = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((match) => match[1]!)
-const directory = join(repositoryRoot, ".snippets")
+interface Expectation {
+  /** What the output must match. */
+  readonly prints: RegExp
+  /** For a snippet that serves until it is stopped: what the test does while it runs. */
+  readonly drive?: (run: RunningProcess, port: number) => Promise<void>
+}
 
-// What each snippet's own comments say it prints, in order of appearance.
-const promised: ReadonlyArray<RegExp> = [
-  /shutdown clean: trigger shutdown requested: demo over, 1 finished, 0 forced/,
-  /1000 completed, 0 failed, queue never above 100/,
-  /d refused: queue full \(capacity 2\)[\s\S]*handed back: b, c/,
-  /delays: [\s\S]*ok after 3 calls/,
-  /3 fetched; failed: fetch broken \(invalid: 404 for broken\)[\s\S]*cut at the deadline: slow/,
-  /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/,
-  /item 1, item 2, item 3 after 6 calls; breaker Closed/,
-  /statuses 200 400 413[\s\S]*shutdown clean: trigger shutdown requested: demo over/,
-  /attempts 1 then 2; ready 0, leased 0, delayed 0, dead 0/,
-  /3 mailed, each delivered once; queue ready 0, leased 0/,
-  /bug found, shrunk to: call 0 fails with error 0\n.*LedgerViolation: ledger violated: 1 settled more than once \(p1 ×2\)\nfixed: 100 scenarios, every payment has exactly one outcome/
-]
+const promised: Record<string, Expectation> = {
+  "quick-start": {
+    prints: /shipped order-1[\s\S]*shutdown clean: trigger SIGTERM, 1 finished, 0 forced/,
+    drive: async (run, port) => {
+      await run.waitForOutput(/listening on port/, 20_000)
+      const response = await fetch(`http://127.0.0.1:${port}/`, { method: "POST", body: "order-1" })
+      expect([response.status, await response.text()]).toEqual([202, "accepted worker-pool-1\n"])
+      run.signal("SIGTERM")
+    }
+  },
+  "lifecycle": { prints: /shutdown clean: trigger shutdown requested: demo over, 1 finished, 0 forced/ },
+  "worker-pool": { prints: /1000 completed, 0 failed, queue never above 100/ },
+  "hand-back": { prints: /d refused: queue full \(capacity 2\)[\s\S]*handed back: b, c/ },
+  "backoff": { prints: /delays: [\s\S]*ok after 3 calls/ },
+  "task-group": { prints: /3 fetched; failed: fetch broken \(invalid: 404 for broken\)[\s\S]*cut at the deadline: slow/ },
+  "errors": { prints: /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/ },
+  "middleware": { prints: /item 1, item 2, item 3 after 6 calls; breaker Closed/ },
+  "http-server": { prints: /statuses 200 400 413[\s\S]*shutdown clean: trigger shutdown requested: demo over/ },
+  "job-queue": { prints: /attempts 1 then 2; ready 0, leased 0, delayed 0, dead 0/ },
+  "consume": { prints: /3 mailed, each delivered once; queue ready 0, leased 0/ },
+  "property-test": {
+    prints:
+      /bug found, shrunk to: call 0 fails with error 0\n.*LedgerViolation: ledger violated: 1 settled more than once \(p1 ×2\)\nfixed: 100 scenarios, every payment has exactly one outcome/
+  }
+}
+
+const snippets = readmeSnippets()
+let directory: string
+
+beforeAll(async () => {
+  const { project } = await packedKeel()
+  directory = join(project, `readme-${process.pid}`)
+  mkdirSync(directory, { recursive: true })
+}, 300_000)
 
 afterEach(killLeftovers)
 
-describe("README snippets", () => {
-  it("has one promise per snippet", () => {
-    expect(snippets.length).toBe(promised.length)
+describe("README snippets, against the packed package", () => {
+  it("every snippet has a promise and every promise a snippet", () => {
+    expect(snippets.map((snippet) => snippet.name).sort()).toEqual(Object.keys(promised).sort())
   })
 
-  snippets.forEach((source, index) => {
-    it(`snippet ${index + 1} runs and exits 0`, async () => {
-      mkdirSync(directory, { recursive: true })
-      const file = join(directory, `readme-${index + 1}.ts`)
-      writeFileSync(file, source)
-      const run = startTypeScript(file, [])
-      const exited = await run.waitForExit(30_000)
-      expect(exited, run.output()).toEqual({ code: 0, signal: null })
-      expect(run.output()).toMatch(promised[index]!)
-    })
+  it.each(snippets)("$name runs, exits 0 and prints what it says", async ({ name, source }) => {
+    const { prints, drive } = promised[name]!
+    const file = join(directory, `${name}.ts`)
+    writeFileSync(file, source)
+    const port = await freePort()
+    const run = startTypeScriptIn(directory, file, { PORT: String(port) })
+    if (drive !== undefined) await drive(run, port)
+    const exited = await run.waitForExit(30_000)
+    expect(exited, run.output()).toEqual({ code: 0, signal: null })
+    expect(run.output()).toMatch(prints)
   })
 })
