@@ -15,8 +15,12 @@
  * fails with `QueueFull` instead. Payloads are JSON values, so any backend can store them as they are.
  * Each backend documents what survives what (a process, a restart, a machine).
  */
-import { Context, Data, Duration as DurationModule } from "effect"
-import type { Duration, Effect, Scope } from "effect"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as DurationModule from "effect/Duration"
+import type * as Duration from "effect/Duration"
+import type * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
 import type { QueueFull } from "../src/Errors.js"
 
 /** A JSON value: what a payload may be. */

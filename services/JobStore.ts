@@ -12,8 +12,10 @@
  * every method then fails with `StoreUnavailable` (in bounded time, never hanging), so a caller can answer
  * "try again" instead of waiting. The embedded backend never fails that way.
  */
-import { Context, Data } from "effect"
-import type { Effect, Option } from "effect"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import type * as Effect from "effect/Effect"
+import type * as Option from "effect/Option"
 
 /**
  * Where a job is in its life: `Queued`, then `Running` (once per attempt), then one terminal state —

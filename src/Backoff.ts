@@ -14,7 +14,14 @@
  * from the schedule's clock, so a seed reproduces a sequence, TestClock drives it, and `delays` lists a
  * policy's delays without sleeping.
  */
-import { Cause, Duration, Effect, Predicate, Random, Schedule, ScheduleDecision, ScheduleInterval } from "effect"
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Predicate from "effect/Predicate"
+import * as Random from "effect/Random"
+import * as Schedule from "effect/Schedule"
+import * as ScheduleDecision from "effect/ScheduleDecision"
+import * as ScheduleInterval from "effect/ScheduleInterval"
 import { Unavailable } from "./Errors.js"
 
 /**

@@ -5,7 +5,14 @@
  * on it (how long to wait, what the limit was, why intake is closed). Callers match on `_tag` with
  * `Effect.catchTag`; nothing is ever a bare string or an `Error` thrown from deep inside.
  */
-import { Cause, Chunk, Data, Duration, Effect, Exit, Fiber, Option } from "effect"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
 
 /** Intake is closed because the service is draining; the work was not accepted. */
 export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{

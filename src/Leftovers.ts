@@ -14,7 +14,16 @@
  * The walk is bounded (`maxFibers` listed, `maxVisited` visited) and each fiber is asked for its children
  * with a bound in scheduler turns, so collecting never hangs on a fiber that does not answer.
  */
-import { Clock, Effect, Fiber, FiberId, FiberRef, FiberStatus, HashMap, Metric, MetricState, Option } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
+import * as FiberStatus from "effect/FiberStatus"
+import * as HashMap from "effect/HashMap"
+import * as Metric from "effect/Metric"
+import * as MetricState from "effect/MetricState"
+import * as Option from "effect/Option"
 
 /** A fiber still alive when `collect` ran. */
 export interface AliveFiber {

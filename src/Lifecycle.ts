@@ -13,23 +13,22 @@
  *
  * Time comes from `Clock` and sleeping from `Effect.sleep`, so TestClock drives every phase in tests.
  */
-import {
-  Cause,
-  Chunk,
-  Clock,
-  Config,
-  Context,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  Layer,
-  Option,
-  Stream,
-  SubscriptionRef
-} from "effect"
-import type { ConfigError, Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import type * as ConfigError from "effect/ConfigError"
+import type * as Scope from "effect/Scope"
 import { ShuttingDown } from "./Errors.js"
 import * as Leftovers from "./Leftovers.js"
 import * as Tracker from "./Tracker.js"

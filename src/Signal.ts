@@ -6,7 +6,7 @@
  * and interrupting it when the job ends costs more than all the rest of a job's bookkeeping). Listeners run
  * synchronously, in the order they were added, when the signal fires; one added after that runs at once.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 
 export interface Signal {
   /** Whether it has fired. */

@@ -14,8 +14,20 @@
  * waiting for a slot never start. `close` / `wait` / `waitFor` are TaskTracker's, with the deadline its
  * users otherwise write by hand.
  */
-import { Cause, Chunk, Effect, Exit, Fiber, FiberId, FiberMap, Metric, MetricLabel, Option, Runtime } from "effect"
-import type { Context, Duration, Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as FiberMap from "effect/FiberMap"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
+import type * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import type * as Scope from "effect/Scope"
 import { joinTask, ShuttingDown } from "./Errors.js"
 import * as Waiters from "./Waiters.js"
 import type { TaskFailed, TaskPanicked } from "./Errors.js"

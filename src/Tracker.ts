@@ -7,7 +7,9 @@
  * when the deadline comes first, interrupts what is left and names it. This is Tokio's
  * `TaskTracker::close/wait` plus the deadline its users write by hand around it.
  */
-import { Duration, Effect, Fiber } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import { ShuttingDown } from "./Errors.js"
 import * as Waiters from "./Waiters.js"
 

@@ -6,7 +6,10 @@
  * condition holds, otherwise waits to be woken and checks again; `wake()` is called after every change
  * that may matter and costs nothing when no one waits. A waiter that is interrupted leaves the list.
  */
-import { Deferred, Effect, Exit, FiberId } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 
 export interface Waiters {
   readonly until: (condition: () => boolean) => Effect.Effect<void>

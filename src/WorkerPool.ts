@@ -22,8 +22,19 @@
  * The drain stops taking, lets in-flight jobs finish, and at the deadline interrupts the rest, which releases
  * their leases so that another process takes them over without waiting for the lease to expire.
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option, Queue, Runtime, Scope } from "effect"
-import type { Schedule } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Runtime from "effect/Runtime"
+import * as Scope from "effect/Scope"
+import type * as Schedule from "effect/Schedule"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
 import * as Waiters from "./Waiters.js"

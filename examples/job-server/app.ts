@@ -10,9 +10,13 @@
  * Every error a client can cause has a status and a JSON body `{ error, message }`: 400 (invalid JSON or
  * shape), 404, 405 (with `Allow`), 413, 429 and 503 (with `Retry-After`), 504.
  */
-import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import type { HttpApp } from "@effect/platform"
-import { Context, Effect, Option, Schema } from "effect"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import type * as HttpApp from "@effect/platform/HttpApp"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import { Lifecycle, Middleware } from "keel"
 import type { Invalid, QueueFull, ShuttingDown, Timeout, TooLarge } from "keel"
 import { Body, HttpMetrics, Prometheus, withMiddleware } from "keel/http"

@@ -3,7 +3,9 @@
  * a default, so `npm start` runs with none; a malformed value stops the start with a message naming the
  * variable (never a server running on NaN workers).
  */
-import { Config, Duration, LogLevel } from "effect"
+import * as Config from "effect/Config"
+import * as Duration from "effect/Duration"
+import * as LogLevel from "effect/LogLevel"
 
 const positiveInt = (name: string, fallback: number) =>
   Config.integer(name).pipe(

@@ -7,7 +7,12 @@
  * jitter, under a retry budget so retries cannot multiply an outage) outside `circuitBreaker` (fails fast
  * while the dependency is down) outside a per-attempt `timeout`.
  */
-import { Context, Duration, Effect, Layer, Random, Ref } from "effect"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
+import * as Ref from "effect/Ref"
 import { Middleware, Unavailable } from "keel"
 import type { Timeout } from "keel"
 import type { Settings } from "./config.js"

@@ -7,7 +7,12 @@
  * and `noop` measures the server itself. A request is validated with Schema before anything is stored;
  * every accepted job's record follows the pool's one outcome for it (completed, failed, unfinished).
  */
-import { Context, Duration, Effect, Layer, Random, Schema } from "effect"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
 import { Backoff, Lifecycle, Middleware, render, ShuttingDown, Unavailable, withContext, WorkerPool } from "keel"
 import type { QueueFull, Timeout, WithContext } from "keel"
 import { JobQueue, JobStore } from "keel/services"

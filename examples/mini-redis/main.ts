@@ -3,7 +3,7 @@
  * redis-benchmark and client libraries work against it. SIGTERM or SIGINT drains it: it stops accepting,
  * answers the commands each connection has sent, closes them, and exits with Lifecycle's code.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { runMain } from "keel/node"
 import * as Server from "./server.js"
 

@@ -11,7 +11,7 @@
  *
  * `decodeFrame` reads any RESP2 frame (replies included); `encode` writes one.
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 
 /** A RESP2 value. Bulk strings are bytes; a null bulk string or array is RESP2's nil. */
 export type Frame =

@@ -11,8 +11,13 @@
  * Expired keys are also purged in the background, a bounded number per tick. Published messages are written
  * to each subscriber at once; one that leaves more than `subscriberOutputLimit` unread is disconnected.
  */
-import { Deferred, Duration, Effect, Exit, Runtime, Schedule } from "effect"
-import type { Scope } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import type { Lifecycle } from "keel"
 import { TcpServer } from "keel/node"
 import * as Commands from "./commands.js"

@@ -9,7 +9,7 @@
  * by a new deadline or a removed key is skipped when it surfaces, and the heap is rebuilt once stale entries
  * outnumber live ones, so memory stays proportional to the keys with a deadline.
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 
 /** `INCR` on a value that is not a 64-bit integer in decimal, as Redis words it. */
 export class NotAnInteger extends Data.TaggedError("NotAnInteger")<{}> {

@@ -5,7 +5,10 @@
  *
  *   npm run example:worker-pool -- --workers 8 --jobs 200
  */
-import { Data, Duration, Effect, Random } from "effect"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Random from "effect/Random"
 import { Backoff, Lifecycle, render, ShuttingDown, type Timeout, WorkerPool } from "keel"
 import { runMain } from "keel/node"
 import { parseSettings, usage } from "./settings.js"

@@ -2,8 +2,10 @@
  * Live progress of the worker-pool example: one line redrawn in place on a terminal, a plain log line
  * each second otherwise (CI logs, pipes). The fiber lives in the caller's Scope, so it stops with the pool.
  */
-import { Clock, Effect, Schedule } from "effect"
-import type { Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import type { WorkerPool } from "keel"
 
 const format = (stats: WorkerPool.Stats, perSecond: number) =>

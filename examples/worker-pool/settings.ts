@@ -3,7 +3,9 @@
  * exit code 2, never a pool started with NaN workers.
  */
 import { parseArgs } from "node:util"
-import { Duration, Either, Option } from "effect"
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 
 export interface Settings {
   readonly workers: number

@@ -6,8 +6,10 @@
  * on, each Schema issue with its path for shape errors. Both are answered by `withMiddleware`'s adapter, so
  * an app only decodes and never builds error responses for its input.
  */
-import { HttpServerRequest } from "@effect/platform"
-import { Effect, ParseResult, Schema } from "effect"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as Effect from "effect/Effect"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { Invalid, TooLarge } from "keel"
 
 const readText = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => request.text).pipe(

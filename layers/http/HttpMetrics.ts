@@ -5,10 +5,17 @@
  * path, whose ids would make the series unbounded), the method and the status, including the statuses of
  * errors the app leaves to the server (their response is worked out the way the server will).
  */
-import { HttpServerError, HttpServerRequest } from "@effect/platform"
-import type { HttpApp, HttpServerResponse } from "@effect/platform"
-import { Clock, Context, Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
-import type { Cause } from "effect"
+import * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import type * as HttpApp from "@effect/platform/HttpApp"
+import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricLabel from "effect/MetricLabel"
+import type * as Cause from "effect/Cause"
 
 /**
  * The counter `keel_http_requests_total`: requests answered, tagged `route` (the name given to `measured`),

@@ -11,10 +11,17 @@
  * untouched to the app's own error handling. Errors are recognised by their `_tag`, so the adapter needs
  * no import of the middleware modules themselves.
  */
-import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import type { HttpApp } from "@effect/platform"
-import { Context, Duration, Effect, Exit, Metric, MetricLabel, Option } from "effect"
-import type { Fiber } from "effect"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import type * as HttpApp from "@effect/platform/HttpApp"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import type * as Fiber from "effect/Fiber"
 import type { Middleware } from "keel"
 
 /**

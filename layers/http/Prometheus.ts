@@ -7,9 +7,12 @@
  * sanitized name already belongs to a family of another type are left out, as are repeats of a
  * label set within a family, so that the output is always a valid exposition.
  */
-import { HttpServerResponse } from "@effect/platform"
-import { Effect, Metric, MetricState, Option } from "effect"
-import type { MetricPair } from "effect"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricState from "effect/MetricState"
+import * as Option from "effect/Option"
+import type * as MetricPair from "effect/MetricPair"
 
 /** The `Content-Type` of the text exposition format 0.0.4, as `metricsApp` answers with it. */
 export const contentType = "text/plain; version=0.0.4; charset=utf-8"

@@ -10,8 +10,12 @@
  * `maxDeadLetters` (past it the oldest is dropped, with a warning logged); leased jobs are bounded by the
  * takers.
  */
-import { Duration, Effect, Fiber, Layer, Option } from "effect"
-import type { Scope } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import * as Signal from "../../src/Signal.js"

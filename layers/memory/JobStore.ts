@@ -10,7 +10,9 @@
  * When no record is terminal, there is nothing safe to forget and `create` fails with `StoreFull`. Each
  * operation is one synchronous block (the Clock read included), so under JS's single thread each is atomic.
  */
-import { Effect, Layer, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import {
   isTerminal,
   type JobRecord,

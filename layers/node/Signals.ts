@@ -7,8 +7,9 @@
  * (stop waiting; finalizers still run, exit 130/143), and only a third one exits at once, for an
  * operator whose finalizers hang.
  */
-import { Effect, Runtime } from "effect"
-import type { Scope } from "effect"
+import * as Effect from "effect/Effect"
+import * as Runtime from "effect/Runtime"
+import type * as Scope from "effect/Scope"
 import type { Lifecycle } from "keel"
 
 /**

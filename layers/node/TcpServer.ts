@@ -20,8 +20,14 @@
  * the connection at a frame boundary. The server's Scope closes once every connection has ended; at the
  * Lifecycle's deadline the rest are interrupted, their sockets destroyed, and listed in the shutdown report.
  */
-import { Data, Deferred, Duration, Effect, Exit, Fiber, Runtime } from "effect"
-import type { Scope } from "effect"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Runtime from "effect/Runtime"
+import type * as Scope from "effect/Scope"
 import { Backoff, Lifecycle } from "keel"
 import * as Net from "node:net"
 

@@ -7,7 +7,11 @@
  * 0 after success or a clean drain, 1 after a failure or a forced drain, 130 / 143 after a second
  * SIGINT / SIGTERM. Logging is configured once, here at the root.
  */
-import { Cause, Effect, Exit, Layer, Logger } from "effect"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import { Lifecycle } from "keel"
 import * as Signals from "./Signals.js"
 

@@ -8,7 +8,8 @@
  * regions (finalizers, a worker recording an outcome) where `Effect.timeout` could not stop a Redis that does not
  * answer (hung, or behind a partition).
  */
-import { Duration, Effect } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
 import { Redis } from "ioredis"
 import { createHash } from "node:crypto"
 

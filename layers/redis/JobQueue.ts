@@ -49,7 +49,13 @@
  * id is chosen before the first try), a take may then leave a lease nobody holds (it expires and the job is
  * taken over, one attempt spent), and a settle may report `LeaseLost` for a lease it did settle.
  */
-import { Clock, Duration, Effect, Layer, Option, Runtime, Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
+import * as Scope from "effect/Scope"
 import type { Redis } from "ioredis"
 import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"

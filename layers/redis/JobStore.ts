@@ -36,8 +36,12 @@
  * earlier try wrote by its token and answers `created: true` — never a second record, and never
  * `created: false` to the caller who created it. A state that is not JSON (a BigInt, a cycle) is a defect.
  */
-import { Clock, Duration, Effect, Layer, Option } from "effect"
-import type { Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import type { Redis } from "ioredis"
 import { Backoff } from "keel"
 import { JobStore } from "keel/services"

@@ -8,7 +8,8 @@
  * through `a`, then `b`, then `c`, then the service. Middleware that hold state (a token bucket, a breaker)
  * are built by an Effect in a Scope and then used like the rest.
  */
-import { Effect, Metric } from "effect"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import { Invalid } from "../Errors.js"
 
 /**

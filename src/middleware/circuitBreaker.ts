@@ -23,8 +23,17 @@
  * buckets of window / 10, aligned on Clock time: a call counts while its bucket is one of the ten latest,
  * so it stops counting between nine tenths of the window and the whole window after it ended.
  */
-import { Cause, Chunk, Data, Duration, Effect, Exit, Metric, MetricLabel, PubSub, Stream } from "effect"
-import type { Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as PubSub from "effect/PubSub"
+import * as Stream from "effect/Stream"
+import type * as Scope from "effect/Scope"
 import { middlewareRejections, type Middleware, type Service } from "./Middleware.js"
 
 /** How the closed breaker decides to open: after a run of consecutive failures, or on a failure rate. */

@@ -11,8 +11,14 @@
  *
  * Under `loadShed()` a call that would have to queue fails at once with `Overloaded` instead.
  */
-import { Deferred, Effect, Exit, Metric, MetricLabel } from "effect"
-import type { Cause, Fiber, Scope } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import type * as Cause from "effect/Cause"
+import type * as Fiber from "effect/Fiber"
+import type * as Scope from "effect/Scope"
 import { Overloaded, takeShedding, withShedding } from "./loadShed.js"
 import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
 

@@ -7,8 +7,13 @@
  * `hedge` read `remaining` so that nested calls never outlive their caller. Past the deadline the call is
  * interrupted and fails with `Timeout { after: budget }`.
  */
-import { Clock, Context, Duration, Effect, FiberRef, Option } from "effect"
-import type { Fiber } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as Option from "effect/Option"
+import type * as Fiber from "effect/Fiber"
 import { Timeout } from "../Errors.js"
 import type { Middleware, Service } from "./Middleware.js"
 import { failAfter } from "./timeout.js"

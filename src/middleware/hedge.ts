@@ -16,8 +16,16 @@
  * dragged down by the calls hedging made fast.
  * Until `minSamples` latencies are known a call is not hedged, or is hedged after `fallback` if given.
  */
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Metric, MetricLabel, Option } from "effect"
-import type { Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { remaining } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"
 

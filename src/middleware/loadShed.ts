@@ -19,8 +19,11 @@
  * the same limit refusing where it would wait, and `loadShed()` returns that twin. The FiberRef path
  * remains for a limit further below (under a `timeout`, a refusing `rateLimit`, or any other middleware).
  */
-import { Data, Duration, Effect, FiberRef } from "effect"
-import type { Fiber } from "effect"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import type * as Fiber from "effect/Fiber"
 import type { Middleware, Service } from "./Middleware.js"
 
 /** A limit refused the call instead of letting it wait; retry later, not before `retryAfter` when given. */

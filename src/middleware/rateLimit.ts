@@ -25,8 +25,18 @@
  * get a new burst of `limit` calls sooner than `per` after its last one. Size `maxKeys` above the number of
  * clients active within one `per`.
  */
-import { Clock, Context, Data, Deferred, Duration, Effect, Exit, FiberId, Metric, MetricLabel, Option } from "effect"
-import type { Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { currentDeadline } from "./deadline.js"
 import { takeShedding, withShedding } from "./loadShed.js"
 import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"

@@ -17,8 +17,18 @@
  * (`deadline.ts`): if the next attempt could not start before it, the call stops at once with its last
  * error instead of sleeping into a timeout.
  */
-import { Cause, Clock, Duration, Effect, Either, Metric, MetricLabel, Option, Schedule, ScheduleDecision, ScheduleIntervals } from "effect"
-import type { Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as ScheduleDecision from "effect/ScheduleDecision"
+import * as ScheduleIntervals from "effect/ScheduleIntervals"
+import type * as Scope from "effect/Scope"
 import * as Backoff from "../Backoff.js"
 import { remaining } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"

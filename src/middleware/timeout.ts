@@ -13,8 +13,14 @@
  * than through `Effect.locally`, which undoes them anyway) stay with it and are not merged back into the
  * caller. Merging them, as `Fiber.join` does, would cost more than the rest of the middleware together.
  */
-import { Duration, Effect, Exit, Fiber, Option, Runtime, RuntimeFlags } from "effect"
-import type { Context } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
+import * as RuntimeFlags from "effect/RuntimeFlags"
+import type * as Context from "effect/Context"
 import { Timeout } from "../Errors.js"
 import { remainingFor } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"

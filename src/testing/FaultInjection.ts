@@ -10,8 +10,14 @@
  * and a failed, dead or hung call never reaches the service. The injector is a middleware, a wrapper for
  * service objects and a Layer transformer; nothing is global, so only the services it wraps pay for it.
  */
-import { Context, Data, Duration, Effect, Effectable, Layer, Predicate } from "effect"
-import type { Random } from "effect"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Effectable from "effect/Effectable"
+import * as Layer from "effect/Layer"
+import * as Predicate from "effect/Predicate"
+import type * as Random from "effect/Random"
 import type { Middleware, Service } from "../middleware/Middleware.js"
 
 /**

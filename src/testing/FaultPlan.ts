@@ -9,7 +9,9 @@
  * nested object, and `replay` turns it into the faults of a service and the signals of a Lifecycle, on the
  * Clock, so the same plan replays the same run on TestClock.
  */
-import { Duration, Effect, FastCheck as fc } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as fc from "effect/FastCheck"
 import type { Middleware, Service } from "../middleware/Middleware.js"
 import { InjectedDefect } from "./FaultInjection.js"
 

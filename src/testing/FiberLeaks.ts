@@ -20,8 +20,16 @@
  * "time is not advancing" warning fiber as a child of the sleeping fiber. When that fiber is a leak, the
  * warning fiber is listed with it (unnamed); adjusting the clock first avoids the extra entry.
  */
-import { Clock, Context, Data, Duration, Effect, Exit, Fiber, Option, Supervisor } from "effect"
-import type { Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Supervisor from "effect/Supervisor"
+import type * as Scope from "effect/Scope"
 import * as Leftovers from "../Leftovers.js"
 
 /** A fiber still alive after the scope it was forked in had closed. */

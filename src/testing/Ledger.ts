@@ -15,7 +15,8 @@
  * Ids are compared as `Map` keys (by identity: use strings or numbers). The ledger is bounded: it holds at
  * most `maxEntries` distinct ids, and recording one more dies with a message saying so.
  */
-import { Data, Effect } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
 
 /** Options of `make`. */
 export interface LedgerOptions<Outcome> {

@@ -16,7 +16,10 @@
  * `expectReturned(probes)` fails with one `PermitLeak` naming every probe that reads more than zero.
  * The metric probes read process-wide gauges: give each limit under test its own `name`.
  */
-import { Data, Effect, Metric, Option } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import { concurrencyLimitMetrics } from "../middleware/concurrencyLimit.js"
 import { rateLimitMetrics } from "../middleware/rateLimit.js"
 

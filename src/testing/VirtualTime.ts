@@ -33,22 +33,20 @@
  * `TestClock.adjust` would, minus the real-timer wait, which the settling above replaces. With any other
  * TestClock it falls back to `TestClock.setTime`. It needs the `TestServices` that `it.effect` provides.
  */
-import {
-  Chunk,
-  Data,
-  Deferred,
-  Duration,
-  Effect,
-  Fiber,
-  Option,
-  Order,
-  Predicate,
-  Ref,
-  Supervisor,
-  TestClock,
-  TestServices
-} from "effect"
-import type { Exit } from "effect"
+import * as Chunk from "effect/Chunk"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Order from "effect/Order"
+import * as Predicate from "effect/Predicate"
+import * as Ref from "effect/Ref"
+import * as Supervisor from "effect/Supervisor"
+import * as TestClock from "effect/TestClock"
+import * as TestServices from "effect/TestServices"
+import type * as Exit from "effect/Exit"
 
 /** Options of `run` and `runExit`: how long a run may go on, and how long it settles between steps. */
 export interface Options {

@@ -28,8 +28,17 @@
  * search is bounded by `maxSuspensionPoints`; a phase that cannot finish (a cleanup that deadlocks once
  * interrupted, say) fails with `Stuck` instead of hanging.
  */
-import { Cause, Chunk, Data, Effect, Exit, Option, Scope, Supervisor } from "effect"
-import type { Fiber, FiberId, TestServices } from "effect"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
+import * as Supervisor from "effect/Supervisor"
+import type * as Fiber from "effect/Fiber"
+import type * as FiberId from "effect/FiberId"
+import type * as TestServices from "effect/TestServices"
 import { describe } from "../Errors.js"
 import type { Livelock, Stalled } from "./VirtualTime.js"
 import * as VirtualTime from "./VirtualTime.js"
