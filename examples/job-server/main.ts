@@ -8,23 +8,33 @@
  * turns 503, the pre-stop delay passes, the server stops accepting and finishes its requests while the
  * pool drains its jobs, then the shutdown report is logged and the process exits with Lifecycle's code.
  */
-import { HttpServer } from "@effect/platform"
-import { Duration, Effect, Layer, Logger, Random } from "effect"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Random from "effect/Random"
 import { MemoryJobStore } from "keel/memory"
 import { HttpServer as DrainingHttpServer, runMain } from "keel/node"
-import { RedisJobQueue, RedisJobStore } from "keel/redis"
 import * as App from "./app.js"
-import { settings } from "./config.js"
+import { type Settings, settings } from "./config.js"
 import * as Downstream from "./downstream.js"
 import * as Jobs from "./jobs.js"
 
-const program = Effect.gen(function*() {
-  const config = yield* settings
+/**
+ * The runner and where jobs and records live: the process itself, or the Redis it shares with others.
+ * keel/redis (and with it ioredis) is loaded only for the Redis backend, so the embedded default starts
+ * without either.
+ */
+const jobsLayer = (config: Settings) => {
+  if (config.jobQueue === "memory") {
+    return Effect.succeed(
+      Jobs.layer(config).pipe(Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity })))
+    )
+  }
   const redis = { url: config.redisUrl }
-  // The runner and where jobs and records live: the process itself, or the Redis it shares with others.
-  const jobs = config.jobQueue === "memory"
-    ? Jobs.layer(config).pipe(Layer.provideMerge(MemoryJobStore.layer({ capacity: config.storeCapacity })))
-    : Jobs.sharedLayer(config).pipe(
+  return Effect.map(Effect.promise(() => import("keel/redis")), ({ RedisJobQueue, RedisJobStore }) =>
+    Jobs.sharedLayer(config).pipe(
       Layer.provideMerge(RedisJobStore.layer({ redis, name: config.queueName, capacity: config.storeCapacity })),
       Layer.provideMerge(RedisJobQueue.layer({
         redis,
@@ -33,7 +43,12 @@ const program = Effect.gen(function*() {
         leaseDuration: config.jobLease,
         maxAttempts: config.jobMaxDeliveries
       }))
-    )
+    ))
+}
+
+const program = Effect.gen(function*() {
+  const config = yield* settings
+  const jobs = yield* jobsLayer(config)
   const services = jobs.pipe(Layer.provideMerge(Downstream.layer(config)))
   const server = Layer.scopedDiscard(Effect.gen(function*() {
     const app = yield* App.make(config)
