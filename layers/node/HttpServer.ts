@@ -37,7 +37,6 @@ import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import type * as Multipart from "@effect/platform/Multipart"
 import type * as Path from "@effect/platform/Path"
 import type * as Socket from "@effect/platform/Socket"
-import * as NodeMultipart from "@effect/platform-node/NodeMultipart"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -56,7 +55,7 @@ import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
-import type * as Stream from "effect/Stream"
+import * as Stream from "effect/Stream"
 import { Lifecycle, TooLarge } from "keel"
 import * as Http from "node:http"
 import * as Net from "node:net"
@@ -130,6 +129,12 @@ const defaultMaxBodySize = 1024 * 1024
 
 /** A request's fiber runs within the request handler until it first suspends. */
 const startAtOnce: Runtime.RunForkOptions = { immediate: true }
+
+/**
+ * Multipart parsing (multipasta and the platform's Node adapters, ten modules) is loaded when a request first
+ * reads a multipart body rather than at start-up: few services take uploads, every one starts.
+ */
+const nodeMultipart = Effect.promise(() => import("@effect/platform-node/NodeMultipart"))
 
 /** One request as @effect/platform sees it, read straight from Node's IncomingMessage. */
 class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.HttpServerRequest {
@@ -283,11 +288,11 @@ class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.H
     Multipart.MultipartError,
     Scope.Scope | FileSystem.FileSystem | Path.Path
   > {
-    return NodeMultipart.persisted(this.source, this.source.headers)
+    return Effect.flatMap(nodeMultipart, (multipart) => multipart.persisted(this.source, this.source.headers))
   }
 
   get multipartStream(): Stream.Stream<Multipart.Part, Multipart.MultipartError> {
-    return NodeMultipart.stream(this.source, this.source.headers)
+    return Stream.unwrap(Effect.map(nodeMultipart, (multipart) => multipart.stream(this.source, this.source.headers)))
   }
 
   get upgrade(): Effect.Effect<Socket.Socket, HttpServerError.RequestError> {

@@ -279,4 +279,23 @@ describe("DrainingHttpServer", () => {
       expect(after.inFlight).toBe(0)
       expect(after.served).toBe(1)
     }))
+
+  it.scopedLive("a multipart body is parsed, its parser loaded on first use: fields and a file, part by part", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve(Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const parts = yield* Stream.runCollect(request.multipartStream)
+        const described = [...parts].map((part) =>
+          part._tag === "Field" ? `field ${part.key}=${part.value}` : `file ${part.key} ${part.name} ${part.contentType}`
+        )
+        return HttpServerResponse.text(described.join("; "))
+      }))
+      const form = new FormData()
+      form.append("name", "ada")
+      form.append("upload", new Blob(["report"], { type: "text/plain" }), "report.txt")
+      const response = yield* request(url, { method: "POST", body: form })
+      expect(response.status).toBe(200)
+      expect(response.body).toBe("field name=ada; file upload report.txt text/plain")
+    }))
+
 })
