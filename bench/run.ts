@@ -13,7 +13,8 @@ const benchmarks = [
   { file: "middleware.ts", nodeFlags: ["--expose-gc"] },
   { file: "http.ts", nodeFlags: [] },
   { file: "mini-redis.ts", nodeFlags: [] },
-  { file: "jobqueue.ts", nodeFlags: [] }
+  { file: "jobqueue.ts", nodeFlags: [] },
+  { file: "startup.ts", nodeFlags: [] }
 ]
 
 const startedAt = performance.now()
