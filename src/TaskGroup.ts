@@ -29,7 +29,7 @@ import type * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import type * as Scope from "effect/Scope"
 import { joinTask, ShuttingDown } from "./Errors.js"
-import * as Waiters from "./Waiters.js"
+import * as Waiters from "./internal/Waiters.js"
 import type { TaskFailed, TaskPanicked } from "./Errors.js"
 import type { Settlement } from "./Tracker.js"
 

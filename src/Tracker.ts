@@ -11,7 +11,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import { ShuttingDown } from "./Errors.js"
-import * as Waiters from "./Waiters.js"
+import * as Waiters from "./internal/Waiters.js"
 
 /**
  * What waiting with a deadline ended with: `Tracker`'s `settle`, and `waitFor` of a task group, return it.

@@ -37,7 +37,7 @@ import * as Scope from "effect/Scope"
 import type * as Schedule from "effect/Schedule"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { describeTrigger, Lifecycle } from "./Lifecycle.js"
-import * as Waiters from "./Waiters.js"
+import * as Waiters from "./internal/Waiters.js"
 
 /**
  * How a full queue treats a new job (`Options.strategy`): `suspend` makes `submit` wait for room;

@@ -18,8 +18,8 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { QueueFull } from "keel"
 import { JobQueue } from "keel/services"
-import * as Signal from "../../src/Signal.js"
-import * as Waiters from "../../src/Waiters.js"
+import * as Signal from "#keel/internal/Signal"
+import * as Waiters from "#keel/internal/Waiters"
 
 /** The contract's options: `capacity`, `leaseDuration`, `maxAttempts`, `maxDeadLetters`. */
 export type Options = JobQueue.QueueOptions

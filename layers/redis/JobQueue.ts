@@ -61,8 +61,8 @@ import { Backoff, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
-import * as Signal from "../../src/Signal.js"
-import * as Waiters from "../../src/Waiters.js"
+import * as Signal from "#keel/internal/Signal"
+import * as Waiters from "#keel/internal/Waiters"
 import {
   call,
   callTimeout,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import * as Signal from "../../src/Signal.js"
+import * as Signal from "../../../src/internal/Signal.js"
 
 describe("Signal", () => {
   it.effect("fibers waiting on it resume when it fires, and one awaiting after that returns at once", () =>
