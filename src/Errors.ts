@@ -102,74 +102,98 @@ export class Invalid extends Data.TaggedError("Invalid")<{
 //
 // Libraries fail with typed errors; where a failure crosses a task boundary the caller adds what it was
 // doing, and the chain reads outermost first: "GPU diagnostic failed: IPMI command failed: timeout". The
-// wrapped error stays typed and reachable (`rootError`), defects are wrapped too (so a panic also says
-// where it happened), and interruption is left alone: it is not a failure.
+// context is kept beside the error rather than around it: the error that comes out is a copy of the one that
+// went in — same class, same fields, same `_tag` — that also carries the chain, so `catchTag`, retry and
+// breaker predicates and the HTTP status of a rejection see it as they would without the context. Defects
+// carry the context the same way (so a panic also says where it happened), and interruption is left alone:
+// it is not a failure.
 // ---------------------------------------------------------------------------------------------------------
 
+/** Where an error keeps the contexts `withContext` added: a non-enumerable property, so equality ignores it. */
+const contextsKey: unique symbol = Symbol.for("keel/Errors/contexts")
+
 /**
- * A failure (or defect) with what the caller was doing when it happened. Made by `withContext`; read the
- * chain with `message` or `render`, the original error with `rootError`.
+ * What the callers were doing when `error` happened, outermost first, as `withContext` added it; empty when
+ * no context was added (or `error` is not an object, which cannot carry one).
  *
- * @typeParam E - The wrapped error's type.
+ * @example
+ * ```ts
+ * import { Duration, Effect } from "effect"
+ * import { Timeout, contextOf, withContext } from "keel"
+ *
+ * const program = Effect.fail(new Timeout({ after: Duration.seconds(1) })).pipe(
+ *   withContext("IPMI command failed"),
+ *   withContext("GPU diagnostic failed"),
+ *   // Still a Timeout: ["GPU diagnostic failed", "IPMI command failed"] and "timed out after 1s"
+ *   Effect.catchTag("Timeout", (timeout) => Effect.log(contextOf(timeout), timeout.message))
+ * )
+ * ```
  */
-export class WithContext<E> extends Data.TaggedError("WithContext")<{
-  /** What the caller was doing, e.g. `GPU diagnostic failed`. */
-  readonly context: string
-  /** The wrapped failure, or the defect for a wrapped defect; itself a `WithContext` when contexts stack. */
-  readonly error: E
-}> {
-  /** The chain, outermost first: `<context>: <the wrapped error described>` (e.g. `upload: timed out after 1s`). */
-  override get message() {
-    return `${this.context}: ${describe(this.error)}`
-  }
+export const contextOf = (error: unknown): ReadonlyArray<string> =>
+  typeof error === "object" && error !== null && contextsKey in error
+    ? (error as { readonly [contextsKey]: ReadonlyArray<string> })[contextsKey]
+    : []
+
+/**
+ * `error` with `context` added outermost: a copy with the same prototype and own properties (its class, tag,
+ * fields and stack), so nothing that inspects the error can tell it apart but `contextOf`. A value that is
+ * not an object cannot carry context and is returned as it is.
+ */
+const addContext = <E>(error: E, context: string): E => {
+  if (typeof error !== "object" || error === null) return error
+  const copy = Object.create(Object.getPrototypeOf(error), Object.getOwnPropertyDescriptors(error))
+  Object.defineProperty(copy, contextsKey, {
+    value: [context, ...contextOf(error)],
+    enumerable: false,
+    configurable: true
+  })
+  return copy
 }
 
-/** The error under every layer of context: `error` unwrapped until it is no longer a `WithContext`. */
-export const rootError = <E>(error: E | WithContext<E>): E => {
-  let current: unknown = error
-  while (current instanceof WithContext) current = current.error
-  return current as E
-}
+/** One line for any error value: its contexts, outermost first, then its message (or its tag). */
+export const describe = (error: unknown): string =>
+  [...contextOf(error), ownDescription(error)].join(": ")
 
-/** One line for any error value: its context chain, its message, or its tag. */
-export const describe = (error: unknown): string => {
-  if (error instanceof WithContext) return error.message
+const ownDescription = (error: unknown): string => {
   if (error instanceof Error && error.message !== "") return error.message
   if (typeof error === "object" && error !== null && "_tag" in error) return String(error._tag)
   if (error instanceof Error) return error.name
   return typeof error === "string" ? error : String(error)
 }
 
-const addContext = (context: string) => <E>(cause: Cause.Cause<E>): Cause.Cause<WithContext<E>> =>
+const causeWithContext = (context: string) => <E>(cause: Cause.Cause<E>): Cause.Cause<E> =>
   Cause.match(cause, {
     onEmpty: Cause.empty,
-    onFail: (error) => Cause.fail(new WithContext({ context, error })),
-    onDie: (defect) => Cause.die(new WithContext({ context, error: defect })),
+    onFail: (error) => Cause.fail(addContext(error, context)),
+    onDie: (defect) => Cause.die(addContext(defect, context)),
     onInterrupt: (fiberId) => Cause.interrupt(fiberId),
     onSequential: (left, right) => Cause.sequential(left, right),
     onParallel: (left, right) => Cause.parallel(left, right)
   })
 
 /**
- * Adds `context` to every failure and defect of `self`, each wrapped in a `WithContext`; interruption is left
- * as it is. Stacking gives the chain, outermost first.
+ * Adds `context` to every failure and defect of `self`; interruption is left as it is. The error keeps its
+ * type, class and tag — `Effect.catchTag`, `Backoff.isRetryable`, the retry and circuit-breaker predicates
+ * and `withMiddleware`'s HTTP statuses treat it as they treat the bare error — and carries the context
+ * beside it: `contextOf(error)` lists it, `render` and `describe` print the chain. Stacking gives the chain,
+ * outermost first. An error that is not an object (a string) cannot carry context and passes unchanged.
  *
  * @example
  * ```ts
  * import { Duration, Effect } from "effect"
- * import { Timeout, rootError, withContext } from "keel"
+ * import { Timeout, render, withContext } from "keel"
  *
  * const program = Effect.fail(new Timeout({ after: Duration.seconds(1) })).pipe(
  *   withContext("IPMI command failed"),
  *   withContext("GPU diagnostic failed"),
- *   Effect.catchTag("WithContext", (error) =>
- *     // "GPU diagnostic failed: IPMI command failed: timed out after 1s", and the Timeout itself
- *     Effect.log(error.message, rootError(error)))
+ *   Effect.sandbox,
+ *   // "GPU diagnostic failed: IPMI command failed: timed out after 1s"
+ *   Effect.catchAll((cause) => Effect.log(render(cause)))
  * )
  * ```
  */
-export const withContext = (context: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, WithContext<E>, R> =>
-  Effect.mapErrorCause(self, addContext(context))
+export const withContext = (context: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.mapErrorCause(self, causeWithContext(context))
 
 /**
  * A cause as readable lines: a failure as its chain, a defect as `defect: <chain>`, an interruption as

@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
 import { Backoff, Lifecycle, Middleware, render, ShuttingDown, Unavailable, withContext, WorkerPool } from "keel"
-import type { QueueFull, Timeout, WithContext } from "keel"
+import type { QueueFull, Timeout } from "keel"
 import { JobQueue, JobStore } from "keel/services"
 import type { Settings } from "./config.js"
 import { Downstream } from "./downstream.js"
@@ -46,7 +46,7 @@ export const JobRequest = Schema.Union(
 )
 export type JobRequest = typeof JobRequest.Type
 
-type JobError = Unavailable | WithContext<Unavailable | Timeout | Middleware.CircuitOpen>
+type JobError = Unavailable | Timeout | Middleware.CircuitOpen
 
 const run = (job: JobRequest, attempt: number): Effect.Effect<unknown, JobError, Downstream> => {
   switch (job.kind) {

@@ -3,8 +3,20 @@
  * the joined task's error channel that keeps "failed" and "panicked" apart.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Data, Duration, Effect, Exit, Fiber } from "effect"
-import { Invalid, render, rootError, TaskFailed, TaskPanicked, Timeout, Unavailable, WithContext, joinTask, withContext } from "keel"
+import { Cause, Data, Duration, Effect, Equal, Exit, Fiber, TestClock } from "effect"
+import {
+  Backoff,
+  contextOf,
+  Invalid,
+  joinTask,
+  Middleware,
+  render,
+  TaskFailed,
+  TaskPanicked,
+  Timeout,
+  Unavailable,
+  withContext
+} from "keel"
 
 class IpmiTimeout extends Data.TaggedError("IpmiTimeout")<{ readonly host: string }> {
   override get message() {
@@ -22,17 +34,26 @@ describe("withContext and render", () => {
       expect(Exit.isFailure(exit) && render(exit.cause)).toBe("GPU diagnostic failed: IPMI command failed: timeout")
     }))
 
-  it.effect("keeps the typed error reachable under the context", () =>
+  it.effect("the error keeps its class, tag and fields under the context, which travels beside it", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(runDiagnostics)
-      expect(error).toBeInstanceOf(WithContext)
-      expect(error.context).toBe("GPU diagnostic failed")
-      const root = rootError(rootError(error))
-      expect(root).toEqual(new IpmiTimeout({ host: "bmc-7" }))
+      expect(error).toBeInstanceOf(IpmiTimeout)
+      expect(error._tag).toBe("IpmiTimeout")
+      expect(error.host).toBe("bmc-7")
+      expect(contextOf(error)).toEqual(["GPU diagnostic failed", "IPMI command failed"])
+      // The context is not part of the value: it equals the bare error, and the bare error has none.
+      const bare = new IpmiTimeout({ host: "bmc-7" })
+      expect(Equal.equals(error, bare)).toBe(true)
+      expect(contextOf(bare)).toEqual([])
       const recovered = yield* runDiagnostics.pipe(
-        Effect.catchTag("WithContext", (wrapped) => Effect.succeed(`host ${rootError(rootError(wrapped)).host}`))
+        Effect.catchTag("IpmiTimeout", (timeout) => Effect.succeed(`host ${timeout.host}: ${contextOf(timeout).join(" / ")}`))
       )
-      expect(recovered).toBe("host bmc-7")
+      expect(recovered).toBe("host bmc-7: GPU diagnostic failed / IPMI command failed")
+      const byTags = yield* Effect.fail(new Invalid({ reason: "no such kind" })).pipe(
+        withContext("parsing the request"),
+        Effect.catchTags({ Invalid: (invalid) => Effect.succeed(invalid.reason) })
+      )
+      expect(byTags).toBe("no such kind")
     }))
 
   it.effect("a defect keeps its context and is marked as a defect", () =>
@@ -72,6 +93,60 @@ describe("withContext and render", () => {
     expect(render(Cause.fail(new Invalid({ reason: "kind must be sleep or flaky" }))))
       .toBe("invalid: kind must be sleep or flaky")
   })
+})
+
+describe("context does not hide the error from what decides on it", () => {
+  // Calls a dependency that always fails with `error`, and counts how often it was called.
+  const failingCall = (error: Timeout | Invalid) => {
+    let calls = 0
+    const call = Effect.suspend(() => {
+      calls++
+      return Effect.fail(error)
+    })
+    return { call, calls: () => calls }
+  }
+  const timeout = new Timeout({ after: Duration.seconds(1) })
+
+  it.effect("Backoff.isRetryable: a Timeout under context is retried as often as a bare one; Invalid never", () =>
+    Effect.gen(function*() {
+      const policy = Backoff.exponential({ base: "10 millis", max: "100 millis", maxAttempts: 3, jitter: "none" })
+      const attempts = (call: Effect.Effect<never, Timeout | Invalid>, count: () => number) =>
+        Effect.gen(function*() {
+          const fiber = yield* Effect.fork(Effect.exit(Effect.retry(call, policy)))
+          yield* TestClock.adjust("1 second")
+          yield* Fiber.join(fiber)
+          return count()
+        })
+      const bare = failingCall(timeout)
+      const wrapped = failingCall(timeout)
+      expect(yield* attempts(bare.call, bare.calls)).toBe(3)
+      expect(yield* attempts(wrapped.call.pipe(withContext("reading sensors")), wrapped.calls)).toBe(3)
+      expect(Backoff.isRetryable(yield* Effect.flip(wrapped.call.pipe(withContext("reading sensors"))))).toBe(true)
+      const invalid = failingCall(new Invalid({ reason: "bad input" }))
+      expect(yield* attempts(invalid.call.pipe(withContext("reading sensors")), invalid.calls)).toBe(1)
+    }))
+
+  it.effect("Middleware.retry's default predicate and a breaker's isFailure see the error under context", () =>
+    Effect.gen(function*() {
+      const retry = yield* Middleware.retry({ backoff: { base: "10 millis", max: "10 millis", maxAttempts: 3 }, budget: false })
+      const dependency = failingCall(timeout)
+      const service = retry(() => dependency.call.pipe(withContext("calling the gateway")))
+      const fiber = yield* Effect.fork(Effect.exit(service(undefined)))
+      yield* TestClock.adjust("1 second")
+      const exit = yield* Fiber.join(fiber)
+      expect(dependency.calls()).toBe(3)
+      expect(Exit.isFailure(exit) && render(exit.cause)).toBe("calling the gateway: timed out after 1s")
+
+      const breaker = yield* Middleware.circuitBreaker<Timeout>({
+        policy: { kind: "consecutive", failures: 2 },
+        openFor: "10 seconds",
+        isFailure: (error) => error._tag === "Timeout"
+      })
+      const guarded = breaker.middleware(() => Effect.fail(timeout).pipe(withContext("calling the gateway")))
+      yield* Effect.exit(guarded(undefined))
+      yield* Effect.exit(guarded(undefined))
+      expect((yield* breaker.state)._tag).toBe("Open")
+    }).pipe(Effect.scoped))
 })
 
 describe("joinTask (the double ?)", () => {
