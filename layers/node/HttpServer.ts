@@ -1,5 +1,5 @@
 /**
- * An HTTP server for Node that drains instead of dropping requests, and runs each request lean.
+ * An HTTP server for Node that drains instead of dropping requests.
  *
  * Effect's NodeHttpServer has no drain: on Scope close it removes its request handler and closes the
  * listener, so a second request on a kept-alive connection is never answered and shutdown waits until
@@ -12,55 +12,34 @@
  * once every connection has ended; at the Lifecycle's deadline the connections still open are destroyed and
  * listed in the shutdown report.
  *
- * Each request runs as one fiber started synchronously (`immediate`): an app that answers without
- * suspending is answered within the same tick, its buffered body written by the request handler itself
- * once the fiber has ended (a streamed body, or the response to a failure, is written by a fiber of its
- * own). No tracing span is opened per request (the platform server opens one even with no tracer
- * installed), request fibers are left out of Effect's fiber metrics, and a small buffered body leaves in
- * one chunk with the head.
  * It provides `HttpServer.HttpServer`, so `HttpServer.serve(app)` and `HttpRouter` apps run on it
  * unchanged. Bodies are read with a limit (`maxBodySize`): past it, reading fails with a
  * `RequestError` whose cause is `TooLarge`; the rest is discarded unread and the connection closed after
- * the answer.
+ * the answer. Each request runs lean, as one fiber started synchronously: an app that answers without
+ * suspending is answered within the same tick, no tracing span is opened per request, and request fibers
+ * are left out of Effect's fiber metrics.
  */
-import * as Cookies from "@effect/platform/Cookies"
-import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerError from "@effect/platform/HttpServerError"
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as UrlParams from "@effect/platform/UrlParams"
-import type * as FileSystem from "@effect/platform/FileSystem"
-import type * as Headers from "@effect/platform/Headers"
 import type * as HttpApp from "@effect/platform/HttpApp"
-import type * as HttpMethod from "@effect/platform/HttpMethod"
 import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import type * as Multipart from "@effect/platform/Multipart"
-import type * as Path from "@effect/platform/Path"
-import type * as Socket from "@effect/platform/Socket"
-import * as NodeStream from "@effect/platform-node/NodeStream"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Equal from "effect/Equal"
 import * as Exit from "effect/Exit"
-import * as FiberRef from "effect/FiberRef"
-import * as FiberRefs from "effect/FiberRefs"
-import * as Inspectable from "effect/Inspectable"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
-import * as RuntimeFlags from "effect/RuntimeFlags"
 import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
-import { Lifecycle, TooLarge } from "keel"
+import { Lifecycle } from "keel"
 import * as Http from "node:http"
 import * as Net from "node:net"
-import { Readable } from "node:stream"
-import { pipeline } from "node:stream/promises"
+import * as RequestFiber from "./internal/RequestFiber.js"
+import * as ResponseWriter from "./internal/ResponseWriter.js"
+import * as ServerRequest from "./internal/ServerRequest.js"
 
 /** Options of `make` and `layer`. */
 export interface Options {
@@ -127,338 +106,6 @@ export class DrainingHttpServer
 
 const defaultMaxBodySize = 1024 * 1024
 
-/** A request's fiber runs within the request handler until it first suspends. */
-const startAtOnce: Runtime.RunForkOptions = { immediate: true }
-
-/**
- * Multipart parsing (multipasta and the platform's Node adapters, ten modules) is loaded when a request first
- * reads a multipart body rather than at start-up: few services take uploads, every one starts.
- */
-const nodeMultipart = Effect.promise(() => import("@effect/platform-node/NodeMultipart"))
-
-/** One request as @effect/platform sees it, read straight from Node's IncomingMessage. */
-class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.HttpServerRequest {
-  readonly [HttpServerRequest.TypeId]: HttpServerRequest.TypeId = HttpServerRequest.TypeId
-  readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
-  private cachedBody: Effect.Effect<Buffer, HttpServerError.RequestError> | undefined
-  private cachedCookies: Record<string, string> | undefined
-
-  readonly source: Http.IncomingMessage
-  /** Where the answer goes; shared by the copies `modify` makes. */
-  readonly response: Http.ServerResponse
-  readonly maxBodySize: number
-  /** When the server received it, for the drain report. */
-  readonly startedAt: number
-  readonly url: string
-  private readonly headersOverride: Headers.Headers | undefined
-  private readonly remoteAddressOverride: string | undefined
-
-  constructor(
-    source: Http.IncomingMessage,
-    response: Http.ServerResponse,
-    maxBodySize: number,
-    startedAt: number,
-    url: string = source.url ?? "/",
-    headersOverride?: Headers.Headers,
-    remoteAddressOverride?: string
-  ) {
-    super()
-    this.source = source
-    this.response = response
-    this.maxBodySize = maxBodySize
-    this.startedAt = startedAt
-    this.url = url
-    this.headersOverride = headersOverride
-    this.remoteAddressOverride = remoteAddressOverride
-  }
-
-  get originalUrl(): string {
-    return this.source.url ?? "/"
-  }
-
-  // Node's parser gives the method in upper case already.
-  get method(): HttpMethod.HttpMethod {
-    return (this.source.method ?? "GET") as HttpMethod.HttpMethod
-  }
-
-  get headers(): Headers.Headers {
-    return this.headersOverride ?? (this.source.headers as Headers.Headers)
-  }
-
-  get cookies(): Record<string, string> {
-    return this.cachedCookies ??= Cookies.parseHeader(this.headers["cookie"] ?? "")
-  }
-
-  get remoteAddress(): Option.Option<string> {
-    return Option.fromNullable(this.remoteAddressOverride ?? this.source.socket.remoteAddress)
-  }
-
-  private readError(cause: unknown): HttpServerError.RequestError {
-    return new HttpServerError.RequestError({ request: this, reason: "Decode", cause })
-  }
-
-  private tooLarge(): HttpServerError.RequestError {
-    this.bodyRefused = true
-    return new HttpServerError.RequestError({
-      request: this,
-      reason: "Decode",
-      cause: new TooLarge({ what: "request body", limit: this.maxBodySize }),
-      description: `request body over the limit of ${this.maxBodySize} bytes`
-    })
-  }
-
-  /**
-   * Set once the body was refused as too large: the rest of it is discarded unread and the response
-   * closes the connection (answering before the client has sent everything, without resetting it).
-   */
-  bodyRefused = false
-
-  /**
-   * The whole body, at most `maxBodySize` bytes: a declared length over it is refused before reading, an
-   * undeclared one as soon as the bytes read pass it.
-   */
-  private readBody(): Effect.Effect<Buffer, HttpServerError.RequestError> {
-    if (Number(this.source.headers["content-length"] ?? 0) > this.maxBodySize) {
-      return Effect.suspend(() => {
-        this.source.resume()
-        return Effect.fail(this.tooLarge())
-      })
-    }
-    return Effect.async<Buffer, HttpServerError.RequestError>((resume) => {
-      const source = this.source
-      const chunks: Array<Buffer> = []
-      let size = 0
-      const stopListening = () => {
-        source.off("data", onData)
-        source.off("end", onEnd)
-        source.off("error", onError)
-      }
-      const onData = (chunk: Buffer) => {
-        size += chunk.length
-        if (size <= this.maxBodySize) return void chunks.push(chunk)
-        stopListening()
-        source.resume()
-        resume(Effect.fail(this.tooLarge()))
-      }
-      const onEnd = () => {
-        stopListening()
-        resume(Effect.succeed(Buffer.concat(chunks, size)))
-      }
-      const onError = (error: Error) => {
-        stopListening()
-        resume(Effect.fail(this.readError(error)))
-      }
-      source.on("data", onData)
-      source.on("end", onEnd)
-      source.on("error", onError)
-      return Effect.sync(stopListening)
-    })
-  }
-
-  private body(): Effect.Effect<Buffer, HttpServerError.RequestError> {
-    return this.cachedBody ??= Effect.runSync(Effect.cached(this.readBody()))
-  }
-
-  get text(): Effect.Effect<string, HttpServerError.RequestError> {
-    return Effect.map(this.body(), (bytes) => bytes.toString("utf8"))
-  }
-
-  get json(): Effect.Effect<unknown, HttpServerError.RequestError> {
-    return Effect.flatMap(this.text, (text) =>
-      Effect.try({
-        try: () => text === "" ? null : JSON.parse(text) as unknown,
-        catch: (cause) => this.readError(cause)
-      }))
-  }
-
-  get urlParamsBody(): Effect.Effect<UrlParams.UrlParams, HttpServerError.RequestError> {
-    return Effect.map(this.text, (text) => UrlParams.fromInput(new URLSearchParams(text)))
-  }
-
-  get arrayBuffer(): Effect.Effect<ArrayBuffer, HttpServerError.RequestError> {
-    return Effect.map(this.body(), (bytes) => bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer)
-  }
-
-  get stream(): Stream.Stream<Uint8Array, HttpServerError.RequestError> {
-    return NodeStream.fromReadable<HttpServerError.RequestError, Uint8Array>(() => this.source, (error) => this.readError(error))
-  }
-
-  get multipart(): Effect.Effect<
-    Multipart.Persisted,
-    Multipart.MultipartError,
-    Scope.Scope | FileSystem.FileSystem | Path.Path
-  > {
-    return Effect.flatMap(nodeMultipart, (multipart) => multipart.persisted(this.source, this.source.headers))
-  }
-
-  get multipartStream(): Stream.Stream<Multipart.Part, Multipart.MultipartError> {
-    return Stream.unwrap(Effect.map(nodeMultipart, (multipart) => multipart.stream(this.source, this.source.headers)))
-  }
-
-  get upgrade(): Effect.Effect<Socket.Socket, HttpServerError.RequestError> {
-    return Effect.fail(
-      new HttpServerError.RequestError({ request: this, reason: "Decode", description: "upgrades are not served" })
-    )
-  }
-
-  modify(options: { readonly url?: string; readonly headers?: Headers.Headers; readonly remoteAddress?: string }) {
-    return new NodeServerRequest(
-      this.source,
-      this.response,
-      this.maxBodySize,
-      this.startedAt,
-      options.url ?? this.url,
-      options.headers ?? this.headersOverride,
-      options.remoteAddress ?? this.remoteAddressOverride
-    )
-  }
-
-  toJSON(): unknown {
-    return { _id: "@effect/platform/HttpServerRequest", method: this.method, url: this.originalUrl }
-  }
-}
-
-/**
- * A request's services: the server's, plus the request itself. Effect never writes to a Context's map
- * once made (adding a service copies it), so instead of copying the server's services into a new Map for
- * every request, this one reads through to them; it is a Map to every reader, and refuses writes.
- */
-class ServicesWithRequest extends Map<string, unknown> {
-  readonly #services: ReadonlyMap<string, unknown>
-  readonly #request: HttpServerRequest.HttpServerRequest
-  constructor(services: ReadonlyMap<string, unknown>, request: HttpServerRequest.HttpServerRequest) {
-    super()
-    this.#services = services
-    this.#request = request
-  }
-  override get(key: string): unknown {
-    return key === requestKey ? this.#request : this.#services.get(key)
-  }
-  override has(key: string): boolean {
-    return key === requestKey || this.#services.has(key)
-  }
-  override get size(): number {
-    return this.#services.has(requestKey) ? this.#services.size : this.#services.size + 1
-  }
-  override *entries(): MapIterator<[string, unknown]> {
-    for (const entry of this.#services) if (entry[0] !== requestKey) yield entry
-    yield [requestKey, this.#request]
-  }
-  override [Symbol.iterator](): MapIterator<[string, unknown]> {
-    return this.entries()
-  }
-  override *keys(): MapIterator<string> {
-    for (const [key] of this.entries()) yield key
-  }
-  override *values(): MapIterator<unknown> {
-    for (const [, value] of this.entries()) yield value
-  }
-  override forEach(callback: (value: unknown, key: string, map: Map<string, unknown>) => void, thisArg?: unknown): void {
-    for (const [key, value] of this.entries()) callback.call(thisArg, value, key, this)
-  }
-  override set(): this {
-    throw new TypeError("a request's services are read-only")
-  }
-  override delete(): boolean {
-    throw new TypeError("a request's services are read-only")
-  }
-  override clear(): void {
-    throw new TypeError("a request's services are read-only")
-  }
-}
-const requestKey = HttpServerRequest.HttpServerRequest.key
-
-/** Writes the status line and headers. */
-const writeHead = (
-  nodeResponse: Http.ServerResponse,
-  response: HttpServerResponse.HttpServerResponse,
-  closeConnection: boolean
-) => {
-  let headers: Record<string, string | Array<string>> = response.headers
-  if (!Cookies.isEmpty(response.cookies)) {
-    headers = { ...headers, "set-cookie": Cookies.toSetCookieHeaders(response.cookies) }
-  }
-  if (closeConnection) headers = { ...headers, connection: "close" }
-  nodeResponse.writeHead(response.status, headers)
-}
-
-/**
- * Bodies up to this size go out in one chunk with the head: Node joins the head to a first chunk given as
- * a string, never to bytes (with a content-length, which bodies in memory carry; a chunked response would
- * join it to the chunk's size line instead), and latin1 turns each byte into one character and back, so the
- * bytes are sent unchanged. Larger bodies are passed as they are rather than copied into a string.
- */
-const joinWithHeadMaxBytes = 16 * 1024
-
-// Buffer's own latin1 decoder, called on the bytes as they are: making a Buffer view of them first costs
-// more than decoding a small body. Node has it on Buffer.prototype without documenting it; if it ever goes,
-// the view it is.
-const bufferLatin1Slice = (Buffer.prototype as unknown as {
-  latin1Slice?: (this: Uint8Array, start: number, end: number) => string
-}).latin1Slice
-const latin1 = (bytes: Uint8Array): string =>
-  bufferLatin1Slice === undefined
-    ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1")
-    : bufferLatin1Slice.call(bytes, 0, bytes.byteLength)
-
-const endWithBytes = (nodeResponse: Http.ServerResponse, bytes: Uint8Array): void => {
-  if (bytes.byteLength > joinWithHeadMaxBytes) nodeResponse.end(bytes)
-  else nodeResponse.end(latin1(bytes), "latin1")
-}
-
-/**
- * Writes a response whose body is in memory, at once; false (and nothing written) for one that must be
- * streamed.
- */
-const writeBuffered = (
-  request: NodeServerRequest,
-  response: HttpServerResponse.HttpServerResponse,
-  closeConnection: boolean
-): boolean => {
-  const nodeResponse = request.response
-  const body = response.body
-  const inMemory = body._tag === "Empty" || body._tag === "Uint8Array" ||
-    (body._tag === "Raw" && !(body.body instanceof Readable))
-  if (!inMemory && request.source.method !== "HEAD") return false
-  if (nodeResponse.writableEnded || nodeResponse.headersSent) return true
-  writeHead(nodeResponse, response, closeConnection)
-  if (request.source.method === "HEAD" || body._tag === "Empty") nodeResponse.end()
-  else if (body._tag === "Uint8Array") endWithBytes(nodeResponse, body.body)
-  else if (body._tag === "Raw") nodeResponse.end(body.body as string | Uint8Array)
-  return true
-}
-
-/** Writes any response to Node: buffered bodies at once, streamed ones with backpressure. */
-const writeResponse = (
-  request: NodeServerRequest,
-  response: HttpServerResponse.HttpServerResponse,
-  closeConnection: boolean
-): Effect.Effect<void, unknown> => {
-  if (writeBuffered(request, response, closeConnection)) return Effect.void
-  const nodeResponse = request.response
-  if (nodeResponse.writableEnded || nodeResponse.headersSent) return Effect.void
-  writeHead(nodeResponse, response, closeConnection)
-  const body = response.body
-  switch (body._tag) {
-    case "Raw":
-      return Effect.tryPromise((signal) => pipeline(body.body as Readable, nodeResponse, { signal }))
-    case "Stream":
-      return Effect.flatMap(
-        NodeStream.toReadable(body.stream),
-        (readable) => Effect.tryPromise((signal) => pipeline(readable, nodeResponse, { signal }))
-      )
-    case "FormData": {
-      const encoded = new Response(body.formData)
-      nodeResponse.setHeader("content-type", encoded.headers.get("content-type") ?? "multipart/form-data")
-      return Effect.tryPromise((signal) =>
-        pipeline(Readable.fromWeb(encoded.body as import("node:stream/web").ReadableStream), nodeResponse, { signal })
-      )
-    }
-    default:
-      return Effect.void
-  }
-}
-
 /**
  * Starts the server in the current Scope. Requires `Lifecycle`: its draining stops intake (after the
  * pre-stop delay) and its deadline bounds the drain. Closing the Scope drains the server: it waits until
@@ -490,7 +137,7 @@ export const make = (options: Options = {}): Effect.Effect<
     const lastActive = new Map<Net.Socket, number>()
     // Requests whose answer is not yet completely written. One answered within the tick it arrived in is
     // counted only while its fiber runs (`runningInline`).
-    const active = new Set<NodeServerRequest>()
+    const active = new Set<ServerRequest.NodeServerRequest>()
     let runningInline = 0
     let served = 0
     let accepting = true
@@ -591,74 +238,68 @@ export const make = (options: Options = {}): Effect.Effect<
     }))
     yield* Effect.addFinalizer(() => drain)
 
-    const finished = (request: NodeServerRequest) => {
+    const finished = (request: ServerRequest.NodeServerRequest) => {
       active.delete(request)
       served++
       const socket = request.source.socket
       if (lastActive.has(socket)) lastActive.set(socket, clock.unsafeCurrentTimeMillis())
     }
     /** Whether the answer to `request` closes its connection: during a drain, or after a refused body. */
-    const closesConnection = (request: NodeServerRequest) => closeConnections || request.bodyRefused
+    const closesConnection = (request: ServerRequest.NodeServerRequest) => closeConnections || request.bodyRefused
     /** Writes a buffered response the app's fiber ended with, at once; false when there is none to write. */
-    const answeredAtOnce = (request: NodeServerRequest, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
-      Exit.isSuccess(exit) && writeBuffered(request, exit.value, closesConnection(request))
+    const answeredAtOnce = (
+      request: ServerRequest.NodeServerRequest,
+      exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>
+    ) =>
+      Exit.isSuccess(exit) && ResponseWriter.writeBuffered(request, exit.value, closesConnection(request))
     /** Writes a streamed body, or the response to a failure, in a fiber of its own. */
     const answerInFiber = (
-      request: NodeServerRequest,
+      request: ServerRequest.NodeServerRequest,
       exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>,
       runtime: Runtime.Runtime<never>
     ): Fiber.RuntimeFiber<void, unknown> => {
       const writing = Runtime.runFork(runtime)(
         Exit.isSuccess(exit)
-          ? writeResponse(request, exit.value, closesConnection(request))
+          ? ResponseWriter.write(request, exit.value, closesConnection(request))
           : writeFailure(request, exit.cause)
       )
       writing.addObserver(() => finished(request))
       return writing
     }
-    const writeFailure = (request: NodeServerRequest, cause: Cause.Cause<unknown>) =>
+    const writeFailure = (request: ServerRequest.NodeServerRequest, cause: Cause.Cause<unknown>) =>
       Effect.flatMap(HttpServerError.causeResponse(cause), ([response, rest]) =>
         Effect.zipRight(
           Cause.isInterruptedOnly(cause) || Cause.isEmpty(rest)
             ? Effect.void
             : Effect.logError(`${request.method} ${request.url} failed`, rest),
-          Effect.suspend(() => writeResponse(request, response, closesConnection(request)))
+          Effect.suspend(() => ResponseWriter.write(request, response, closesConnection(request)))
         ))
 
     const serve = (app: HttpApp.Default<unknown>, middleware?: (app: HttpApp.Default<unknown>) => HttpApp.Default<unknown>) =>
       Effect.gen(function*() {
-        const runtime = yield* Effect.runtime<never>()
-        // Request fibers are not counted in Effect's fiber metrics (effect_fiber_*): one per request would
-        // cost five metric updates each and drown the rest; HttpMetrics counts requests.
-        const requestFlags = RuntimeFlags.disable(runtime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
-        // The request fiber starts from the server's fiber refs less those it would only replace (its context,
-        // set when it starts, and the snapshot of its runtime flags a fiber writes whenever its refs are read)
-        // and less those still at their initial value, which an absent fiber ref reads as anyway. With none
-        // left (no logger or log level of the server's own), starting the fiber copies no fiber refs at all.
-        const initially = FiberRefs.empty()
-        const requestFiberRefs = FiberRefs.unsafeMake(new Map(
-          [...runtime.fiberRefs.locals].filter(([fiberRef, stack]) =>
-            fiberRef !== FiberRef.currentContext && fiberRef !== FiberRef.currentRuntimeFlags &&
-            !Equal.equals(stack[0][1], FiberRefs.getOrDefault(initially, fiberRef))
-          )
-        ))
-        // The server's services plus the request, read through to the server's own map rather than copied.
-        const services = runtime.context.unsafeMap
-        const contextWith = (request: NodeServerRequest) =>
-          Context.unsafeMake<HttpServerRequest.HttpServerRequest>(new ServicesWithRequest(services, request))
+        const requestRuntimeOf = RequestFiber.runtimes(yield* Effect.runtime<never>())
+        // The app runs as it is: no tracing span is opened per request (the platform server opens one even
+        // with no tracer installed).
         const handled = (middleware === undefined ? app : middleware(app)) as Effect.Effect<
           HttpServerResponse.HttpServerResponse,
           unknown
         >
+        /**
+         * Runs a request as one fiber started synchronously: an app that answers without suspending is
+         * answered within the same tick, its buffered body written by this handler itself once the fiber has
+         * ended (a streamed body, or the response to a failure, is written by a fiber of its own). The request
+         * counts as in flight until its answer is written.
+         */
         const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
-          const request = new NodeServerRequest(nodeRequest, nodeResponse, maxBodySize, clock.unsafeCurrentTimeMillis())
-          const requestRuntime = Runtime.make({
-            context: contextWith(request),
-            runtimeFlags: requestFlags,
-            fiberRefs: requestFiberRefs
-          })
+          const request = new ServerRequest.NodeServerRequest(
+            nodeRequest,
+            nodeResponse,
+            maxBodySize,
+            clock.unsafeCurrentTimeMillis()
+          )
+          const requestRuntime = requestRuntimeOf(request)
           runningInline++
-          const fiber = Runtime.runFork(requestRuntime, handled, startAtOnce)
+          const fiber = Runtime.runFork(requestRuntime, handled, RequestFiber.startAtOnce)
           const exit = fiber.unsafePoll()
           runningInline--
           // Answered within this tick, the common case: nothing else ran meanwhile, so the request never
