@@ -91,7 +91,7 @@ export interface DrainingServer {
  * @example
  * ```ts
  * import { Effect } from "effect"
- * import { HttpServer as DrainingHttpServer } from "keel/node"
+ * import { DrainingHttpServer } from "keel/node"
  *
  * const logListening = Effect.gen(function*() {
  *   const server = yield* DrainingHttpServer.DrainingHttpServer
@@ -349,7 +349,7 @@ export const make = (options: Options = {}): Effect.Effect<
  * ```ts
  * import { HttpServer, HttpServerResponse } from "@effect/platform"
  * import { Effect, Layer } from "effect"
- * import { HttpServer as DrainingHttpServer, runMain } from "keel/node"
+ * import { DrainingHttpServer, runMain } from "keel/node"
  *
  * const app = Effect.succeed(HttpServerResponse.text("hello"))
  * const ServerLive = HttpServer.serve(app).pipe(

@@ -9,7 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Equal, FiberRef, HashSet, Layer, Logger, LogLevel, Stream } from "effect"
 import type { FiberId } from "effect"
 import { Lifecycle } from "keel"
-import { HttpServer as DrainingHttpServer } from "keel/node"
+import { DrainingHttpServer } from "keel/node"
 import * as Http from "node:http"
 import { eventually } from "../../support/eventually.js"
 
