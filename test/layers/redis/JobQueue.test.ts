@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { Redis } from "ioredis"
-import * as RedisJobQueue from "../../../layers/redis/JobQueue.js"
+import * as RedisJobQueue from "../../../layers/redis/JobQueue/index.js"
 import { type JobQueueService, LeaseLost, QueueUnavailable } from "../../../services/JobQueue.js"
 import {
   describeJobQueueContract,
