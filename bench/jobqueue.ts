@@ -183,7 +183,7 @@ const keel: System = {
         name: queueName,
         capacity: 10_000_000,
         leaseDuration: Duration.millis(leaseMs),
-        maxAttempts: 10
+        maxDeliveries: 10
       }),
       scope
     ))

@@ -46,7 +46,8 @@ const keelStack = Effect.gen(function*() {
   const rateLimit = yield* Middleware.rateLimit({ limit: 1_000_000_000, per: "1 second" })
   const breaker = yield* Middleware.circuitBreaker({ policy: { kind: "consecutive", failures: 5 }, openFor: "10 seconds" })
   const retry = yield* Middleware.retry({ backoff: { base: "100 millis", max: "2 seconds", maxAttempts: 3 } })
-  return Middleware.stack(Middleware.timeout("1 second"), rateLimit, breaker.middleware, retry)(noop)
+  const timeout = yield* Middleware.timeout({ after: "1 second" })
+  return Middleware.stack(timeout, rateLimit, breaker, retry)(noop)
 })
 
 const runKeel = () => Effect.runPromise(Effect.scoped(Effect.flatMap(keelStack, callRepeatedly)))

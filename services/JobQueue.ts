@@ -5,9 +5,9 @@
  * Delivery is at least once. A worker `take`s a job as a **lease** bound to its Scope and settles it with
  * `ack`, `nack` (try again, maybe later) or `deadLetter`. A lease that is not settled — its Scope closed
  * (the worker was interrupted or its process drained), or it expired because nobody `renew`ed it within
- * `leaseDuration` (the process died) — goes back to the queue and is delivered again, with `attempt` one
+ * `leaseDuration` (the process died) — goes back to the queue and is delivered again, with `delivery` one
  * higher. So a job can run twice only when its first run lost its lease; a runner interrupts a job whose
- * lease is `lost`, so that two runs never overlap for long. Past `maxAttempts` deliveries a job is dead-lettered
+ * lease is `lost`, so that two runs never overlap for long. Past `maxDeliveries` deliveries a job is dead-lettered
  * instead of delivered again; dead letters can be listed and requeued.
  *
  * `offer` is idempotent by id: offering an id the queue still holds (ready, delayed, leased or dead) returns
@@ -20,8 +20,12 @@ import * as Data from "effect/Data"
 import * as DurationModule from "effect/Duration"
 import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
+import * as Validation from "#keel/internal/Validation"
 import type * as Scope from "effect/Scope"
-import type { QueueFull } from "../src/Errors.js"
+import { QueueUnavailable, type QueueFull } from "keel"
+
+/** The queue's error for a backend it cannot reach, defined with Keel's other rejections. */
+export { QueueUnavailable }
 
 /** A JSON value: what a payload may be. */
 export type Json = null | boolean | number | string | ReadonlyArray<Json> | { readonly [key: string]: Json }
@@ -43,8 +47,11 @@ export interface Lease {
   readonly id: string
   /** The job's payload as offered (a distributed backend gives back what its JSON text parses to). */
   readonly payload: Json
-  /** Which delivery this is, from 1. */
-  readonly attempt: number
+  /**
+   * Which delivery of the job this is, from 1: one more each time the job is taken again (after a `nack`,
+   * a release or a lost lease). Not an attempt within one delivery, which is the runner's own count.
+   */
+  readonly delivery: number
   /** Clock millis when the job was first offered. */
   readonly enqueuedAt: number
   /** Completes if the lease is lost (expired and delivered again): the job should stop at once. */
@@ -62,14 +69,14 @@ export interface NackOptions {
   readonly delay?: Duration.DurationInput
   /**
    * Why this attempt failed, kept as the dead letter's `reason` if this was the last attempt. Default:
-   * `failed <n> attempt(s)`.
+   * `failed after <n> deliveries`.
    */
   readonly error?: string
 }
 
 /**
  * A job the queue gave up on, as `deadLetters` lists it: dead-lettered by `deadLetter`, by `nack` on its
- * `maxAttempts`-th delivery, or (Redis) when its lease expired on that delivery. It stays, holding its id,
+ * `maxDeliveries`-th delivery, or (Redis) when its lease expired on that delivery. It stays, holding its id,
  * until `requeue` makes it ready again or it is dropped as the oldest past `maxDeadLetters`.
  */
 export interface DeadLetter {
@@ -78,10 +85,10 @@ export interface DeadLetter {
   /** The job's payload as offered. */
   readonly payload: Json
   /** Deliveries the job had when it was dead-lettered. */
-  readonly attempts: number
+  readonly deliveries: number
   /**
-   * Why: the `reason` given to `deadLetter`, the last `nack`'s `error` (default `failed <n> attempt(s)`), or
-   * `lease expired on attempt <n>`.
+   * Why: the `reason` given to `deadLetter`, the last `nack`'s `error` (default `failed after <n> deliveries`),
+   * or `lease expired on delivery <n>`.
    */
   readonly reason: string
   /** Clock millis when it was dead-lettered. */
@@ -108,28 +115,15 @@ export interface Depth {
 export class LeaseLost extends Data.TaggedError("LeaseLost")<{
   /** The id of the job whose lease was lost. */
   readonly id: string
-  /** The lost lease's `attempt`: which delivery of the job it was, from 1. */
-  readonly attempt: number
+  /** The lost lease's `delivery`: which delivery of the job it was, from 1. */
+  readonly delivery: number
 }> {
-  /** `lease of job <id> (attempt <attempt>) was lost`. */
+  /** `lease of job <id> (delivery <delivery>) was lost`. */
   override get message() {
-    return `lease of job ${this.id} (attempt ${this.attempt}) was lost`
+    return `lease of job ${this.id} (delivery ${this.delivery}) was lost`
   }
 }
 
-/**
- * The backend could not be reached, after the retries it makes itself (in bounded time, never hanging). The
- * embedded backend never fails with it. An operation that fails with it may have taken effect all the same.
- */
-export class QueueUnavailable extends Data.TaggedError("QueueUnavailable")<{
-  /** What failed: the backend's call and its error, e.g. `offer: no reply within 2s`. */
-  readonly reason: string
-}> {
-  /** `job queue unavailable: <reason>`. */
-  override get message() {
-    return `job queue unavailable: ${this.reason}`
-  }
-}
 
 /**
  * The JobQueue contract: what every backend's queue offers (`MemoryJobQueue` in keel/memory, `RedisJobQueue`
@@ -141,7 +135,7 @@ export interface JobQueueService {
   /** How long a lease lasts without `renew`. */
   readonly leaseDuration: Duration.Duration
   /** Deliveries after which a nacked job is dead-lettered. */
-  readonly maxAttempts: number
+  readonly maxDeliveries: number
   /**
    * Adds a job, waiting while the queue is at capacity; returns its id. An id the queue still holds is
    * returned at once, adding nothing. The wait can be interrupted.
@@ -167,7 +161,7 @@ export interface JobQueueService {
   readonly renew: (lease: Lease) => Effect.Effect<void, LeaseLost | QueueUnavailable>
   /** The job is done: it leaves the queue. */
   readonly ack: (lease: Lease) => Effect.Effect<void, LeaseLost | QueueUnavailable>
-  /** The attempt failed: deliver the job again (after `delay`), or dead-letter it past `maxAttempts`. */
+  /** The attempt failed: deliver the job again (after `delay`), or dead-letter it past `maxDeliveries`. */
   readonly nack: (lease: Lease, options?: NackOptions) => Effect.Effect<void, LeaseLost | QueueUnavailable>
   /** The job cannot succeed: it goes to the dead letters with `reason`. */
   readonly deadLetter: (lease: Lease, reason: string) => Effect.Effect<void, LeaseLost | QueueUnavailable>
@@ -193,11 +187,11 @@ export interface JobQueueService {
  *   const queue = yield* JobQueue.JobQueue
  *   yield* queue.offer({ to: "ada@example.com" }, { id: "welcome-ada" })
  *   const lease = yield* queue.take
- *   yield* Effect.log(`job ${lease.id}, attempt ${lease.attempt}`)
+ *   yield* Effect.log(`job ${lease.id}, delivery ${lease.delivery}`)
  *   yield* queue.ack(lease)
  * }).pipe(
  *   Effect.scoped,
- *   Effect.provide(MemoryJobQueue.layer({ capacity: 1000, leaseDuration: "30 seconds", maxAttempts: 5 }))
+ *   Effect.provide(MemoryJobQueue.layer({ capacity: 1000, leaseDuration: "30 seconds", maxDeliveries: 5 }))
  * )
  * ```
  */
@@ -210,7 +204,7 @@ export interface QueueOptions {
   /** How long a lease lasts without `renew`. */
   readonly leaseDuration: Duration.DurationInput
   /** Deliveries after which a nacked job is dead-lettered. */
-  readonly maxAttempts: number
+  readonly maxDeliveries: number
   /** Dead letters kept; past it the oldest is dropped. Default 1000. */
   readonly maxDeadLetters?: number
 }
@@ -218,21 +212,24 @@ export interface QueueOptions {
 /** Dead letters a queue keeps when `QueueOptions.maxDeadLetters` is not given. */
 export const defaultMaxDeadLetters = 1000
 
-const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
-
 /**
- * What is wrong with `options`, as every backend checks them, or undefined when they are valid: `capacity`,
- * `maxAttempts` and `maxDeadLetters` must be integers ≥ 1, `leaseDuration` finite and at least 1 ms. A
- * backend's `make` dies with this message.
+ * Checks `options` as the contract requires of every backend, and dies with `IllegalArgumentException`
+ * naming each invalid one (`<backend>: capacity must be an integer ≥ 1 (got 0)`): `capacity`,
+ * `maxDeliveries` and `maxDeadLetters` integers ≥ 1, `leaseDuration` finite and at least 1 ms. A backend of
+ * your own calls it from its `make`, as Keel's do.
  */
-export const invalidOptions = (options: QueueOptions): string | undefined => {
-  const leaseDuration = DurationModule.decode(options.leaseDuration)
+export const validateOptions = (backend: string, options: QueueOptions): Effect.Effect<void> => {
+  const leaseDuration = Validation.tryDuration(options.leaseDuration)
   const maxDeadLetters = options.maxDeadLetters ?? defaultMaxDeadLetters
-  const valid = isCount(options.capacity, 1) && isCount(options.maxAttempts, 1) && isCount(maxDeadLetters, 1) &&
-    DurationModule.isFinite(leaseDuration) && DurationModule.toMillis(leaseDuration) >= 1
-  return valid ? undefined : (
-    `capacity, maxAttempts and maxDeadLetters must be integers ≥ 1 and leaseDuration a finite duration of at ` +
-    `least 1 ms (got ${options.capacity}, ${options.maxAttempts}, ${maxDeadLetters}, ` +
-    `${DurationModule.format(leaseDuration)})`
-  )
+  return Validation.validate(backend, [
+    ["capacity", options.capacity, Validation.isIntegerFrom(options.capacity, 1), Validation.integerFrom(1)],
+    [
+      "leaseDuration",
+      leaseDuration ?? options.leaseDuration,
+      leaseDuration !== undefined && DurationModule.isFinite(leaseDuration) && DurationModule.toMillis(leaseDuration) >= 1,
+      "a finite duration of at least 1 ms"
+    ],
+    ["maxDeliveries", options.maxDeliveries, Validation.isIntegerFrom(options.maxDeliveries, 1), Validation.integerFrom(1)],
+    ["maxDeadLetters", maxDeadLetters, Validation.isIntegerFrom(maxDeadLetters, 1), Validation.integerFrom(1)]
+  ])
 }

@@ -13,9 +13,12 @@
  * "try again" instead of waiting. The embedded backend never fails that way.
  */
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
+import { StoreFull, StoreUnavailable } from "keel"
+
+/** The store's errors, defined with Keel's other rejections (each declares its HTTP answer). */
+export { StoreFull, StoreUnavailable }
 
 /**
  * Where a job is in its life: `Queued`, then `Running` (once per attempt), then one terminal state —
@@ -83,27 +86,7 @@ export interface JobRecord {
   readonly updatedAt: number
 }
 
-/** The store holds `capacity` records and none of them is finished, so none can be forgotten. */
-export class StoreFull extends Data.TaggedError("StoreFull")<{
-  /** The store's capacity: the most records it holds at once. */
-  readonly capacity: number
-}> {
-  /** `job store full (capacity <capacity>) and no finished job to evict`. */
-  override get message() {
-    return `job store full (capacity ${this.capacity}) and no finished job to evict`
-  }
-}
 
-/** The backend could not reach its records (after its own bounded retries); nothing is known to have changed. */
-export class StoreUnavailable extends Data.TaggedError("StoreUnavailable")<{
-  /** What failed: the backend's call, its error and the tries made, e.g. `create: no reply within 2s (3 attempts)`. */
-  readonly reason: string
-}> {
-  /** `job store unavailable: <reason>`. */
-  override get message() {
-    return `job store unavailable: ${this.reason}`
-  }
-}
 
 /**
  * The JobStore contract: what every backend's store offers (`MemoryJobStore` in keel/memory, `RedisJobStore`

@@ -14,7 +14,6 @@
  * from the schedule's clock, so a seed reproduces a sequence, TestClock drives it, and `delays` lists a
  * policy's delays without sleeping.
  */
-import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Predicate from "effect/Predicate"
@@ -23,6 +22,7 @@ import * as Schedule from "effect/Schedule"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleInterval from "effect/ScheduleInterval"
 import { Unavailable } from "./Errors.js"
+import * as Validation from "./internal/Validation.js"
 
 /**
  * How a delay is drawn around expo(n) = min(max, base·factor^n), n counting retries from 0:
@@ -136,9 +136,9 @@ export const delays = <E = unknown>(
   options: ListingOptions<E> = {}
 ): Effect.Effect<ReadonlyArray<Duration.Duration>> =>
   Effect.suspend(() => {
-    if (!Number.isInteger(count) || count < 0) {
-      return Effect.die(new Cause.IllegalArgumentException(`Backoff.delays: count must be an integer ≥ 0 (got ${count})`))
-    }
+    Validation.assertValid("Backoff.delays", [
+      ["count", count, Validation.isIntegerFrom(count, 0), Validation.integerFrom(0)]
+    ])
     const listing = options.failure === undefined
       ? list(resolve({ ...policy, retryOn: alwaysRetry }), count, timingOnly)
       : list(resolve(policy), count, options.failure)
@@ -177,27 +177,19 @@ const alwaysRetry = (_: unknown) => true
 
 const timingOnly = new Unavailable({ reason: "Backoff.delays" })
 
-const illegal = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`Backoff.exponential: ${message}`)
-}
-
 const resolve = <E>(policy: Policy<E>): Resolved<E> => {
   const base = Duration.decode(policy.base)
   const max = Duration.decode(policy.max)
   const factor = policy.factor ?? 2
   const jitter = policy.jitter ?? "full"
   const maxAttempts = policy.maxAttempts ?? Number.POSITIVE_INFINITY
-  if (!Duration.isFinite(base) || Duration.toMillis(base) <= 0) {
-    illegal(`base must be positive and finite (got ${Duration.format(base)})`)
-  }
-  if (!Number.isFinite(factor) || factor < 1) illegal(`factor must be a number ≥ 1 (got ${factor})`)
-  if (!Duration.isFinite(max) || Duration.lessThan(max, base)) {
-    illegal(`max must be finite and ≥ base (got max ${Duration.format(max)}, base ${Duration.format(base)})`)
-  }
-  if (!jitters.includes(jitter)) illegal(`jitter must be one of ${jitters.join(", ")} (got ${String(jitter)})`)
-  if (policy.maxAttempts !== undefined && (!Number.isInteger(maxAttempts) || maxAttempts < 1)) {
-    illegal(`maxAttempts must be an integer ≥ 1 (got ${maxAttempts})`)
-  }
+  Validation.assertValid("Backoff.exponential", [
+    ["base", base, Validation.isPositiveFinite(base), "a finite duration > 0"],
+    ["factor", factor, Number.isFinite(factor) && factor >= 1, "a number ≥ 1"],
+    ["max", max, Duration.isFinite(max) && !Duration.lessThan(max, base), "a finite duration ≥ base"],
+    ["jitter", jitter, jitters.includes(jitter), `one of ${jitters.join(", ")}`],
+    ["maxAttempts", maxAttempts, policy.maxAttempts === undefined || Validation.isIntegerFrom(maxAttempts, 1), Validation.integerFrom(1)]
+  ])
   return {
     baseMillis: Duration.toMillis(base),
     factor,

@@ -4,6 +4,12 @@
  * Every failure a caller can see is data: a `Data.TaggedError` carrying exactly the fields needed to act
  * on it (how long to wait, what the limit was, why intake is closed). Callers match on `_tag` with
  * `Effect.catchTag`; nothing is ever a bare string or an `Error` thrown from deep inside.
+ *
+ * Every error that refuses work — "not now" (a limit, a full queue, a drain, an open breaker) or "not like
+ * this" (invalid or oversized input) — is defined here, whichever middleware or backend raises it, and is
+ * a `Rejection`: it declares the HTTP status it is answered with and, when the wait is known, the
+ * `Retry-After`. `withMiddleware` (keel/http) reads that from the error itself, so a new rejection cannot
+ * fall through to a 500.
  */
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
@@ -14,11 +20,65 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 
+// ---------------------------------------------------------------------------------------------------------
+// Rejections: errors that refuse work, each declaring how an HTTP server answers it.
+// ---------------------------------------------------------------------------------------------------------
+
+/** The key under which a `Rejection` carries its `HttpAnswer`. */
+export const HttpAnswerKey: unique symbol = Symbol.for("keel/Errors/HttpAnswer")
+
+/** How an HTTP server answers a rejection. */
+export interface HttpAnswer {
+  /** The status: 400, 413, 429, 503 or 504 for Keel's own rejections. */
+  readonly status: number
+  /** How long the client should wait before trying again (`Retry-After`), when it is known; none otherwise. */
+  readonly retryAfter?: Duration.Duration
+}
+
+/**
+ * An error that refuses work rather than failing it: the request was not served, and the error says how an
+ * HTTP server answers it. Every rejection Keel raises is one; an application's own error class becomes one
+ * by implementing `[HttpAnswerKey]`.
+ *
+ * @example
+ * ```ts
+ * import { Data } from "effect"
+ * import { HttpAnswerKey, type HttpAnswer, type Rejection } from "keel"
+ *
+ * class QuotaExceeded extends Data.TaggedError("QuotaExceeded")<{ readonly plan: string }> implements Rejection {
+ *   // withMiddleware answers it 402, like Keel's own rejections
+ *   get [HttpAnswerKey](): HttpAnswer {
+ *     return { status: 402 }
+ *   }
+ * }
+ * ```
+ */
+export interface Rejection {
+  /** The error's tag, sent as `error` in the answer's JSON body. */
+  readonly _tag: string
+  /** Sent as `message` in the answer's JSON body. */
+  readonly message: string
+  /** The status and `Retry-After` it is answered with. */
+  readonly [HttpAnswerKey]: HttpAnswer
+}
+
+/** Whether `error` is a `Rejection` (it declares its HTTP answer), with or without context added. */
+export const isRejection = (error: unknown): error is Rejection =>
+  typeof error === "object" && error !== null && HttpAnswerKey in error
+
+/** A wait a refusing component does not know, as the answer states it: come back in a second. */
+const unknownWait = Duration.seconds(1)
+
 /** Intake is closed because the service is draining; the work was not accepted. */
 export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{
   /** Why the service is draining: a signal's name or the reason given to `Lifecycle.shutdown`. */
   readonly reason: string
-}> {
+}> implements Rejection {
+  /** 503 Service Unavailable, without `Retry-After`: this instance is going away, another should serve. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503 }
+  }
+
   /** `shutting down: <reason>`. */
   override get message() {
     return `shutting down: ${this.reason}`
@@ -29,7 +89,12 @@ export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{
 export class QueueFull extends Data.TaggedError("QueueFull")<{
   /** How many items the full queue holds at most. */
   readonly capacity: number
-}> {
+}> implements Rejection {
+  /** 503 Service Unavailable, `Retry-After: 1`. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503, retryAfter: unknownWait }
+  }
+
   /** `queue full (capacity <capacity>)`. */
   override get message() {
     return `queue full (capacity ${this.capacity})`
@@ -51,7 +116,12 @@ export class Evicted extends Data.TaggedError("Evicted")<{
 export class Timeout extends Data.TaggedError("Timeout")<{
   /** The limit that ran out: the one configured, or what was left of the caller's deadline when that was less. */
   readonly after: Duration.Duration
-}> {
+}> implements Rejection {
+  /** 504 Gateway Timeout. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 504 }
+  }
+
   /** `timed out after <after>`, the duration formatted (e.g. `timed out after 1s`). */
   override get message() {
     return `timed out after ${Duration.format(this.after)}`
@@ -64,7 +134,12 @@ export class Unavailable extends Data.TaggedError("Unavailable")<{
   readonly reason: string
   /** The earliest time worth retrying after, when the dependency said; absent when unknown. */
   readonly retryAfter?: Duration.Duration
-}> {
+}> implements Rejection {
+  /** 503 Service Unavailable, with `Retry-After` when `retryAfter` is given. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return this.retryAfter === undefined ? { status: 503 } : { status: 503, retryAfter: this.retryAfter }
+  }
+
   /** `unavailable: <reason>`, followed by `(retry after <retryAfter>)` when `retryAfter` is given. */
   override get message() {
     return this.retryAfter === undefined
@@ -79,7 +154,12 @@ export class TooLarge extends Data.TaggedError("TooLarge")<{
   readonly what: string
   /** The limit, in bytes. */
   readonly limit: number
-}> {
+}> implements Rejection {
+  /** 413 Content Too Large. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 413 }
+  }
+
   /** `<what> over the limit of <limit> bytes`. */
   override get message() {
     return `${this.what} over the limit of ${this.limit} bytes`
@@ -90,10 +170,144 @@ export class TooLarge extends Data.TaggedError("TooLarge")<{
 export class Invalid extends Data.TaggedError("Invalid")<{
   /** What is wrong with the input, in words (e.g. `invalid JSON: ...`). */
   readonly reason: string
-}> {
+}> implements Rejection {
+  /** 400 Bad Request. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 400 }
+  }
+
   /** `invalid: <reason>`. */
   override get message() {
     return `invalid: ${this.reason}`
+  }
+}
+
+/** A limit refused the call instead of letting it wait; retry later, not before `retryAfter` when given. */
+export class Overloaded extends Data.TaggedError("Overloaded")<{
+  /** Which limit refused and why, in words (e.g. `concurrency limit: waiting queue full`). */
+  readonly reason: string
+  /**
+   * How long to wait before trying again, when the refusing limit knows it; absent otherwise (Keel's
+   * `concurrencyLimit` cannot tell when a permit frees up). `withMiddleware` sends it as `Retry-After`,
+   * and 1 second when it is absent.
+   */
+  readonly retryAfter?: Duration.Duration
+}> implements Rejection {
+  /** 503 Service Unavailable, `Retry-After` from `retryAfter`, else 1 second. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503, retryAfter: this.retryAfter ?? unknownWait }
+  }
+
+  /** `overloaded: <reason>`, followed by ` (retry after <retryAfter>)` when the wait is known. */
+  override get message() {
+    return this.retryAfter === undefined
+      ? `overloaded: ${this.reason}`
+      : `overloaded: ${this.reason} (retry after ${Duration.format(this.retryAfter)})`
+  }
+}
+
+/** The rate limit refused the call; a token is back, and the call could be admitted, after `retryAfter`. */
+export class RateLimited extends Data.TaggedError("RateLimited")<{
+  /**
+   * How long from the refusal until the earliest slot this call could have had, after every earlier
+   * admission and reservation: the wait it was spared. `withMiddleware` sends it as `Retry-After`.
+   */
+  readonly retryAfter: Duration.Duration
+}> implements Rejection {
+  /** 429 Too Many Requests, `Retry-After` from `retryAfter`. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 429, retryAfter: this.retryAfter }
+  }
+
+  /** `rate limited (retry after <retryAfter>)`, the duration formatted (e.g. `retry after 250ms`). */
+  override get message() {
+    return `rate limited (retry after ${Duration.format(this.retryAfter)})`
+  }
+}
+
+/** The breaker refused the call without calling the service. */
+export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
+  /** The name of the breaker that refused (its `name` option, default `circuit-breaker`). */
+  readonly breaker: string
+  /** The breaker's state when it refused; `HalfOpen` means every trial slot was taken. */
+  readonly state: "Open" | "HalfOpen" | "Isolated"
+  /**
+   * Open: the time left until trials are let through. Half-open: `openFor`, the wait if the running
+   * trials fail (if they succeed, calls pass sooner). Isolated: infinity (until someone resets it).
+   */
+  readonly retryAfter: Duration.Duration
+}> implements Rejection {
+  /** 503 Service Unavailable, `Retry-After` from `retryAfter` (none for an isolated breaker: the wait is infinite). */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503, retryAfter: this.retryAfter }
+  }
+
+  /**
+   * By state: `circuit <breaker> is open (retry after <retryAfter>)`, `circuit <breaker> is half-open
+   * with every trial slot taken (retry after <retryAfter>)`, or `circuit <breaker> is isolated until reset`.
+   */
+  override get message() {
+    switch (this.state) {
+      case "Isolated":
+        return `circuit ${this.breaker} is isolated until reset`
+      case "HalfOpen":
+        return `circuit ${this.breaker} is half-open with every trial slot taken (retry after ${
+          Duration.format(this.retryAfter)
+        })`
+      case "Open":
+        return `circuit ${this.breaker} is open (retry after ${Duration.format(this.retryAfter)})`
+    }
+  }
+}
+
+/** The store holds `capacity` records and none of them is finished, so none can be forgotten. */
+export class StoreFull extends Data.TaggedError("StoreFull")<{
+  /** The store's capacity: the most records it holds at once. */
+  readonly capacity: number
+}> implements Rejection {
+  /** 503 Service Unavailable, `Retry-After: 1`: finished records become evictable as jobs end. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503, retryAfter: unknownWait }
+  }
+
+  /** `job store full (capacity <capacity>) and no finished job to evict`. */
+  override get message() {
+    return `job store full (capacity ${this.capacity}) and no finished job to evict`
+  }
+}
+
+/** The backend could not reach its records (after its own bounded retries); nothing is known to have changed. */
+export class StoreUnavailable extends Data.TaggedError("StoreUnavailable")<{
+  /** What failed: the backend's call, its error and the tries made, e.g. `create: no reply within 2s (3 attempts)`. */
+  readonly reason: string
+}> implements Rejection {
+  /** 503 Service Unavailable, without `Retry-After`. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503 }
+  }
+
+  /** `job store unavailable: <reason>`. */
+  override get message() {
+    return `job store unavailable: ${this.reason}`
+  }
+}
+
+/**
+ * The backend could not be reached, after the retries it makes itself (in bounded time, never hanging). The
+ * embedded backend never fails with it. An operation that fails with it may have taken effect all the same.
+ */
+export class QueueUnavailable extends Data.TaggedError("QueueUnavailable")<{
+  /** What failed: the backend's call and its error, e.g. `offer: no reply within 2s`. */
+  readonly reason: string
+}> implements Rejection {
+  /** 503 Service Unavailable, without `Retry-After`. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 503 }
+  }
+
+  /** `job queue unavailable: <reason>`. */
+  override get message() {
+    return `job queue unavailable: ${this.reason}`
   }
 }
 

@@ -31,6 +31,7 @@ import type * as ConfigError from "effect/ConfigError"
 import type * as Scope from "effect/Scope"
 import { ShuttingDown } from "./Errors.js"
 import * as Leftovers from "./Leftovers.js"
+import * as Internal from "./internal/lifecycle.js"
 import * as Tracker from "./Tracker.js"
 
 /**
@@ -191,14 +192,6 @@ export interface LifecycleService {
   readonly track: <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
   /** Components add what they did during the drain; it appears in the shutdown report. */
   readonly reportDrain: (report: DrainReport) => Effect.Effect<void>
-  /** @internal used by `run` */
-  readonly tracker: Tracker.Tracker
-  /** @internal used by `run` */
-  readonly drainReports: Effect.Effect<ReadonlyArray<DrainReport>>
-  /** @internal used by `run` */
-  readonly markStopped: Effect.Effect<void>
-  /** @internal used by `run` */
-  readonly drainStartedAt: Effect.Effect<Option.Option<number>>
 }
 
 /**
@@ -223,10 +216,6 @@ export interface LifecycleService {
  * ```
  */
 export class Lifecycle extends Context.Tag("keel/Lifecycle")<Lifecycle, LifecycleService>() {}
-
-/** A trigger in words, for reasons and logs. */
-export const describeTrigger = (trigger: Trigger): string =>
-  trigger._tag === "Signal" ? trigger.signal : `shutdown requested: ${trigger.reason}`
 
 /** Environment variables read through `Config` when an option is not given. */
 export const config = {
@@ -270,7 +259,7 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
         return Effect.gen(function*() {
           drainStartedAt = yield* Clock.currentTimeMillis
           yield* SubscriptionRef.set(phaseRef, "draining")
-          yield* tracker.close(describeTrigger(trigger))
+          yield* tracker.close(Internal.describeTrigger(trigger))
           yield* Effect.sleep(drainTimeout).pipe(
             Effect.zipRight(Deferred.succeed(forced, { _tag: "Deadline", after: drainTimeout })),
             Effect.interruptible,
@@ -299,7 +288,7 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
             Duration.millis(Math.max(0, drainStartedAt! + Duration.toMillis(drainTimeout) - now)))
       ),
       ensureAccepting: Effect.flatMap(pollDeferred(draining), (trigger) =>
-        Option.isNone(trigger) ? Effect.void : new ShuttingDown({ reason: describeTrigger(trigger.value) })),
+        Option.isNone(trigger) ? Effect.void : new ShuttingDown({ reason: Internal.describeTrigger(trigger.value) })),
       shutdown: (reason) => Effect.asVoid(begin({ _tag: "Requested", reason })),
       // The second signal escalates, whatever started the drain: after `shutdown(reason)` the first
       // signal (an orchestrator's usual SIGTERM) only confirms it.
@@ -312,15 +301,16 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
               : Effect.asVoid(Deferred.succeed(forced, { _tag: "Escalated", signal })))
         }),
       track: tracker.track,
-      reportDrain: (report) => Effect.sync(() => void reports.push(report)),
+      reportDrain: (report) => Effect.sync(() => void reports.push(report))
+    }
+    return Internal.register(service, {
       tracker,
       drainReports: Effect.sync(() => [...reports]),
       markStopped: SubscriptionRef.set(phaseRef, "stopped"),
       drainStartedAt: Effect.sync(() =>
         drainStartedAt === undefined || Number.isNaN(drainStartedAt) ? Option.none() : Option.some(drainStartedAt)
       )
-    }
-    return service
+    })
   })
 
 /** The Lifecycle as a Layer, built by `make`; fails with a `ConfigError` as `make` does. */
@@ -417,15 +407,16 @@ export const run = <A, E, R>(program: Effect.Effect<A, E, R>): Effect.Effect<Run
 const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunResult<A, E>, never, Lifecycle> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
+    const internals = yield* Internal.internalsOf(lifecycle)
     yield* Effect.raceFirst(Effect.asVoid(Fiber.await(programFiber)), Effect.asVoid(lifecycle.awaitDraining))
     const draining = yield* lifecycle.pollDraining
     if (Option.isNone(draining)) {
-      yield* lifecycle.markStopped
+      yield* internals.markStopped
       return { exit: yield* Fiber.await(programFiber), report: Option.none() }
     }
     const trigger = draining.value
     yield* Effect.logInfo(
-      `draining (${describeTrigger(trigger)}): intake closed, deadline ${Duration.format(lifecycle.drainTimeout)}` +
+      `draining (${Internal.describeTrigger(trigger)}): intake closed, deadline ${Duration.format(lifecycle.drainTimeout)}` +
         (trigger._tag === "Signal" ? `; a second ${trigger.signal} stops waiting` : "")
     )
     const phases: Array<PhaseTiming> = []
@@ -436,7 +427,7 @@ const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunR
       phases.push({ phase: "preStop", durationMs })
     }
 
-    const [settlement, inFlightMs] = yield* timed(lifecycle.tracker.settle(stopWaiting, lifecycle.forceGrace))
+    const [settlement, inFlightMs] = yield* timed(internals.tracker.settle(stopWaiting, lifecycle.forceGrace))
     phases.push({ phase: "inFlight", durationMs: inFlightMs })
     if (settlement.finished + settlement.interrupted.length > 0) {
       yield* lifecycle.reportDrain({
@@ -458,7 +449,7 @@ const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunR
 
     const exit = Option.getOrElse(yield* Fiber.poll(programFiber), () => Exit.interrupt(Fiber.id(programFiber)))
     const forcedBy = yield* lifecycle.pollForced
-    yield* lifecycle.markStopped
+    yield* internals.markStopped
     const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone, programFiber, [stopper])
     yield* Effect.logInfo(renderReport(report))
     return { exit, report: Option.some(report) }
@@ -475,8 +466,9 @@ const buildReport = (
   ignore: ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>>
 ) =>
   Effect.gen(function*() {
-    const components = yield* lifecycle.drainReports
-    const startedAt = Option.getOrElse(yield* lifecycle.drainStartedAt, () => 0)
+    const internals = yield* Internal.internalsOf(lifecycle)
+    const components = yield* internals.drainReports
+    const startedAt = Option.getOrElse(yield* internals.drainStartedAt, () => 0)
     const now = yield* Clock.currentTimeMillis
     const forced = components.reduce((sum, component) => sum + component.forced, 0)
     const unfinished = components.flatMap((component) => component.unfinished)
@@ -541,7 +533,7 @@ export const renderReport = (report: ShutdownReport): string => {
         : ` (second ${reason.signal})`
   })
   const lines = [
-    `shutdown ${report.outcome}${forcedBy}: trigger ${describeTrigger(report.trigger)}, ` +
+    `shutdown ${report.outcome}${forcedBy}: trigger ${Internal.describeTrigger(report.trigger)}, ` +
     `${report.finished} finished, ${report.forced} forced, ${report.unfinished.length} unfinished, ` +
     `${report.totalMs} ms of ${report.drainTimeoutMs} ms`,
     `  phases: ${report.phases.map((timing) => `${timing.phase} ${timing.durationMs} ms`).join(", ")}`,

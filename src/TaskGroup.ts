@@ -22,13 +22,14 @@ import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberMap from "effect/FiberMap"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
 import type * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import type * as Scope from "effect/Scope"
 import { joinTask, ShuttingDown } from "./Errors.js"
+import * as MetricSeries from "./internal/MetricSeries.js"
+import * as Validation from "./internal/Validation.js"
 import * as Waiters from "./internal/Waiters.js"
 import type { TaskFailed, TaskPanicked } from "./Errors.js"
 import type { Settlement } from "./Tracker.js"
@@ -49,7 +50,7 @@ export interface Options {
   readonly concurrency?: number
   /**
    * Names the group in the reason of its `ShuttingDown` errors, in its tasks' logs (`group=<name>`) and in the
-   * `pendingGauge` series. Default `task-group`.
+   * series of `metrics`. Default `task-group`.
    */
   readonly name?: string
 }
@@ -231,16 +232,29 @@ const split = <A, E>(ended: ReadonlyArray<Ended<A, E>>): Results<A, E> => {
 }
 
 const validate = (options: Options) =>
-  options.concurrency === undefined || (Number.isInteger(options.concurrency) && options.concurrency >= 1)
-    ? Effect.void
-    : Effect.dieMessage(`TaskGroup: concurrency must be a positive integer (got ${options.concurrency})`)
+  Validation.validate("TaskGroup.make", [[
+    "concurrency",
+    options.concurrency,
+    options.concurrency === undefined || Validation.isIntegerFrom(options.concurrency, 1),
+    Validation.integerFrom(1)
+  ]])
+
+const pendingGauge = Metric.gauge("keel_task_group_pending", {
+  description: "tasks of a task group not ended yet, running or waiting for a slot"
+})
+
+/** The metric series of one group, as `metrics` returns them. */
+export interface Metrics {
+  /** Gauge `keel_task_group_pending`: tasks spawned and not ended (running or waiting for a slot). */
+  readonly pending: Metric.Metric.Gauge<number>
+}
 
 /**
- * The gauge `keel_task_group_pending`: tasks spawned and not ended (running or waiting for a slot), one series
- * per group, tagged `group=<name>`. Every group updates it; read it or export it with the other metrics.
+ * The metrics of the group named `group` (tagged `group=<name>`), to read them or to export them. Every
+ * group updates them as it goes; two groups of one name share their series.
  */
-export const pendingGauge = Metric.gauge("keel_task_group_pending", {
-  description: "tasks of a task group not ended yet, running or waiting for a slot"
+export const metrics = (group: string): Metrics => ({
+  pending: MetricSeries.series("group", group).of(pendingGauge)
 })
 
 /**
@@ -270,8 +284,7 @@ export const make = <A = unknown, E = unknown>(options: Options): Effect.Effect<
   Effect.gen(function*() {
     yield* validate(options)
     const name = options.name ?? "task-group"
-    // One tags array per series: the metric registry caches its key by the array's identity.
-    const tags = [MetricLabel.make("group", name)]
+    const tags = MetricSeries.series("group", name).labels
     const mode = options.mode
     const slots = options.concurrency === undefined ? undefined : yield* Effect.makeSemaphore(options.concurrency)
     const fibers = yield* FiberMap.make<number, A, E>()

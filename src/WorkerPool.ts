@@ -29,14 +29,16 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
 import type * as Schedule from "effect/Schedule"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
-import { describeTrigger, Lifecycle } from "./Lifecycle.js"
+import { describeTrigger } from "./internal/lifecycle.js"
+import { Lifecycle } from "./Lifecycle.js"
+import * as MetricSeries from "./internal/MetricSeries.js"
+import * as Validation from "./internal/Validation.js"
 import * as Waiters from "./internal/Waiters.js"
 
 /**
@@ -88,9 +90,9 @@ export interface JobContext {
  *
  * @typeParam A - The payload's type.
  */
-export interface Lease<A> extends Job<A> {
-  /** Which delivery this is, from 1. */
-  readonly attempt: number
+export interface LeasedJob<A> extends Job<A> {
+  /** Which delivery of the job this is, from 1 (the queue's count; attempts within it are the pool's). */
+  readonly delivery: number
   /** Completes if the lease is lost (it expired and the job went back to the queue). */
   readonly lost: Effect.Effect<void>
   /**
@@ -113,25 +115,25 @@ export interface Source<A> {
    * Waits for a job and leases it, without a Scope: `consume` settles or releases every lease it acquires (an
    * interrupted wait must lease nothing). A failure is logged and the take tried again a second later.
    */
-  readonly acquire: Effect.Effect<Lease<A>, unknown>
+  readonly acquire: Effect.Effect<LeasedJob<A>, unknown>
   /** The job is ready again at once, for any consumer. */
-  readonly release: (lease: Lease<A>) => Effect.Effect<void>
+  readonly release: (lease: LeasedJob<A>) => Effect.Effect<void>
   /**
    * Extends the lease by `leaseDuration` from now. `consume` calls it for every running job, every third of
    * `leaseDuration`; a failure while the job still runs is logged, and the job goes on (a lost lease is
    * reported through `lost` / `onLost`, not here).
    */
-  readonly renew: (lease: Lease<A>) => Effect.Effect<void, unknown>
+  readonly renew: (lease: LeasedJob<A>) => Effect.Effect<void, unknown>
   /**
    * The job completed: it leaves the queue. Called once its outcome was observed; on failure `consume` logs
    * it and releases the lease, so the job runs again.
    */
-  readonly ack: (lease: Lease<A>) => Effect.Effect<void, unknown>
+  readonly ack: (lease: LeasedJob<A>) => Effect.Effect<void, unknown>
   /**
    * The job failed for good: it goes to the queue's dead letters with `reason`, the rendered Cause of its
    * last attempt. On failure `consume` logs it and releases the lease, so the job runs again.
    */
-  readonly deadLetter: (lease: Lease<A>, reason: string) => Effect.Effect<void, unknown>
+  readonly deadLetter: (lease: LeasedJob<A>, reason: string) => Effect.Effect<void, unknown>
 }
 
 /**
@@ -141,7 +143,7 @@ export interface Source<A> {
  *
  * @typeParam A - The payload's type.
  */
-export interface DeadLetter<A> {
+export interface FailedJob<A> {
   /** The job that failed. */
   readonly job: Job<A>
   /**
@@ -194,7 +196,7 @@ export type Outcome<A> =
     /** The job failed for good, or was evicted: it went to the dead-letter sink. */
     readonly _tag: "Failed"
     /** The job, why it failed and after how many attempts. */
-    readonly letter: DeadLetter<A>
+    readonly failure: FailedJob<A>
   }
   | {
     /** The job was interrupted while it ran, or never started: it is handed back. */
@@ -238,7 +240,7 @@ export interface Options<A, E, R> {
    * Receives every failed or evicted job. Default: a warning log with the rendered cause. Sinks run in the
    * worker, which waits for them: keep them short (hand slow storage to a queue of its own).
    */
-  readonly deadLetter?: (letter: DeadLetter<A>) => Effect.Effect<void>
+  readonly deadLetter?: (failed: FailedJob<A>) => Effect.Effect<void>
   /** Receives the jobs a drain did not finish, once, at its end. Default: a warning log listing them. */
   readonly handBack?: (jobs: ReadonlyArray<Unfinished<A>>) => Effect.Effect<void>
   /**
@@ -350,26 +352,40 @@ const poolMetrics = {
  * const report = Effect.flatMap(completedEmails, (state) => Effect.log(`emails sent: ${state.count}`))
  * ```
  */
-export const metrics = (pool: string) => ({
-  /** Gauge `keel_pool_queue_depth`: jobs waiting in the queue. */
-  depth: Metric.tagged(poolMetrics.depth, "pool", pool),
-  /** Gauge `keel_pool_in_flight`: jobs running now. */
-  inFlight: Metric.tagged(poolMetrics.inFlight, "pool", pool),
-  /** Counter `keel_pool_jobs_completed_total`: jobs whose handler succeeded. */
-  completed: Metric.tagged(poolMetrics.completed, "pool", pool),
-  /** Counter `keel_pool_jobs_failed_total`: jobs whose last attempt failed (evictions not counted). */
-  failed: Metric.tagged(poolMetrics.failed, "pool", pool),
-  /** Counter `keel_pool_jobs_retried_total`: attempts run again after a failure. */
-  retried: Metric.tagged(poolMetrics.retried, "pool", pool),
-  /** Counter `keel_pool_jobs_dead_lettered_total`: jobs sent to the dead-letter sink, failed or evicted. */
-  deadLettered: Metric.tagged(poolMetrics.deadLettered, "pool", pool),
-  /** Counter `keel_pool_jobs_unfinished_total`: jobs interrupted while running or never started. */
-  unfinished: Metric.tagged(poolMetrics.unfinished, "pool", pool)
-})
+export const metrics = (pool: string): Metrics => {
+  const series = MetricSeries.series("pool", pool)
+  return {
+    depth: series.of(poolMetrics.depth),
+    inFlight: series.of(poolMetrics.inFlight),
+    completed: series.of(poolMetrics.completed),
+    failed: series.of(poolMetrics.failed),
+    retried: series.of(poolMetrics.retried),
+    deadLettered: series.of(poolMetrics.deadLettered),
+    unfinished: series.of(poolMetrics.unfinished)
+  }
+}
 
-const logDeadLetter = <A>(letter: DeadLetter<A>) =>
+/** The metric series of one pool, as `metrics` returns them. */
+export interface Metrics {
+  /** Gauge `keel_pool_queue_depth`: jobs waiting in the queue. */
+  readonly depth: Metric.Metric.Gauge<number>
+  /** Gauge `keel_pool_in_flight`: jobs running now. */
+  readonly inFlight: Metric.Metric.Gauge<number>
+  /** Counter `keel_pool_jobs_completed_total`: jobs whose handler succeeded. */
+  readonly completed: Metric.Metric.Counter<number>
+  /** Counter `keel_pool_jobs_failed_total`: jobs whose last attempt failed (evictions not counted). */
+  readonly failed: Metric.Metric.Counter<number>
+  /** Counter `keel_pool_jobs_retried_total`: attempts run again after a failure. */
+  readonly retried: Metric.Metric.Counter<number>
+  /** Counter `keel_pool_jobs_dead_lettered_total`: jobs sent to the dead-letter sink, failed or evicted. */
+  readonly deadLettered: Metric.Metric.Counter<number>
+  /** Counter `keel_pool_jobs_unfinished_total`: jobs interrupted while running or never started. */
+  readonly unfinished: Metric.Metric.Counter<number>
+}
+
+const logDeadLetter = <A>(failed: FailedJob<A>) =>
   Effect.logWarning(
-    `job ${letter.job.id} dead-lettered after ${letter.attempts} attempt(s): ${render(letter.cause)}`
+    `job ${failed.job.id} dead-lettered after ${failed.attempts} attempt(s): ${render(failed.cause)}`
   )
 
 const logHandBack = <A>(jobs: ReadonlyArray<Unfinished<A>>) =>
@@ -381,18 +397,12 @@ const succeeded = Effect.succeed(true)
 
 const interruptedBy = (cause: Cause.Cause<unknown>) => Cause.isInterruptedOnly(cause) && !Cause.isEmpty(cause)
 
-const isPositiveInteger = (value: number) => Number.isInteger(value) && value >= 1
-
-const validate = (what: string, values: Record<string, number>) => {
-  const wrong = Object.entries(values).filter(([, value]) => !isPositiveInteger(value))
-  return wrong.length === 0
-    ? Effect.void
-    : Effect.dieMessage(
-      `WorkerPool.${what}: ${Object.keys(values).join(" and ")} must be positive integers (got ${
-        Object.values(values).join(", ")
-      })`
-    )
-}
+/** Dies with `IllegalArgumentException` unless each of `values` is an integer ≥ 1. */
+const validate = (what: string, values: Record<string, number>) =>
+  Validation.validate(
+    `WorkerPool.${what}`,
+    Object.entries(values).map(([name, value]) => [name, value, Validation.isIntegerFrom(value, 1), Validation.integerFrom(1)])
+  )
 
 /**
  * The options `consume` takes: a pool's, less those of the pool's own queue (`capacity`, `strategy`,
@@ -428,8 +438,7 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
   const attemptTimeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
   const deadLetterSink = options.deadLetter ?? logDeadLetter
   const handBackSink = options.handBack ?? logHandBack
-  // One tags array for every update: the metric registry caches its key by this array's identity.
-  const tags = [MetricLabel.make("pool", name)]
+  const tags = MetricSeries.series("pool", name).labels
   // Every series exists from the start, so a scrape shows 0 rather than nothing.
   for (const metric of Object.values(poolMetrics)) metric.unsafeUpdate(0, tags)
 
@@ -461,13 +470,13 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
         poolMetrics.completed.unsafeUpdate(1, tags)
         break
       case "Failed":
-        if (!Cause.isFailType(outcome.letter.cause) || !(outcome.letter.cause.error instanceof Evicted)) {
+        if (!Cause.isFailType(outcome.failure.cause) || !(outcome.failure.cause.error instanceof Evicted)) {
           count.failed++
           poolMetrics.failed.unsafeUpdate(1, tags)
         }
         count.deadLettered++
         poolMetrics.deadLettered.unsafeUpdate(1, tags)
-        sink = deadLetterSink(outcome.letter)
+        sink = deadLetterSink(outcome.failure)
         break
       case "Unfinished":
         count.unfinished++
@@ -531,7 +540,7 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
       ? { _tag: "Completed", job, attempts, result: exit.value }
       : interruptedBy(exit.cause)
       ? { _tag: "Unfinished", unfinished: { job, reason: interruption, attempts } }
-      : { _tag: "Failed", letter: { job, cause: exit.cause, attempts } }
+      : { _tag: "Failed", failure: { job, cause: exit.cause, attempts } }
   }
 
   const markRunning = (slot: number, job: Job<A> | undefined) => {
@@ -724,7 +733,7 @@ export const make = <A, E = never, R = never>(
         offerNow(job) ? Effect.void : Effect.flatMap(Queue.poll(queue), (oldest) =>
           Option.isNone(oldest) ? evictOldestThenOffer(job) : settle({
             _tag: "Failed",
-            letter: { job: oldest.value, cause: Cause.fail(new Evicted({ capacity })), attempts: 0 }
+            failure: { job: oldest.value, cause: Cause.fail(new Evicted({ capacity })), attempts: 0 }
           }).pipe(Effect.zipRight(evictOldestThenOffer(job))))
       )
 
@@ -828,7 +837,7 @@ const takeRetryPause = Duration.seconds(1)
  *   yield* WorkerPool.consume(queue, { workers: 4, handler: (payload) => Effect.log("running", payload) })
  *   yield* Lifecycle.awaitDraining // consume until the service drains
  * })
- * const queueLayer = MemoryJobQueue.layer({ capacity: 100, leaseDuration: "30 seconds", maxAttempts: 3 })
+ * const queueLayer = MemoryJobQueue.layer({ capacity: 100, leaseDuration: "30 seconds", maxDeliveries: 3 })
  * const program = runner.pipe(Effect.scoped, Effect.provide(Layer.merge(queueLayer, Lifecycle.layer())))
  * ```
  */
@@ -845,9 +854,9 @@ export const consume = <A, E = never, R = never>(
     const renewEvery = Duration.millis(Math.max(1, Duration.toMillis(source.leaseDuration) / 3))
     // Slots waiting in `take` (the drain interrupts them), and the leases of the jobs running in each slot.
     const waiting = new Set<number>()
-    const leases = new Map<number, Lease<A>>()
+    const leases = new Map<number, LeasedJob<A>>()
 
-    const takeOrRetry: Effect.Effect<Lease<A>> = Effect.catchAllCause(
+    const takeOrRetry: Effect.Effect<LeasedJob<A>> = Effect.catchAllCause(
       source.acquire,
       (cause) =>
         Effect.logWarning("WorkerPool: taking a job failed; trying again", cause).pipe(
@@ -858,7 +867,7 @@ export const consume = <A, E = never, R = never>(
 
     // One fiber renews the leases of all running jobs every third of the lease duration. A renewal that fails
     // while its job still runs is logged; a lost lease is reported by the lease itself.
-    const renewOne = (lease: Lease<A>) =>
+    const renewOne = (lease: LeasedJob<A>) =>
       Effect.catchAllCause(source.renew(lease), (cause) =>
         Effect.suspend(() =>
           [...leases.values()].includes(lease)
@@ -873,11 +882,11 @@ export const consume = <A, E = never, R = never>(
     // The queue's side of an outcome: ack, dead-letter, or release (an unfinished job, or one whose outcome
     // could not be recorded, is ready again at once). A lease the queue could not settle is released too, so
     // that the job runs again as soon as the queue answers rather than when the lease expires.
-    const settleLease = (lease: Lease<A>, outcome: Outcome<A> | undefined): Effect.Effect<void> => {
+    const settleLease = (lease: LeasedJob<A>, outcome: Outcome<A> | undefined): Effect.Effect<void> => {
       const settled = outcome?._tag === "Completed"
         ? source.ack(lease)
         : outcome?._tag === "Failed"
-        ? source.deadLetter(lease, render(outcome.letter.cause))
+        ? source.deadLetter(lease, render(outcome.failure.cause))
         : undefined
       if (settled === undefined) return source.release(lease)
       return Effect.catchAllCause(settled, (cause) =>
@@ -897,7 +906,7 @@ export const consume = <A, E = never, R = never>(
     const notMore = Effect.succeed(false)
     const worker = (slot: number): Effect.Effect<void, never, R> => {
       let interruptedForLoss = false
-      const run = (lease: Lease<A>) =>
+      const run = (lease: LeasedJob<A>) =>
         Effect.withFiberRuntime<void, never, R>((fiber) => {
           count.accepted++
           core.markRunning(slot, lease)
@@ -925,7 +934,7 @@ export const consume = <A, E = never, R = never>(
               Effect.zipRight(Effect.sync(() => void leases.delete(slot)))
             )
           }
-          return Effect.matchCauseEffect(Effect.interruptible(core.runAttempts(lease, slot, lease.attempt)), {
+          return Effect.matchCauseEffect(Effect.interruptible(core.runAttempts(lease, slot, lease.delivery)), {
             onSuccess: (result) => finish(Exit.succeed(result)),
             onFailure: (cause) => finish(Exit.failCause(cause))
           })

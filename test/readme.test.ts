@@ -37,7 +37,7 @@ const promised: Record<string, Expectation> = {
   "errors": { prints: /task diagnostics failed: GPU diagnostic failed: IPMI command failed: timeout/ },
   "middleware": { prints: /item 1, item 2, item 3 after 6 calls; breaker Closed/ },
   "http-server": { prints: /statuses 200 400 413[\s\S]*shutdown clean: trigger shutdown requested: demo over/ },
-  "job-queue": { prints: /attempts 1 then 2; ready 0, leased 0, delayed 0, dead 0/ },
+  "job-queue": { prints: /deliveries 1 then 2; ready 0, leased 0, delayed 0, dead 0/ },
   "consume": { prints: /3 mailed, each delivered once; queue ready 0, leased 0/ },
   "property-test": {
     prints:

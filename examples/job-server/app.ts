@@ -18,7 +18,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { Lifecycle, Middleware } from "keel"
-import type { Invalid, QueueFull, ShuttingDown, Timeout, TooLarge } from "keel"
+import type { Invalid, QueueFull, ShuttingDown, TooLarge } from "keel"
 import { Body, HttpMetrics, Prometheus, withMiddleware } from "keel/http"
 import { JobStore } from "keel/services"
 import type { Settings } from "./config.js"
@@ -139,13 +139,12 @@ export const make = (settings: Settings) =>
       onLimit: "reject",
       key: clientOf
     })
-    const limit = yield* Middleware.concurrencyLimit(settings.maxConcurrentRequests, { name: "http" })
-    const stacked = Middleware.stack(Middleware.loadShed(), limit, Middleware.timeout(settings.requestTimeout))
-    const perClientThenStacked: Middleware.RequestMiddleware<
-      HttpServerRequest.HttpServerRequest,
-      Middleware.RateLimited | Middleware.Overloaded | Timeout
-    > = (service) => perClient(stacked(service))
-    const guarded = withMiddleware(perClientThenStacked)
+    const guarded = withMiddleware(Middleware.stack(
+      perClient,
+      yield* Middleware.loadShed(),
+      yield* Middleware.concurrencyLimit({ max: settings.maxConcurrentRequests, name: "http" }),
+      yield* Middleware.timeout({ after: settings.requestTimeout })
+    ))
     const table = new Map<string, Readonly<Record<string, Handler<never>>>>()
     for (const route of routes) {
       const methods: Record<string, Handler<never>> = {}

@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
 import { Middleware, Unavailable } from "keel"
-import type { Timeout } from "keel"
+import type { CircuitOpen, Timeout } from "keel"
 import type { Settings } from "./config.js"
 
 export interface DownstreamSettings {
@@ -28,7 +28,7 @@ export interface DownstreamService {
     patch: { readonly [Setting in keyof DownstreamSettings]?: DownstreamSettings[Setting] | undefined }
   ) => Effect.Effect<DownstreamSettings>
   /** One call through the client stack. */
-  readonly call: Effect.Effect<string, Unavailable | Middleware.CircuitOpen | Timeout>
+  readonly call: Effect.Effect<string, Unavailable | CircuitOpen | Timeout>
   readonly breaker: Middleware.CircuitBreaker
 }
 
@@ -61,9 +61,8 @@ export const layer = (settings: Settings) =>
         name: breakerName,
         backoff: { base: "50 millis", max: "1 second", jitter: "full", maxAttempts: 3 }
       })
-      const client = Middleware.stack(retry, breaker.middleware, Middleware.timeout(settings.downstreamTimeout))(
-        (_: void) => dependency
-      )
+      const timeout = yield* Middleware.timeout({ after: settings.downstreamTimeout })
+      const client = Middleware.stack(retry, breaker, timeout)((_: void) => dependency)
       return {
         settings: Ref.get(current),
         configure: (patch) =>

@@ -13,8 +13,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
-import { Backoff, Lifecycle, Middleware, render, ShuttingDown, Unavailable, withContext, WorkerPool } from "keel"
-import type { QueueFull, Timeout } from "keel"
+import { Backoff, Lifecycle, render, ShuttingDown, Unavailable, withContext, WorkerPool } from "keel"
+import type { CircuitOpen, QueueFull, Timeout } from "keel"
 import { JobQueue, JobStore } from "keel/services"
 import type { Settings } from "./config.js"
 import { Downstream } from "./downstream.js"
@@ -46,7 +46,7 @@ export const JobRequest = Schema.Union(
 )
 export type JobRequest = typeof JobRequest.Type
 
-type JobError = Unavailable | Timeout | Middleware.CircuitOpen
+type JobError = Unavailable | Timeout | CircuitOpen
 
 const run = (job: JobRequest, attempt: number): Effect.Effect<unknown, JobError, Downstream> => {
   switch (job.kind) {
@@ -87,8 +87,8 @@ const recordedState = (
       return [outcome.job.id, { _tag: "Completed", result: outcome.result, attempts: outcome.attempts }]
     case "Failed":
       return [
-        outcome.letter.job.id,
-        { _tag: "Failed", error: render(outcome.letter.cause), attempts: outcome.letter.attempts }
+        outcome.failure.job.id,
+        { _tag: "Failed", error: render(outcome.failure.cause), attempts: outcome.failure.attempts }
       ]
     case "Unfinished":
       return [

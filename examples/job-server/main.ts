@@ -41,7 +41,7 @@ const jobsLayer = (config: Settings) => {
         name: config.queueName,
         capacity: config.queueCapacity,
         leaseDuration: config.jobLease,
-        maxAttempts: config.jobMaxDeliveries
+        maxDeliveries: config.jobMaxDeliveries
       }))
     ))
 }

@@ -50,8 +50,8 @@ const program = Effect.gen(function*() {
       retryOn: (error: JobFailed | Timeout) => error._tag === "JobFailed" || Backoff.isRetryable(error)
     }),
     onShutdown: settings.policy,
-    deadLetter: (letter) =>
-      Effect.logWarning(`job ${letter.job.id} failed after ${letter.attempts} attempt(s): ${render(letter.cause)}`)
+    deadLetter: (failed) =>
+      Effect.logWarning(`job ${failed.job.id} failed after ${failed.attempts} attempt(s): ${render(failed.cause)}`)
   })
   yield* startProgress(pool)
   yield* Effect.log(

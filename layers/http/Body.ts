@@ -54,9 +54,10 @@ const describeIssues = (error: ParseResult.ParseError): string =>
  * const Greeting = Schema.Struct({ name: Schema.String })
  *
  * // {"name":"Ada"} is answered 200; {"nom":"Ada"} 400, with the issues as the message.
- * const app = withMiddleware(Middleware.timeout("5 seconds"))(
- *   Effect.map(Body.json(Greeting), ({ name }) => HttpServerResponse.unsafeJson({ hello: name }))
- * )
+ * const app = Effect.map(Middleware.timeout({ after: "5 seconds" }), (timeout) =>
+ *   withMiddleware(timeout)(
+ *     Effect.map(Body.json(Greeting), ({ name }) => HttpServerResponse.unsafeJson({ hello: name }))
+ *   ))
  * ```
  */
 export const json = <A, I, R>(

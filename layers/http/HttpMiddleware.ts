@@ -2,14 +2,14 @@
  * Keel middleware on an @effect/platform HTTP app.
  *
  * A Keel stack wraps services; an HTTP app is one (request in, response out), so `withMiddleware` runs
- * the app as a service under the stack and turns Keel's typed rejections into the answers HTTP clients
- * understand: `Timeout` → 504, `RateLimited` → 429, `Overloaded` / `CircuitOpen` / `QueueFull` /
- * `ShuttingDown` → 503, each with `Retry-After` when the wait is known, `Invalid` → 400 with the reason and
- * `TooLarge` → 413. Decode a request into `Invalid` where it is read, as `Body.json` does: a Schema
- * `ParseError` may as well come from the server's own data, which is no client's fault. Every such answer
- * is counted in `keel_http_rejections_total` (tagged by status and error). Other errors pass through
- * untouched to the app's own error handling. Errors are recognised by their `_tag`, so the adapter needs
- * no import of the middleware modules themselves.
+ * the app as a service under the stack and turns rejections into the answers HTTP clients understand.
+ * Every rejection declares its own answer (`Rejection` in keel: `Timeout` 504, `RateLimited` 429,
+ * `Overloaded`, `CircuitOpen`, `QueueFull`, `ShuttingDown` and the backends' `StoreFull`, `StoreUnavailable`,
+ * `QueueUnavailable`, `Unavailable` 503, each with `Retry-After` when the wait is known, `Invalid` 400,
+ * `TooLarge` 413), so this adapter keeps no list that a new error could fall through. Decode a request into
+ * `Invalid` where it is read, as `Body.json` does: a Schema `ParseError` may as well come from the server's
+ * own data, which is no client's fault. Every such answer is counted in `keel_http_rejections_total`
+ * (tagged by status and error). Other errors pass through untouched to the app's own error handling.
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
@@ -22,38 +22,7 @@ import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import type * as Fiber from "effect/Fiber"
-import type { Middleware } from "keel"
-
-/**
- * The rejections `withMiddleware` answers, by tag: Keel's errors that mean "not now" or "not like this",
- * whichever module raised them. They leave the app's error type once it is wrapped.
- */
-export type Rejection = {
-  /**
-   * The error's tag, with the status it is answered with: `Timeout` 504, `RateLimited` 429, `Overloaded`,
-   * `CircuitOpen`, `QueueFull` and `ShuttingDown` 503, `Invalid` 400, `TooLarge` 413.
-   */
-  readonly _tag:
-    | "Timeout"
-    | "RateLimited"
-    | "Overloaded"
-    | "CircuitOpen"
-    | "QueueFull"
-    | "ShuttingDown"
-    | "Invalid"
-    | "TooLarge"
-}
-
-const statusByTag: Record<Rejection["_tag"], number> = {
-  Timeout: 504,
-  RateLimited: 429,
-  Overloaded: 503,
-  CircuitOpen: 503,
-  QueueFull: 503,
-  ShuttingDown: 503,
-  Invalid: 400,
-  TooLarge: 413
-}
+import { contextOf, HttpAnswerKey, isRejection, type HttpAnswer, type Middleware, type Rejection } from "keel"
 
 /**
  * The counter `keel_http_rejections_total`: requests `withMiddleware` answered with an error status, tagged
@@ -64,40 +33,42 @@ export const rejections = Metric.counter("keel_http_rejections_total", {
   incremental: true
 })
 
-const isRejection = (error: unknown): error is Rejection & Record<string, unknown> =>
-  typeof error === "object" && error !== null && "_tag" in error &&
-  Object.prototype.hasOwnProperty.call(statusByTag, String((error as { _tag: unknown })._tag))
-
 /**
- * Whole seconds to wait, rounded up, as `Retry-After` wants them. A shed call (`Overloaded` without a
- * known wait) or a full queue is told to come back in a second; an isolated breaker (an infinite wait)
- * and a server shutting down (come back elsewhere) send no header.
+ * Whole seconds to wait, rounded up (at least 1), as `Retry-After` wants them; none when the rejection knows
+ * no wait, or an infinite one (an isolated breaker).
  */
-const retryAfterSeconds = (error: Rejection & Record<string, unknown>): Option.Option<string> => {
-  const retryAfter = error["retryAfter"]
-  if (!Duration.isDuration(retryAfter)) {
-    return error._tag === "Overloaded" || error._tag === "QueueFull" ? Option.some("1") : Option.none()
-  }
-  if (!Duration.isFinite(retryAfter)) return Option.none()
+const retryAfterSeconds = (answer: HttpAnswer): Option.Option<string> => {
+  const retryAfter = answer.retryAfter
+  if (retryAfter === undefined || !Duration.isFinite(retryAfter)) return Option.none()
   return Option.some(String(Math.max(1, Math.ceil(Duration.toMillis(retryAfter) / 1000))))
 }
 
+/** The rejection's message, after the contexts `withContext` added, outermost first. */
+const messageWithContext = (error: Rejection): string => {
+  const contexts = contextOf(error)
+  return contexts.length === 0 ? error.message : `${contexts.join(": ")}: ${error.message}`
+}
+
 /**
- * The HTTP answer for a Keel rejection, or none when the error is not one (recognised by its `_tag`). The
- * answer is JSON, `{ "error": <tag>, "message": <the error's message> }`, with the rejection's status and,
- * when the wait is known, a `Retry-After` header in whole seconds (rounded up); an `Overloaded` or
- * `QueueFull` without a known wait gets `1`. For apps that answer errors themselves; `withMiddleware` uses
- * it and counts the answer.
+ * The HTTP answer for a rejection (see `Rejection` in keel), or none when the error is not one. The answer
+ * is JSON, `{ "error": <tag>, "message": <the error's message> }`, with the status the rejection declares
+ * and, when it knows the wait, a `Retry-After` header in whole seconds (rounded up). An error under
+ * `withContext` is answered as the bare error, its message including the context. For apps that answer
+ * errors themselves; `withMiddleware` uses it and counts the answer.
  */
 export const rejectionResponse = (error: unknown): Option.Option<HttpServerResponse.HttpServerResponse> => {
   if (!isRejection(error)) return Option.none()
-  const status = statusByTag[error._tag]
-  const message = error instanceof Error ? error.message : error._tag
-  const headers = Option.match(retryAfterSeconds(error), {
+  const answer = error[HttpAnswerKey]
+  const headers = Option.match(retryAfterSeconds(answer), {
     onNone: () => ({}),
     onSome: (seconds) => ({ "retry-after": seconds })
   })
-  return Option.some(HttpServerResponse.unsafeJson({ error: error._tag, message }, { status, headers }))
+  return Option.some(
+    HttpServerResponse.unsafeJson({ error: error._tag, message: messageWithContext(error) }, {
+      status: answer.status,
+      headers
+    })
+  )
 }
 
 const servedRequest = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
@@ -133,23 +104,24 @@ const rejectionLabels = (status: number, error: string) => {
  * import { withMiddleware } from "keel/http"
  *
  * const program = Effect.gen(function*() {
- *   const limit = yield* Middleware.concurrencyLimit(100)
- *   const guard = withMiddleware(Middleware.stack(Middleware.loadShed(), limit, Middleware.timeout("5 seconds")))
+ *   const guard = withMiddleware(Middleware.stack(
+ *     yield* Middleware.loadShed(),
+ *     yield* Middleware.concurrencyLimit({ max: 100 }),
+ *     yield* Middleware.timeout({ after: "5 seconds" })
+ *   ))
  *   // Overloaded is answered with 503, Timeout with 504.
  *   return guard(Effect.succeed(HttpServerResponse.text("hello")))
  * })
  * ```
  */
-export const withMiddleware = <EAdd, RAdd = never>(
-  middleware:
-    | Middleware.Middleware<EAdd, RAdd>
-    | Middleware.RequestMiddleware<HttpServerRequest.HttpServerRequest, EAdd>
+export const withMiddleware = <EAdd, RAdd = never, EIn = unknown>(
+  middleware: Middleware.Middleware<EAdd, RAdd, HttpServerRequest.HttpServerRequest, EIn>
 ) =>
-<E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<Exclude<E | EAdd, Rejection>, Exclude<R | RAdd, never>> => {
+<E extends EIn, R>(app: HttpApp.Default<E, R>): HttpApp.Default<Exclude<E | EAdd, Rejection>, Exclude<R | RAdd, never>> => {
   // The request is in the context already unless a middleware replaced it; providing it again would cost
   // a context switch per request. An app that is already its answer (a health check's constant) reads no
   // request, and is handed on as it is: a timeout sees a call that cannot run late.
-  const service = (middleware as Middleware.Middleware<EAdd, RAdd>)(
+  const service = middleware(
     Exit.isExit(app) ? () => app : (request: HttpServerRequest.HttpServerRequest) =>
       Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse, E, R | HttpServerRequest.HttpServerRequest>((fiber) =>
         servedRequest(fiber) === request ? app : Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)

@@ -21,7 +21,7 @@ import { JobQueue } from "keel/services"
 import * as Signal from "#keel/internal/Signal"
 import * as Waiters from "#keel/internal/Waiters"
 
-/** The contract's options: `capacity`, `leaseDuration`, `maxAttempts`, `maxDeadLetters`. */
+/** The contract's options: `capacity`, `leaseDuration`, `maxDeliveries`, `maxDeadLetters`. */
 export type Options = JobQueue.QueueOptions
 
 type State =
@@ -49,13 +49,12 @@ interface Job {
 /**
  * A queue in this process's memory, empty, living as long as the current Scope: closing it stops its timers
  * (delays, lease expiries), and the queue is gone with every job it held. Dies when the options are invalid
- * (`capacity`, `maxAttempts`, `maxDeadLetters` integers ≥ 1, `leaseDuration` finite and at least 1 ms). Its
+ * (`capacity`, `maxDeliveries`, `maxDeadLetters` integers ≥ 1, `leaseDuration` finite and at least 1 ms). Its
  * operations never fail with `QueueUnavailable`; ids it makes are `job-1`, `job-2`, …
  */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const problem = JobQueue.invalidOptions(options)
-    if (problem !== undefined) return yield* Effect.dieMessage(`MemoryJobQueue: ${problem}`)
+    yield* JobQueue.validateOptions("MemoryJobQueue.make", options)
     const leaseDuration = Duration.decode(options.leaseDuration)
     const maxDeadLetters = options.maxDeadLetters ?? JobQueue.defaultMaxDeadLetters
     const scope = yield* Effect.scope
@@ -70,7 +69,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
 
     const runInScope = (effect: Effect.Effect<void>) => Effect.forkIn(Effect.interruptible(effect), scope)
 
-    const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt })
+    const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, delivery: lease.delivery })
 
     const makeReady = (job: Job) => {
       job.state = { _tag: "Ready" }
@@ -113,7 +112,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       Effect.gen(function*() {
         job.state = {
           _tag: "Dead",
-          letter: { id: job.id, payload: job.payload, attempts: job.deliveries, reason, at: clock.unsafeCurrentTimeMillis() }
+          letter: { id: job.id, payload: job.payload, deliveries: job.deliveries, reason, at: clock.unsafeCurrentTimeMillis() }
         }
         dead.push(job.id)
         if (dead.length > maxDeadLetters) {
@@ -187,7 +186,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       const granted: JobQueue.Lease = {
         id: job.id,
         payload: job.payload,
-        attempt: job.deliveries,
+        delivery: job.deliveries,
         enqueuedAt: job.enqueuedAt,
         lost: lost.await,
         onLost: lost.listen
@@ -230,7 +229,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const service: JobQueue.JobQueueService = {
       capacity: options.capacity,
       leaseDuration,
-      maxAttempts: options.maxAttempts,
+      maxDeliveries: options.maxDeliveries,
       offer,
       tryOffer,
       take,
@@ -252,8 +251,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           })),
       nack: (granted, nackOptions?: JobQueue.NackOptions) =>
         settle(granted, (job) =>
-          job.deliveries >= options.maxAttempts
-            ? kill(job, nackOptions?.error ?? `failed ${job.deliveries} attempt(s)`)
+          job.deliveries >= options.maxDeliveries
+            ? kill(job, nackOptions?.error ?? `failed after ${job.deliveries} deliveries`)
             : delay(job, Duration.decode(nackOptions?.delay ?? Duration.zero))),
       deadLetter: (granted, reason) => settle(granted, (job) => kill(job, reason)),
       deadLetters: Effect.sync(() =>
@@ -283,7 +282,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
  * import { MemoryJobQueue } from "keel/memory"
  * import { JobQueue } from "keel/services"
  *
- * const JobQueueLive = MemoryJobQueue.layer({ capacity: 10_000, leaseDuration: "30 seconds", maxAttempts: 5 })
+ * const JobQueueLive = MemoryJobQueue.layer({ capacity: 10_000, leaseDuration: "30 seconds", maxDeliveries: 5 })
  *
  * const enqueue = (to: string) => Effect.flatMap(JobQueue.JobQueue, (queue) => queue.offer({ to }))
  *

@@ -13,14 +13,8 @@
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import {
-  isTerminal,
-  type JobRecord,
-  type JobState,
-  JobStore,
-  type JobStoreService,
-  StoreFull
-} from "../../services/JobStore.js"
+import * as Validation from "#keel/internal/Validation"
+import { JobStore } from "keel/services"
 
 /** Options of `make` and `layer`. */
 export interface Options {
@@ -28,20 +22,22 @@ export interface Options {
   readonly capacity: number
 }
 
-type StateTag = JobState["_tag"]
-type Created = Effect.Effect.Success<ReturnType<JobStoreService["create"]>>
+type StateTag = JobStore.JobState["_tag"]
+type Created = Effect.Effect.Success<ReturnType<JobStore.JobStoreService["create"]>>
 
 /**
  * A new, empty store in this process's memory; each call makes a separate one. Dies when `capacity` is not a
  * positive integer. Its methods never fail with `StoreUnavailable`.
  */
-export const make = (options: Options): Effect.Effect<JobStoreService> =>
+export const make = (options: Options): Effect.Effect<JobStore.JobStoreService> =>
   Effect.suspend(() => {
     const { capacity } = options
-    if (!Number.isSafeInteger(capacity) || capacity <= 0) {
-      return Effect.dieMessage(`MemoryJobStore: capacity must be a positive integer, got ${capacity}`)
-    }
-    return Effect.sync(() => unsafeMake(capacity))
+    return Effect.as(
+      Validation.validate("MemoryJobStore.make", [
+        ["capacity", capacity, Validation.isIntegerFrom(capacity, 1), Validation.integerFrom(1)]
+      ]),
+      unsafeMake(capacity)
+    )
   })
 
 /**
@@ -61,16 +57,16 @@ export const make = (options: Options): Effect.Effect<JobStoreService> =>
  * const program = stateOf("job-1").pipe(Effect.provide(MemoryJobStore.layer({ capacity: 10_000 })))
  * ```
  */
-export const layer = (options: Options): Layer.Layer<JobStore> => Layer.effect(JobStore, make(options))
+export const layer = (options: Options): Layer.Layer<JobStore.JobStore> => Layer.effect(JobStore.JobStore, make(options))
 
 /** A stored record, linked into the "finished" list once its state is terminal. */
 interface Slot {
-  record: JobRecord
+  record: JobStore.JobRecord
   finishedBefore: Slot | undefined
   finishedAfter: Slot | undefined
 }
 
-const unsafeMake = (capacity: number): JobStoreService => {
+const unsafeMake = (capacity: number): JobStore.JobStoreService => {
   const slots = new Map<string, Slot>()
   const idByKey = new Map<string, string>()
   /** Terminal records, oldest first, in the order they became terminal: eviction takes the first. */
@@ -97,16 +93,16 @@ const unsafeMake = (capacity: number): JobStoreService => {
   const forget = (slot: Slot) => {
     const { record } = slot
     slots.delete(record.id)
-    if (isTerminal(record.state)) unlinkFinished(slot)
+    if (JobStore.isTerminal(record.state)) unlinkFinished(slot)
     counts[record.state._tag]--
     if (record.idempotencyKey !== undefined && idByKey.get(record.idempotencyKey) === record.id) {
       idByKey.delete(record.idempotencyKey)
     }
   }
 
-  const create: JobStoreService["create"] = (job) =>
+  const create: JobStore.JobStoreService["create"] = (job) =>
     Effect.clockWith((clock) =>
-      Effect.suspend((): Effect.Effect<Created, StoreFull> => {
+      Effect.suspend((): Effect.Effect<Created, JobStore.StoreFull> => {
         const idempotencyKey = job.idempotencyKey
         if (idempotencyKey !== undefined) {
           const heldBy = idByKey.get(idempotencyKey)
@@ -116,11 +112,11 @@ const unsafeMake = (capacity: number): JobStoreService => {
           return Effect.dieMessage(`MemoryJobStore: a job with id ${JSON.stringify(job.id)} is already stored`)
         }
         if (slots.size >= capacity) {
-          if (firstFinished === undefined) return Effect.fail(new StoreFull({ capacity }))
+          if (firstFinished === undefined) return Effect.fail(new JobStore.StoreFull({ capacity }))
           forget(firstFinished)
         }
         const now = clock.unsafeCurrentTimeMillis()
-        const record: JobRecord = {
+        const record: JobStore.JobRecord = {
           id: job.id,
           kind: job.kind,
           idempotencyKey,
@@ -135,28 +131,28 @@ const unsafeMake = (capacity: number): JobStoreService => {
       })
     )
 
-  const update: JobStoreService["update"] = (id, state) =>
+  const update: JobStore.JobStoreService["update"] = (id, state) =>
     Effect.clockWith((clock) =>
       Effect.sync(() => {
         const slot = slots.get(id)
-        if (slot === undefined || isTerminal(slot.record.state)) return
+        if (slot === undefined || JobStore.isTerminal(slot.record.state)) return
         counts[slot.record.state._tag]--
         counts[state._tag]++
         slot.record = { ...slot.record, state, updatedAt: clock.unsafeCurrentTimeMillis() }
-        if (isTerminal(state)) appendFinished(slot)
+        if (JobStore.isTerminal(state)) appendFinished(slot)
       })
     )
 
-  const remove: JobStoreService["remove"] = (id) =>
+  const remove: JobStore.JobStoreService["remove"] = (id) =>
     Effect.sync(() => {
       const slot = slots.get(id)
       if (slot !== undefined) forget(slot)
     })
 
-  const get: JobStoreService["get"] = (id) =>
+  const get: JobStore.JobStoreService["get"] = (id) =>
     Effect.sync(() => Option.map(Option.fromNullable(slots.get(id)), (slot) => slot.record))
 
-  const stats: JobStoreService["stats"] = Effect.sync(() => ({
+  const stats: JobStore.JobStoreService["stats"] = Effect.sync(() => ({
     size: slots.size,
     capacity,
     byState: { ...counts }

@@ -47,6 +47,7 @@ import { Backoff } from "keel"
 import { JobStore } from "keel/services"
 import { randomUUID } from "node:crypto"
 import { call, callTimeout, describeError, evalScript, isClient, open, quit, script } from "./Connection.js"
+import * as Validation from "#keel/internal/Validation"
 
 /** Options of `make` and `layer`. */
 export interface Options {
@@ -199,10 +200,10 @@ const connect = (url: string) => Effect.acquireRelease(Effect.sync(() => open(ur
 export const make = (options: Options): Effect.Effect<JobStore.JobStoreService, never, Scope.Scope> =>
   Effect.gen(function*() {
     const { capacity, name } = options
-    if (!Number.isSafeInteger(capacity) || capacity <= 0) {
-      return yield* Effect.dieMessage(`RedisJobStore: capacity must be a positive integer, got ${capacity}`)
-    }
-    if (name === "") return yield* Effect.dieMessage("RedisJobStore: name must not be empty")
+    yield* Validation.validate("RedisJobStore.make", [
+      ["capacity", capacity, Validation.isIntegerFrom(capacity, 1), Validation.integerFrom(1)],
+      ["name", name, name !== "", "a non-empty string"]
+    ])
     const prefix = `keel:store:${name}:`
     const keys = {
       ids: `${prefix}keys`,

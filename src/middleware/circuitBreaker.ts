@@ -30,11 +30,15 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
+import type * as MetricLabel from "effect/MetricLabel"
 import * as PubSub from "effect/PubSub"
 import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
-import { middlewareRejections, type Middleware, type Service } from "./Middleware.js"
+import { CircuitOpen } from "../Errors.js"
+import * as MetricSeries from "../internal/MetricSeries.js"
+import * as Instruments from "../internal/middlewareInstruments.js"
+import * as Validation from "../internal/Validation.js"
+import type { Middleware, Service } from "./Middleware.js"
 
 /** How the closed breaker decides to open: after a run of consecutive failures, or on a failure rate. */
 export type CircuitPolicy =
@@ -113,42 +117,13 @@ export type CircuitState = Data.TaggedEnum<{
 export const CircuitState = Data.taggedEnum<CircuitState>()
 
 /** The value of the `keel_circuit_state` gauge for each state. */
-export const circuitStateCode: { readonly [Tag in CircuitState["_tag"]]: number } = {
+const circuitStateCode: { readonly [Tag in CircuitState["_tag"]]: number } = {
   Closed: 0,
   HalfOpen: 1,
   Open: 2,
   Isolated: 3
 }
 
-/** The breaker refused the call without calling the service. */
-export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
-  /** The name of the breaker that refused (its `name` option, default `circuit-breaker`). */
-  readonly breaker: string
-  /** The breaker's state when it refused; `HalfOpen` means every trial slot was taken. */
-  readonly state: "Open" | "HalfOpen" | "Isolated"
-  /**
-   * Open: the time left until trials are let through. Half-open: `openFor`, the wait if the running
-   * trials fail (if they succeed, calls pass sooner). Isolated: infinity (until someone resets it).
-   */
-  readonly retryAfter: Duration.Duration
-}> {
-  /**
-   * By state: `circuit <breaker> is open (retry after <retryAfter>)`, `circuit <breaker> is half-open
-   * with every trial slot taken (retry after <retryAfter>)`, or `circuit <breaker> is isolated until reset`.
-   */
-  override get message() {
-    switch (this.state) {
-      case "Isolated":
-        return `circuit ${this.breaker} is isolated until reset`
-      case "HalfOpen":
-        return `circuit ${this.breaker} is half-open with every trial slot taken (retry after ${
-          Duration.format(this.retryAfter)
-        })`
-      case "Open":
-        return `circuit ${this.breaker} is open (retry after ${Duration.format(this.retryAfter)})`
-    }
-  }
-}
 
 /** A breaker's counters at one instant, as its `stats` returns them. */
 export interface CircuitBreakerStats {
@@ -175,20 +150,15 @@ export interface CircuitBreakerStats {
 }
 
 /**
- * A circuit breaker, as `circuitBreaker` builds it: its `middleware` to wrap services with, and the means
- * to watch and steer it. It lives as long as the Scope it was built in.
+ * A circuit breaker, as `circuitBreaker` builds it: a middleware — apply it to a service or put it in a
+ * `stack` like any other — that is also the means to watch and steer the breaker. Wrapping a service, it
+ * refuses calls with `CircuitOpen` while open and counts the outcomes of the others. It lives as long as
+ * the Scope it was built in.
  *
- * @typeParam E - The errors of the services it wraps, as its `isFailure` option inspects them.
+ * @typeParam E - The errors of the services it wraps, as its `isFailure` option inspects them: with the
+ * default `unknown` it wraps any service, with a narrower `E` only services whose errors are `E`.
  */
-export interface CircuitBreaker<E = unknown> {
-  /**
-   * Wraps a service: refuses calls with `CircuitOpen` while open, counts the outcomes of the others. With
-   * the default `E = unknown` this is a `Middleware<CircuitOpen>`, usable in `stack`; with a narrower `E`,
-   * it wraps only services whose errors are `E`, since `isFailure` inspects them.
-   */
-  readonly middleware: unknown extends E ? Middleware<CircuitOpen> : <Req, Res, EService extends E, R>(
-    service: Service<Req, Res, EService, R>
-  ) => Service<Req, Res, EService | CircuitOpen, R>
+export interface CircuitBreaker<E = unknown> extends Middleware<CircuitOpen, never, unknown, E> {
   /** The state now (observing it may move an open breaker whose time is up to half-open). */
   readonly state: Effect.Effect<CircuitState>
   /** The state now, then every transition in order; ends when the breaker's Scope closes. */
@@ -202,7 +172,7 @@ export interface CircuitBreaker<E = unknown> {
 }
 
 /** Buckets in the rate policy's sliding window. */
-export const circuitWindowBuckets = 10
+const circuitWindowBuckets = 10
 
 /** Why a call was refused, as the `reason` tag of the rejections counter. */
 export type CircuitRejection = "open" | "half-open" | "isolated"
@@ -211,8 +181,7 @@ const breakerMetrics = {
   state: Metric.gauge("keel_circuit_state", {
     description: "circuit breaker state: 0 closed, 1 half-open, 2 open, 3 isolated"
   }),
-  transitions: Metric.counter("keel_circuit_transitions_total", { incremental: true }),
-  rejections: middlewareRejections
+  transitions: Metric.counter("keel_circuit_transitions_total", { incremental: true })
 }
 
 /**
@@ -220,16 +189,19 @@ const breakerMetrics = {
  * `breaker`), its rejections (`keel_middleware_rejections_total`, tagged `middleware=<breaker>` and
  * `reason`), and its transitions (tagged `breaker`, `from`, `to`).
  */
-export const circuitBreakerMetrics = (breaker: string): CircuitBreakerMetrics => ({
-  state: Metric.tagged(breakerMetrics.state, "breaker", breaker),
-  rejections: (reason: CircuitRejection) =>
-    breakerMetrics.rejections.pipe(Metric.tagged("middleware", breaker), Metric.tagged("reason", reason)),
-  transitions: (from: CircuitState["_tag"], to: CircuitState["_tag"]) =>
-    breakerMetrics.transitions.pipe(
-      Metric.tagged("breaker", breaker),
-      Metric.tagged("from", from),
-      Metric.tagged("to", to)
-    )
+export const circuitBreakerMetrics = (breaker: string): CircuitBreakerMetrics => {
+  const { asBreaker, asMiddleware } = seriesOf(breaker)
+  return {
+    state: asBreaker.of(breakerMetrics.state),
+    rejections: (reason) => asMiddleware.of(Instruments.rejections, { reason }),
+    transitions: (from, to) => asBreaker.of(breakerMetrics.transitions, { from, to })
+  }
+}
+
+/** A breaker's series: its state and transitions by `breaker`, its rejections by `middleware` as every limit's. */
+const seriesOf = (breaker: string) => ({
+  asBreaker: MetricSeries.series("breaker", breaker),
+  asMiddleware: MetricSeries.series("middleware", breaker)
 })
 
 /** The metric series of one breaker, as `circuitBreakerMetrics` returns them. */
@@ -255,42 +227,34 @@ interface Published {
   readonly state: CircuitState
 }
 
-const invalid = (message: string) => new Cause.IllegalArgumentException(`circuitBreaker: ${message}`)
-
-const isPositiveInteger = (value: number) => Number.isInteger(value) && value >= 1
-
-const validate = <E>(options: CircuitBreakerOptions<E>): string | undefined => {
-  const openFor = Duration.decodeUnknown(options.openFor)
-  if (openFor._tag === "None" || !Duration.isFinite(openFor.value) || Duration.toMillis(openFor.value) <= 0) {
-    return `openFor must be a positive finite duration (got ${String(options.openFor)})`
-  }
-  if (options.trialCalls !== undefined && !isPositiveInteger(options.trialCalls)) {
-    return `trialCalls must be a positive integer (got ${options.trialCalls})`
-  }
-  if (options.successesToClose !== undefined && !isPositiveInteger(options.successesToClose)) {
-    return `successesToClose must be a positive integer (got ${options.successesToClose})`
-  }
+/** The options, checked: dies with `IllegalArgumentException` naming each invalid one. */
+const validate = <E>(options: CircuitBreakerOptions<E>): Effect.Effect<void> => {
+  const openFor = Validation.tryDuration(options.openFor)
   const policy = options.policy
-  switch (policy.kind) {
-    case "consecutive":
-      return isPositiveInteger(policy.failures)
-        ? undefined
-        : `policy.failures must be a positive integer (got ${policy.failures})`
-    case "rate": {
-      const window = Duration.decodeUnknown(policy.window)
-      if (window._tag === "None" || !Duration.isFinite(window.value) || Duration.toMillis(window.value) <= 0) {
-        return `policy.window must be a positive finite duration (got ${String(policy.window)})`
+  const positiveInteger = (name: string, value: number | undefined): Validation.Check =>
+    [name, value, value === undefined || Validation.isIntegerFrom(value, 1), Validation.integerFrom(1)]
+  const policyChecks = (): ReadonlyArray<Validation.Check> => {
+    switch (policy.kind) {
+      case "consecutive":
+        return [positiveInteger("policy.failures", policy.failures)]
+      case "rate": {
+        const window = Validation.tryDuration(policy.window)
+        return [
+          ["policy.window", window ?? policy.window, window !== undefined && Validation.isPositiveFinite(window), "a finite duration > 0"],
+          positiveInteger("policy.minimumCalls", policy.minimumCalls),
+          ["policy.failureRate", policy.failureRate, policy.failureRate > 0 && policy.failureRate <= 1, "in (0, 1]"]
+        ]
       }
-      if (!isPositiveInteger(policy.minimumCalls)) {
-        return `policy.minimumCalls must be a positive integer (got ${policy.minimumCalls})`
-      }
-      return policy.failureRate > 0 && policy.failureRate <= 1
-        ? undefined
-        : `policy.failureRate must be in (0, 1] (got ${policy.failureRate})`
+      default:
+        return [["policy", JSON.stringify(policy), false, `"consecutive" or "rate"`]]
     }
-    default:
-      return `unknown policy ${JSON.stringify(policy)}`
   }
+  return Validation.validate("Middleware.circuitBreaker", [
+    ["openFor", openFor ?? options.openFor, openFor !== undefined && Validation.isPositiveFinite(openFor), "a finite duration > 0"],
+    positiveInteger("trialCalls", options.trialCalls),
+    positiveInteger("successesToClose", options.successesToClose),
+    ...policyChecks()
+  ])
 }
 
 /** Counts the closed breaker's outcomes and says when to open. */
@@ -361,10 +325,10 @@ const rateTripwire = (windowMillis: number, minimumCalls: number, failureRate: n
 }
 
 /**
- * Builds a circuit breaker living in the current Scope (closing it ends every `changes` stream). `E` is
- * the error type of the services it wraps (what `isFailure` inspects); leave it `unknown` to use the
- * breaker in `stack`. Invalid options are a programming error: the Effect dies with an
- * `IllegalArgumentException`. The breaker's `middleware` fails refused calls with `CircuitOpen`.
+ * Builds a circuit breaker living in the current Scope (closing it ends every `changes` stream). The
+ * breaker is itself the middleware: it fails refused calls with `CircuitOpen`, and goes in a `stack` like
+ * any other. `E` is the error type of the services it wraps (what `isFailure` inspects); leave it `unknown`
+ * to wrap any service. Dies with `IllegalArgumentException` naming an invalid option.
  *
  * @typeParam E - The errors of the services it wraps.
  *
@@ -380,7 +344,7 @@ const rateTripwire = (windowMillis: number, minimumCalls: number, failureRate: n
  *     policy: { kind: "consecutive", failures: 3 },
  *     openFor: "5 seconds"
  *   })
- *   const guarded = breaker.middleware(charge)
+ *   const guarded = breaker(charge)
  *   yield* Effect.forEach([1, 2, 3, 4], (amount) => Effect.either(guarded(amount)))
  *   return yield* breaker.state // Open: the 4th call failed with CircuitOpen without calling charge
  * }).pipe(Effect.scoped)
@@ -390,8 +354,7 @@ export const circuitBreaker = <E = unknown>(
   options: CircuitBreakerOptions<E>
 ): Effect.Effect<CircuitBreaker<E>, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const problem = validate(options)
-    if (problem !== undefined) return yield* Effect.die(invalid(problem))
+    yield* validate(options)
 
     const clock = yield* Effect.clock
     const name = options.name ?? "circuit-breaker"
@@ -405,23 +368,14 @@ export const circuitBreaker = <E = unknown>(
       ? consecutiveTripwire(policy.failures)
       : rateTripwire(Duration.toMillis(policy.window), policy.minimumCalls, policy.failureRate)
 
-    // Constant tags arrays: the metric registry caches its keys by the array's identity.
-    const stateTags = [MetricLabel.make("breaker", name)]
+    const { asBreaker, asMiddleware } = seriesOf(name)
+    const stateTags = asBreaker.labels
     const rejectionTags: Record<CircuitRejection, ReadonlyArray<MetricLabel.MetricLabel>> = {
-      open: [MetricLabel.make("middleware", name), MetricLabel.make("reason", "open")],
-      "half-open": [MetricLabel.make("middleware", name), MetricLabel.make("reason", "half-open")],
-      isolated: [MetricLabel.make("middleware", name), MetricLabel.make("reason", "isolated")]
+      open: asMiddleware.labelsWith({ reason: "open" }),
+      "half-open": asMiddleware.labelsWith({ reason: "half-open" }),
+      isolated: asMiddleware.labelsWith({ reason: "isolated" })
     }
-    const transitionTags = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
-    const transitionTagsOf = (from: CircuitState["_tag"], to: CircuitState["_tag"]) => {
-      const key = `${from}>${to}`
-      let tags = transitionTags.get(key)
-      if (tags === undefined) {
-        tags = [MetricLabel.make("breaker", name), MetricLabel.make("from", from), MetricLabel.make("to", to)]
-        transitionTags.set(key, tags)
-      }
-      return tags
-    }
+    const transitionTagsOf = (from: CircuitState["_tag"], to: CircuitState["_tag"]) => asBreaker.labelsWith({ from, to })
 
     // Subscribers get the transitions after their snapshot (sequence numbers drop the ones before).
     const published = yield* PubSub.unbounded<Published>()
@@ -458,7 +412,7 @@ export const circuitBreaker = <E = unknown>(
 
     const reject = (state: CircuitOpen["state"], reason: CircuitRejection, retryAfter: Duration.Duration) => {
       totals.rejected++
-      breakerMetrics.rejections.unsafeUpdate(1, rejectionTags[reason])
+      Instruments.rejections.unsafeUpdate(1, rejectionTags[reason])
       return Effect.fail(new CircuitOpen({ breaker: name, state, retryAfter }))
     }
 
@@ -528,8 +482,7 @@ export const circuitBreaker = <E = unknown>(
       })
     )
 
-    const breaker: CircuitBreaker<E> = {
-      middleware: middleware as CircuitBreaker<E>["middleware"],
+    const breaker: CircuitBreaker<E> = Object.assign(middleware as Middleware<CircuitOpen, never, unknown, E>, {
       state: Effect.sync(() => observe(clock.unsafeCurrentTimeMillis())),
       changes,
       isolate: Effect.sync(() => {
@@ -557,6 +510,6 @@ export const circuitBreaker = <E = unknown>(
           transitions: sequence
         }
       })
-    }
+    })
     return breaker
   })

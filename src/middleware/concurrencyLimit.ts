@@ -15,15 +15,21 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
+import type * as MetricLabel from "effect/MetricLabel"
 import type * as Cause from "effect/Cause"
 import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
-import { Overloaded, takeShedding, withShedding } from "./loadShed.js"
-import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
+import { Overloaded } from "../Errors.js"
+import * as MetricSeries from "../internal/MetricSeries.js"
+import * as Instruments from "../internal/middlewareInstruments.js"
+import * as Validation from "../internal/Validation.js"
+import { takeShedding, withShedding } from "../internal/shedding.js"
+import type { Middleware, Service } from "./Middleware.js"
 
-/** How `concurrencyLimit` queues and names itself; every field is optional. */
+/** What `concurrencyLimit` takes: how many calls may run at once, how many may queue, and its name. */
 export interface ConcurrencyLimitOptions {
+  /** Calls in flight at most: an integer ≥ 1. */
+  readonly max: number
   /**
    * Callers allowed to queue for a permit: an integer ≥ 0 (0 never queues). Past it a call fails with
    * `Overloaded`. Default 1000.
@@ -33,11 +39,8 @@ export interface ConcurrencyLimitOptions {
   readonly name?: string
 }
 
-const limitMetrics = {
-  inFlight: Metric.gauge("keel_middleware_in_flight", { description: "calls holding a permit of a limit" }),
-  waiting: middlewareWaiting,
-  rejections: middlewareRejections
-}
+/** `keel_middleware_in_flight`: calls holding a permit of a limit, by `middleware`. */
+const inFlightGauge = Metric.gauge("keel_middleware_in_flight", { description: "calls holding a permit of a limit" })
 
 /** Why a call was refused, as the `reason` tag of the rejections counter. */
 export type ConcurrencyLimitRejection = "shed" | "queue-full"
@@ -53,20 +56,20 @@ export interface ConcurrencyLimitMetrics {
 }
 
 /** The metrics of the concurrency limit named `name`, to read or export them. */
-export const concurrencyLimitMetrics = (name: string): ConcurrencyLimitMetrics => ({
-  inFlight: Metric.tagged(limitMetrics.inFlight, "middleware", name),
-  waiting: Metric.tagged(limitMetrics.waiting, "middleware", name),
-  rejections: (reason: ConcurrencyLimitRejection) =>
-    limitMetrics.rejections.pipe(Metric.tagged("middleware", name), Metric.tagged("reason", reason))
-})
-
-const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
+export const concurrencyLimitMetrics = (name: string): ConcurrencyLimitMetrics => {
+  const series = MetricSeries.series("middleware", name)
+  return {
+    inFlight: series.of(inFlightGauge),
+    waiting: series.of(Instruments.waiting),
+    rejections: (reason) => series.of(Instruments.rejections, { reason })
+  }
+}
 
 /**
- * Builds a limit of `max` calls in flight (an integer ≥ 1), shared by every service it wraps. The permits
- * live as long as the Scope; the gauges read 0 once it closes. Later callers queue in arrival order; a call
- * fails with `Overloaded` when `maxWaiting` callers already queue, or, under `loadShed()`, whenever it
- * would have to queue. Invalid arguments are a defect.
+ * Builds a limit of `max` calls in flight, shared by every service it wraps. The permits live as long as
+ * the Scope; the gauges read 0 once it closes. Later callers queue in arrival order; a call fails with
+ * `Overloaded` when `maxWaiting` callers already queue, or, under `loadShed()`, whenever it would have to
+ * queue. Dies with `IllegalArgumentException` naming an invalid option.
  *
  * @example
  * ```ts
@@ -76,7 +79,7 @@ const isCount = (value: number, minimum: number) => Number.isInteger(value) && v
  * const render = (page: string) => Effect.as(Effect.sleep("100 millis"), `<h1>${page}</h1>`)
  *
  * const program = Effect.gen(function*() {
- *   const limit = yield* Middleware.concurrencyLimit(4, { maxWaiting: 100, name: "render" })
+ *   const limit = yield* Middleware.concurrencyLimit({ max: 4, maxWaiting: 100, name: "render" })
  *   const limited = limit(render)
  *   // At most 4 renders run at once; the others wait their turn.
  *   return yield* Effect.forEach(["a", "b", "c", "d", "e", "f"], limited, { concurrency: "unbounded" })
@@ -84,36 +87,34 @@ const isCount = (value: number, minimum: number) => Number.isInteger(value) && v
  * ```
  */
 export const concurrencyLimit = (
-  max: number,
-  options: ConcurrencyLimitOptions = {}
+  options: ConcurrencyLimitOptions
 ): Effect.Effect<Middleware<Overloaded>, never, Scope.Scope> =>
   Effect.gen(function*() {
+    const { max } = options
     const maxWaiting = options.maxWaiting ?? 1000
-    if (!isCount(max, 1) || !isCount(maxWaiting, 0)) {
-      return yield* Effect.dieMessage(
-        `concurrencyLimit: max must be an integer ≥ 1 and maxWaiting an integer ≥ 0 (got ${max}, ${maxWaiting})`
-      )
-    }
-    const name = options.name ?? "concurrency-limit"
-    // One tags array per series: the metric registry caches its key by the array's identity.
-    const tags = [MetricLabel.make("middleware", name)]
+    yield* Validation.validate("Middleware.concurrencyLimit", [
+      ["max", max, Validation.isIntegerFrom(max, 1), Validation.integerFrom(1)],
+      ["maxWaiting", maxWaiting, Validation.isIntegerFrom(maxWaiting, 0), Validation.integerFrom(0)]
+    ])
+    const series = MetricSeries.series("middleware", options.name ?? "concurrency-limit")
+    const tags = series.labels
     const rejectionTags: Record<ConcurrencyLimitRejection, ReadonlyArray<MetricLabel.MetricLabel>> = {
-      "shed": [...tags, MetricLabel.make("reason", "shed")],
-      "queue-full": [...tags, MetricLabel.make("reason", "queue-full")]
+      "shed": series.labelsWith({ reason: "shed" }),
+      "queue-full": series.labelsWith({ reason: "queue-full" })
     }
 
     // Invariant: waiters is non-empty only while all `max` permits are held.
     let inFlight = 0
     const waiters = new Set<Deferred.Deferred<void>>()
 
-    const reportInFlight = () => limitMetrics.inFlight.unsafeUpdate(inFlight, tags)
-    const reportWaiting = () => limitMetrics.waiting.unsafeUpdate(waiters.size, tags)
+    const reportInFlight = () => inFlightGauge.unsafeUpdate(inFlight, tags)
+    const reportWaiting = () => Instruments.waiting.unsafeUpdate(waiters.size, tags)
     reportInFlight()
     reportWaiting()
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
-        limitMetrics.inFlight.unsafeUpdate(0, tags)
-        limitMetrics.waiting.unsafeUpdate(0, tags)
+        inFlightGauge.unsafeUpdate(0, tags)
+        Instruments.waiting.unsafeUpdate(0, tags)
       })
     )
 
@@ -143,7 +144,7 @@ export const concurrencyLimit = (
       Effect.matchCauseEffect(call, releaseOnExit) as Effect.Effect<A, E, R>
 
     const refuse = (reason: ConcurrencyLimitRejection) => {
-      limitMetrics.rejections.unsafeUpdate(1, rejectionTags[reason])
+      Instruments.rejections.unsafeUpdate(1, rejectionTags[reason])
       return Effect.fail(
         new Overloaded({
           reason: reason === "shed" ? "concurrency limit reached" : "concurrency limit: waiting queue full"

@@ -3,39 +3,21 @@
  *
  * Tower, cockatiel and Polly time out per hop: a 2 s timeout over a retry of 1 s timeouts can still spend
  * 2 s after the caller has given up. Here the caller's deadline is an absolute instant (Clock time) in a
- * FiberRef; `deadline(budget)` narrows it for the call below (never widens it), and `timeout`, `retry` and
- * `hedge` read `remaining` so that nested calls never outlive their caller. Past the deadline the call is
- * interrupted and fails with `Timeout { after: budget }`.
+ * FiberRef (`internal/deadline`); `deadline({ after })` narrows it for the call below (never widens it), and
+ * `timeout`, `retry` and `hedge` read it so that nested calls never outlive their caller. Past the deadline
+ * the call is interrupted and fails with `Timeout { after }`.
  */
 import * as Clock from "effect/Clock"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
-import type * as Fiber from "effect/Fiber"
+import type * as Scope from "effect/Scope"
 import { Timeout } from "../Errors.js"
+import { failAfter } from "../internal/callTimeout.js"
+import { currentDeadline, remainingFor } from "../internal/deadline.js"
+import * as Validation from "../internal/Validation.js"
 import type { Middleware, Service } from "./Middleware.js"
-import { failAfter } from "./timeout.js"
-
-/**
- * The instant (Clock time, in ms) by which the current call must end; none when no caller set one. Set by
- * `within` (and so by `deadline`); read through `remaining` by `timeout`, `retry`, `hedge` and a waiting
- * `rateLimit`. Machinery for those middleware: set it with `within` rather than directly, which could
- * widen a caller's deadline.
- */
-export const currentDeadline: FiberRef.FiberRef<Option.Option<number>> = FiberRef.unsafeMake(Option.none())
-
-/**
- * Time left before the deadline of the call `fiber` is running (zero once it has passed); none when there
- * is no deadline. The synchronous form of `remaining`, for middleware that already hold their fiber.
- */
-export const remainingFor = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Option.Option<Duration.Duration> => {
-  const deadline = fiber.getFiberRef(currentDeadline)
-  if (Option.isNone(deadline)) return Option.none()
-  const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-  return Option.some(Duration.millis(Math.max(0, deadline.value - now)))
-}
 
 /** Time left before the current call's deadline (zero once it has passed); none when there is no deadline. */
 export const remaining: Effect.Effect<Option.Option<Duration.Duration>> = Effect.withFiberRuntime((fiber) =>
@@ -53,10 +35,12 @@ export const remaining: Effect.Effect<Option.Option<Duration.Duration>> = Effect
  * import { Middleware } from "keel"
  *
  * const slow = (id: number) => Effect.as(Effect.sleep("5 seconds"), id)
- * const timed = Middleware.timeout("10 seconds")(slow)
  *
- * // Fails with Timeout after 1 second: the caller's deadline is sooner than the timeout.
- * const program = Middleware.within("1 second")(timed(1))
+ * const program = Effect.gen(function*() {
+ *   const timed = (yield* Middleware.timeout({ after: "10 seconds" }))(slow)
+ *   // Fails with Timeout after 1 second: the caller's deadline is sooner than the timeout.
+ *   return yield* Middleware.within("1 second")(timed(1))
+ * }).pipe(Effect.scoped)
  * ```
  */
 export const within = (budget: Duration.DurationInput) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -68,11 +52,17 @@ export const within = (budget: Duration.DurationInput) => <A, E, R>(effect: Effe
     return yield* Effect.locally(effect, currentDeadline, Option.some(narrowed))
   })
 
+/** What `deadline` takes. */
+export interface DeadlineOptions {
+  /** The time the call below gets in all, retries included; longer than zero. */
+  readonly after: Duration.DurationInput
+}
+
 /**
- * The deadline middleware: the call below gets at most `budget` (or the caller's remaining time, if that
+ * The deadline middleware: the call below gets at most `after` (or the caller's remaining time, if that
  * is less), every `timeout`, `retry` and `hedge` below honours it, and past it the call is interrupted (its
- * finalizers run first) and fails with `Timeout { after: budget }`. Put it at the top of a stack to bound
- * the whole call, retries included.
+ * finalizers run first) and fails with `Timeout { after }`. Put it at the top of a stack to bound the whole
+ * call, retries included. Dies with `IllegalArgumentException` when `after` is not longer than zero.
  *
  * @example
  * ```ts
@@ -82,18 +72,24 @@ export const within = (budget: Duration.DurationInput) => <A, E, R>(effect: Effe
  * const fetchOrder = (id: string) => Effect.succeed({ id, total: 42 })
  *
  * const program = Effect.gen(function*() {
- *   const retry = yield* Middleware.retry({ backoff: { base: "100 millis", max: "1 second" } })
  *   // At most 2 seconds in all; each attempt at most 500 ms, and never past the 2 seconds.
- *   const guarded = Middleware.stack(Middleware.deadline("2 seconds"), retry, Middleware.timeout("500 millis"))
+ *   const guarded = Middleware.stack(
+ *     yield* Middleware.deadline({ after: "2 seconds" }),
+ *     yield* Middleware.retry({ backoff: { base: "100 millis", max: "1 second" } }),
+ *     yield* Middleware.timeout({ after: "500 millis" })
+ *   )
  *   return yield* guarded(fetchOrder)("A-17")
  * }).pipe(Effect.scoped)
  * ```
  */
-export const deadline = (budget: Duration.DurationInput): Middleware<Timeout> => {
-  const after = Duration.decode(budget)
-  return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Timeout, R> => (request) =>
-    within(after)(
-      Effect.flatMap(remaining, (left) =>
-        failAfter(Option.getOrElse(left, () => after), () => new Timeout({ after }))(service(request)))
-    )
+export const deadline = (options: DeadlineOptions): Effect.Effect<Middleware<Timeout>, never, Scope.Scope> => {
+  const after = Duration.decode(options.after)
+  return Effect.as(
+    Validation.validate("Middleware.deadline", [["after", after, Duration.toMillis(after) > 0, "longer than zero"]]),
+    <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Timeout, R> => (request) =>
+      within(after)(
+        Effect.flatMap(remaining, (left) =>
+          failAfter(Option.getOrElse(left, () => after), () => new Timeout({ after }))(service(request)))
+      )
+  )
 }

@@ -23,9 +23,10 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
+import * as MetricSeries from "../internal/MetricSeries.js"
+import * as Validation from "../internal/Validation.js"
 import { remaining } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"
 
@@ -66,15 +67,25 @@ const hedgeInstruments = {
   delay: Metric.gauge("keel_hedge_delay_milliseconds", { description: "the percentile delay now in force" })
 }
 
-/** The metrics of the hedge middleware named `name` (tagged `middleware=<name>`). */
-export const hedgeMetrics = (name: string) => ({
+/** The metric series of one hedge middleware, as `hedgeMetrics` returns them. */
+export interface HedgeMetrics {
   /** `keel_hedge_attempts_total`: hedged attempts started (beyond each call's first). */
-  hedges: Metric.tagged(hedgeInstruments.hedges, "middleware", name),
+  readonly hedges: Metric.Metric.Counter<number>
   /** `keel_hedge_wins_total`: calls answered by a hedged attempt rather than the first. */
-  wins: Metric.tagged(hedgeInstruments.wins, "middleware", name),
+  readonly wins: Metric.Metric.Counter<number>
   /** `keel_hedge_delay_milliseconds`: the percentile delay now in force, in ms (never set for a fixed delay). */
-  delay: Metric.tagged(hedgeInstruments.delay, "middleware", name)
-})
+  readonly delay: Metric.Metric.Gauge<number>
+}
+
+/** The metrics of the hedge middleware named `name` (tagged `middleware=<name>`), to read or export them. */
+export const hedgeMetrics = (name: string): HedgeMetrics => {
+  const series = MetricSeries.series("middleware", name)
+  return {
+    hedges: series.of(hedgeInstruments.hedges),
+    wins: series.of(hedgeInstruments.wins),
+    delay: series.of(hedgeInstruments.delay)
+  }
+}
 
 /**
  * The hedge middleware. With a percentile it keeps the latest latencies, shared by every call through it,
@@ -100,12 +111,11 @@ export const hedgeMetrics = (name: string) => ({
  */
 export const hedge = (options: HedgeOptions): Effect.Effect<Middleware<never>, never, Scope.Scope> =>
   Effect.suspend(() => {
-    const name = options.name ?? "hedge"
     const maxAttempts = options.maxAttempts ?? 2
-    if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
-      invalid(`maxAttempts must be an integer ≥ 1 (got ${maxAttempts})`)
-    }
-    const tags = [MetricLabel.make("middleware", name)]
+    Validation.assertValid("Middleware.hedge", [
+      ["maxAttempts", maxAttempts, Validation.isIntegerFrom(maxAttempts, 1), Validation.integerFrom(1)]
+    ])
+    const tags = MetricSeries.series("middleware", options.name ?? "hedge").labels
     const delays = delaySource(options.after, (millis) => hedgeInstruments.delay.unsafeUpdate(millis, tags))
 
     const middleware = <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E, R> => (request) =>
@@ -173,19 +183,13 @@ export const hedge = (options: HedgeOptions): Effect.Effect<Middleware<never>, n
 
 // ---------------------------------------------------------------------------------------------------------
 
-const invalid = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`hedge: ${message}`)
-}
-
+/** A delay option in ms (an invalid one throws `IllegalArgumentException`, a defect of `hedge`). */
 const decodeDelay = (input: Duration.DurationInput, what: string): number => {
-  let duration = Duration.zero
-  try {
-    duration = Duration.decode(input)
-  } catch {
-    invalid(`${what} is not a duration (got ${String(input)})`)
-  }
-  if (!Duration.isFinite(duration)) invalid(`${what} must be finite (got ${Duration.format(duration)})`)
-  return Duration.toMillis(duration)
+  const duration = Validation.tryDuration(input)
+  Validation.assertValid("Middleware.hedge", [
+    [what, duration ?? input, duration !== undefined && Duration.isFinite(duration), "a finite duration"]
+  ])
+  return Duration.toMillis(duration!)
 }
 
 interface DelaySource {
@@ -205,11 +209,11 @@ const delaySource = (after: HedgeOptions["after"], report: (delayMillis: number)
   const { percentile } = after
   const window = after.window ?? 1000
   const minSamples = after.minSamples ?? Math.min(20, window)
-  if (!(percentile >= 0 && percentile <= 1)) invalid(`after.percentile must lie in [0, 1] (got ${percentile})`)
-  if (!Number.isInteger(window) || window < 1) invalid(`after.window must be an integer ≥ 1 (got ${window})`)
-  if (!Number.isInteger(minSamples) || minSamples < 1 || minSamples > window) {
-    invalid(`after.minSamples must be an integer in [1, window] (got ${minSamples})`)
-  }
+  Validation.assertValid("Middleware.hedge", [
+    ["after.percentile", percentile, Validation.isRate(percentile), "in [0, 1]"],
+    ["after.window", window, Validation.isIntegerFrom(window, 1), Validation.integerFrom(1)],
+    ["after.minSamples", minSamples, Validation.isIntegerFrom(minSamples, 1) && minSamples <= window, "an integer in [1, window]"]
+  ])
   const fallback = after.fallback === undefined ? undefined : decodeDelay(after.fallback, "after.fallback")
   const latencies = new LatencyWindow(window)
   let current: number | undefined

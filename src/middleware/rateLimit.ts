@@ -27,37 +27,26 @@
  */
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
+import type * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import { currentDeadline } from "./deadline.js"
-import { takeShedding, withShedding } from "./loadShed.js"
-import { middlewareRejections, middlewareWaiting, type Middleware, type Service } from "./Middleware.js"
-
-/** The rate limit refused the call; a token is back, and the call could be admitted, after `retryAfter`. */
-export class RateLimited extends Data.TaggedError("RateLimited")<{
-  /**
-   * How long from the refusal until the earliest slot this call could have had, after every earlier
-   * admission and reservation: the wait it was spared. `withMiddleware` sends it as `Retry-After`.
-   */
-  readonly retryAfter: Duration.Duration
-}> {
-  /** `rate limited (retry after <retryAfter>)`, the duration formatted (e.g. `retry after 250ms`). */
-  override get message() {
-    return `rate limited (retry after ${Duration.format(this.retryAfter)})`
-  }
-}
+import { RateLimited } from "../Errors.js"
+import { currentDeadline } from "../internal/deadline.js"
+import * as MetricSeries from "../internal/MetricSeries.js"
+import * as Instruments from "../internal/middlewareInstruments.js"
+import * as Validation from "../internal/Validation.js"
+import { takeShedding, withShedding } from "../internal/shedding.js"
+import type { Middleware, Service } from "./Middleware.js"
 
 /**
  * How `rateLimit` limits. Invalid values (a count that is not an integer in range, a `per` that is not a
- * positive finite duration) are a defect when the limit is built.
+ * positive finite duration) are a defect (`IllegalArgumentException`) when the limit is built.
  *
  * @typeParam Req - The request `key` reads its key from.
  */
@@ -78,26 +67,11 @@ export interface RateLimitOptions<Req = unknown> {
   readonly name?: string
 }
 
-/**
- * A middleware for services whose requests are at least `Req`: what a keyed limit is, since it reads its
- * key from the request. Apply it to a service directly (or to what `stack(…)` returns); `stack` itself
- * takes only middleware that accept any request.
- *
- * @typeParam Req - The request type the middleware reads (the service's request must extend it).
- * @typeParam EAdd - The errors the middleware adds.
- */
-export type RequestMiddleware<Req, EAdd> = <R extends Req, Res, E, Rq>(
-  service: Service<R, Res, E, Rq>
-) => Service<R, Res, E | EAdd, Rq>
-
 /** Why a call was refused, as the `reason` tag of the rejections counter. */
 export type RateLimitRejection = "rate-limited" | "queue-full" | "shed" | "deadline"
 
-const rateMetrics = {
-  waiting: middlewareWaiting,
-  keys: Metric.gauge("keel_rate_limit_keys", { description: "keys a rate limit remembers" }),
-  rejections: middlewareRejections
-}
+/** `keel_rate_limit_keys`: keys a rate limit remembers, by `middleware`. */
+const keysGauge = Metric.gauge("keel_rate_limit_keys", { description: "keys a rate limit remembers" })
 
 /** The metric series of one rate limit, as `rateLimitMetrics` returns them. */
 export interface RateLimitMetrics {
@@ -110,12 +84,14 @@ export interface RateLimitMetrics {
 }
 
 /** The metrics of the rate limit named `name`, to read or export them. */
-export const rateLimitMetrics = (name: string): RateLimitMetrics => ({
-  waiting: Metric.tagged(rateMetrics.waiting, "middleware", name),
-  keys: Metric.tagged(rateMetrics.keys, "middleware", name),
-  rejections: (reason: RateLimitRejection) =>
-    rateMetrics.rejections.pipe(Metric.tagged("middleware", name), Metric.tagged("reason", reason))
-})
+export const rateLimitMetrics = (name: string): RateLimitMetrics => {
+  const series = MetricSeries.series("middleware", name)
+  return {
+    waiting: series.of(Instruments.waiting),
+    keys: series.of(keysGauge),
+    rejections: (reason) => series.of(Instruments.rejections, { reason })
+  }
+}
 
 /** A waiting caller's slot. `at` only ever moves earlier (when a caller ahead gives its slot back). */
 interface Reservation {
@@ -153,14 +129,16 @@ const admitted: Decision = { _tag: "Admitted" }
 /** For reservations whose call has started: their slot never moves again. */
 const neverMoves = Deferred.unsafeMake<void>(FiberId.none)
 
-const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
-
 /**
  * Builds a rate limit; one log (or one per key) shared by every service it wraps, living as long as the
- * Scope. Without `key` it is a plain `Middleware`; with `key` it wraps services whose requests carry it.
- * A refused call fails with `RateLimited { retryAfter }`: at once in `reject` mode, and in `wait` mode
- * when `maxWaiting` callers already wait, under `loadShed()`, or when the slot lies at or past the
- * caller's deadline. Invalid options are a defect.
+ * Scope. Without `key` it wraps any service; with `key` it keeps one log per key, read from each request,
+ * so it wraps (and, in a `stack`, makes the whole stack need) services whose requests are `Req`. At most
+ * `maxKeys` keys are remembered; past that the least recently used key without waiters is forgotten. A
+ * refused call fails with `RateLimited { retryAfter }`: at once in `reject` mode, and in `wait` mode when
+ * `maxWaiting` callers already wait, under `loadShed()`, or when the slot lies at or past the caller's
+ * deadline. Dies with `IllegalArgumentException` naming an invalid option.
+ *
+ * @typeParam Req - The request `key` reads the key from; `unknown` without `key`.
  *
  * @example
  * ```ts
@@ -176,16 +154,6 @@ const isCount = (value: number, minimum: number) => Number.isInteger(value) && v
  *   return yield* Effect.forEach(["a", "b", "c"], (message) => Effect.either(limited(message)))
  * }).pipe(Effect.scoped)
  * ```
- */
-export function rateLimit(
-  options: Omit<RateLimitOptions, "key">
-): Effect.Effect<Middleware<RateLimited>, never, Scope.Scope>
-/**
- * Builds a rate limit with one log per key, read from each request by `key`: a `RequestMiddleware` for
- * services whose requests are at least `Req`. At most `maxKeys` keys are remembered; past that the least
- * recently used key without waiters is forgotten. Otherwise as the limit without `key`.
- *
- * @typeParam Req - The request `key` reads the key from.
  *
  * @example
  * ```ts
@@ -201,33 +169,25 @@ export function rateLimit(
  * }).pipe(Effect.scoped)
  * ```
  */
-export function rateLimit<Req>(
-  options: RateLimitOptions<Req> & { readonly key: (request: Req) => string }
-): Effect.Effect<RequestMiddleware<Req, RateLimited>, never, Scope.Scope>
-export function rateLimit<Req>(
+export const rateLimit = <Req = unknown>(
   options: RateLimitOptions<Req>
-): Effect.Effect<RequestMiddleware<Req, RateLimited>, never, Scope.Scope> {
-  return Effect.gen(function*() {
+): Effect.Effect<Middleware<RateLimited, never, Req>, never, Scope.Scope> =>
+  Effect.gen(function*() {
     const limit = options.limit
     const perMillis = Duration.toMillis(Duration.decode(options.per))
     const maxWaiting = options.maxWaiting ?? 1000
     const maxKeys = options.maxKeys ?? 10_000
-    if (
-      !isCount(limit, 1) || !(perMillis > 0) || !Number.isFinite(perMillis) || !isCount(maxWaiting, 0) ||
-      !isCount(maxKeys, 1)
-    ) {
-      return yield* Effect.dieMessage(
-        `rateLimit: limit must be an integer ≥ 1, per a finite positive duration, maxWaiting an integer ≥ 0 and ` +
-          `maxKeys an integer ≥ 1 (got limit ${limit}, per ${Duration.format(Duration.decode(options.per))}, ` +
-          `maxWaiting ${maxWaiting}, maxKeys ${maxKeys})`
-      )
-    }
+    yield* Validation.validate("Middleware.rateLimit", [
+      ["limit", limit, Validation.isIntegerFrom(limit, 1), Validation.integerFrom(1)],
+      ["per", Duration.decode(options.per), Validation.isPositiveFinite(Duration.decode(options.per)), "a finite duration > 0"],
+      ["maxWaiting", maxWaiting, Validation.isIntegerFrom(maxWaiting, 0), Validation.integerFrom(0)],
+      ["maxKeys", maxKeys, Validation.isIntegerFrom(maxKeys, 1), Validation.integerFrom(1)]
+    ])
     const waitForSlot = (options.onLimit ?? "wait") === "wait"
     const keyOf = options.key
-    const name = options.name ?? "rate-limit"
-    // One tags array per series: the metric registry caches its key by the array's identity.
-    const tags = [MetricLabel.make("middleware", name)]
-    const rejectionTag = (reason: RateLimitRejection) => [...tags, MetricLabel.make("reason", reason)]
+    const series = MetricSeries.series("middleware", options.name ?? "rate-limit")
+    const tags = series.labels
+    const rejectionTag = (reason: RateLimitRejection) => series.labelsWith({ reason })
     const rejectionTags: Record<RateLimitRejection, ReadonlyArray<MetricLabel.MetricLabel>> = {
       "rate-limited": rejectionTag("rate-limited"),
       "queue-full": rejectionTag("queue-full"),
@@ -242,15 +202,15 @@ export function rateLimit<Req>(
     let waiting = 0
 
     const report = () => {
-      rateMetrics.waiting.unsafeUpdate(waiting, tags)
-      rateMetrics.keys.unsafeUpdate(logs.size, tags)
+      Instruments.waiting.unsafeUpdate(waiting, tags)
+      keysGauge.unsafeUpdate(logs.size, tags)
     }
     report()
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
         logs.clear()
-        rateMetrics.waiting.unsafeUpdate(0, tags)
-        rateMetrics.keys.unsafeUpdate(0, tags)
+        Instruments.waiting.unsafeUpdate(0, tags)
+        keysGauge.unsafeUpdate(0, tags)
       })
     )
 
@@ -443,7 +403,7 @@ export function rateLimit<Req>(
           case "Admitted":
             return service(request)
           case "Refused":
-            rateMetrics.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
+            Instruments.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
             return Effect.fail(new RateLimited({ retryAfter: Duration.millis(decision.retryAfterMillis) }))
           case "Reserved": {
             const { log, reservation } = decision
@@ -469,4 +429,4 @@ export function rateLimit<Req>(
       return withShedding(limitedService, (request) => limited(true, service, request))
     }
   })
-}
+

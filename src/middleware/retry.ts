@@ -23,13 +23,14 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleIntervals from "effect/ScheduleIntervals"
 import type * as Scope from "effect/Scope"
 import * as Backoff from "../Backoff.js"
+import * as MetricSeries from "../internal/MetricSeries.js"
+import * as Validation from "../internal/Validation.js"
 import { remaining } from "./deadline.js"
 import type { Middleware, Service } from "./Middleware.js"
 
@@ -80,29 +81,41 @@ const retryCounters = {
   })
 }
 
-/** The metrics of the retry middleware named `name` (tagged `middleware=<name>`). */
-export const retryMetrics = (name: string) => ({
+/** The metric series of one retry middleware, as `retryMetrics` returns them. */
+export interface RetryMetrics {
   /** `keel_retry_retries_total`: retries started (attempts after each call's first). */
-  retries: Metric.tagged(retryCounters.retries, "middleware", name),
+  readonly retries: Metric.Metric.Counter<number>
   /** `keel_retry_budget_exhausted_total`: calls that stopped retrying because the retry budget refused. */
-  budgetExhausted: Metric.tagged(retryCounters.budgetExhausted, "middleware", name),
+  readonly budgetExhausted: Metric.Metric.Counter<number>
   /**
    * `keel_retry_deadline_exhausted_total`: calls that stopped retrying because the next attempt could not
    * start before the caller's deadline.
    */
-  deadlineExhausted: Metric.tagged(retryCounters.deadlineExhausted, "middleware", name)
-})
+  readonly deadlineExhausted: Metric.Metric.Counter<number>
+}
+
+/** The metrics of the retry middleware named `name` (tagged `middleware=<name>`), to read or export them. */
+export const retryMetrics = (name: string): RetryMetrics => {
+  const series = MetricSeries.series("middleware", name)
+  return {
+    retries: series.of(retryCounters.retries),
+    budgetExhausted: series.of(retryCounters.budgetExhausted),
+    deadlineExhausted: series.of(retryCounters.deadlineExhausted)
+  }
+}
 
 /**
  * The retry middleware. Its budget is state shared by every call through the middleware, so it is built
- * once (in a Scope, like every stateful middleware) and then stacked. Invalid options are a defect.
+ * once (in a Scope, like every middleware) and then stacked. Dies with `IllegalArgumentException` naming an
+ * invalid option (of the budget or of a `Backoff.Policy`).
  *
  * It adds no error of its own: a call that stops retrying (the schedule is done or refuses the failure,
  * the budget refuses, or the next attempt could not start before the caller's deadline) fails with its
  * last error, unchanged. Defects and interruptions are never retried. Place a `timeout` below it to bound
  * each attempt, a `deadline` above it to bound them all.
  *
- * @typeParam E - The failures the schedule inspects; the services it wraps must fail only with those.
+ * @typeParam E - The failures the schedule inspects; the services it wraps must fail only with those (in a
+ * `stack`, the whole stack's services).
  *
  * @example
  * ```ts
@@ -119,15 +132,16 @@ export const retryMetrics = (name: string) => ({
  * }).pipe(Effect.scoped)
  * ```
  */
-export const retry = <E = unknown>(options: RetryOptions<E>): Effect.Effect<Middleware<never>, never, Scope.Scope> =>
+export const retry = <E = unknown>(
+  options: RetryOptions<E>
+): Effect.Effect<Middleware<never, never, unknown, E>, never, Scope.Scope> =>
   Effect.suspend(() => {
-    const name = options.name ?? "retry"
     const schedule = Schedule.isSchedule(options.backoff)
       ? options.backoff as Schedule.Schedule<unknown, E>
       : Backoff.exponential(options.backoff)
     const budgetOptions = options.budget ?? defaultRetryBudget
     const budget = budgetOptions === false ? undefined : new RetryBudget(validBudget(budgetOptions))
-    const tags = [MetricLabel.make("middleware", name)]
+    const tags = MetricSeries.series("middleware", options.name ?? "retry").labels
 
     const middleware = <Req, Res, EService, R>(service: Service<Req, Res, EService, R>): Service<Req, Res, EService, R> =>
     (request) => {
@@ -178,7 +192,7 @@ export const retry = <E = unknown>(options: RetryOptions<E>): Effect.Effect<Midd
         })
       )
     }
-    return Effect.succeed(middleware as Middleware<never>)
+    return Effect.succeed(middleware as Middleware<never, never, unknown, E>)
   })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -189,26 +203,16 @@ interface ValidBudget {
   readonly windowMillis: number
 }
 
-const invalid = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`retry: ${message}`)
-}
-
+/** The budget's options, checked (an invalid one throws `IllegalArgumentException`, a defect of `retry`). */
 const validBudget = (options: RetryBudgetOptions): ValidBudget => {
   const { minPerSecond, ratio } = options
-  if (!Number.isFinite(ratio) || ratio < 0) invalid(`budget.ratio must be a finite number ≥ 0 (got ${ratio})`)
-  if (!Number.isFinite(minPerSecond) || minPerSecond < 0) {
-    invalid(`budget.minPerSecond must be a finite number ≥ 0 (got ${minPerSecond})`)
-  }
-  let window = Duration.zero
-  try {
-    window = Duration.decode(options.window)
-  } catch {
-    invalid(`budget.window is not a duration (got ${String(options.window)})`)
-  }
-  if (!Duration.isFinite(window) || Duration.toMillis(window) <= 0) {
-    invalid(`budget.window must be positive and finite (got ${Duration.format(window)})`)
-  }
-  return { ratio, minPerSecond, windowMillis: Duration.toMillis(window) }
+  const window = Validation.tryDuration(options.window)
+  Validation.assertValid("Middleware.retry", [
+    ["budget.ratio", ratio, Number.isFinite(ratio) && ratio >= 0, "a finite number ≥ 0"],
+    ["budget.minPerSecond", minPerSecond, Number.isFinite(minPerSecond) && minPerSecond >= 0, "a finite number ≥ 0"],
+    ["budget.window", window ?? options.window, window !== undefined && Validation.isPositiveFinite(window), "a finite duration > 0"]
+  ])
+  return { ratio, minPerSecond, windowMillis: Duration.toMillis(window!) }
 }
 
 /** The window is cut in this many buckets; one more is kept so that retries are remembered a bucket late. */

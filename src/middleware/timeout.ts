@@ -1,81 +1,33 @@
 /**
  * timeout — Tower's TimeoutLayer: a call that takes longer than `after` is interrupted (its finalizers
  * run before the error is returned) and fails with `Timeout { after }`. A caller's deadline (see
- * `deadline`) that is sooner than `after` wins, so a timeout never outlives the call it belongs to.
- *
- * `failAfter` is the mechanism, shared with `deadline`. Effect's `timeoutFail` races two forked fibers and
- * arms a timer on every call; here the call starts at once in a fiber of its own, and a call that has
- * already ended when it first yields (a cache hit, a validation failure) needs no timer and does not even
- * suspend its caller. A call whose effect is already its result (`Effect.succeed(answer)`: a health
- * check, a constant) needs no fiber either. Only a call still running races the clock.
- *
- * The call runs in a fiber of its own, as across any service boundary: FiberRef changes it makes (other
- * than through `Effect.locally`, which undoes them anyway) stay with it and are not merged back into the
- * caller. Merging them, as `Fiber.join` does, would cost more than the rest of the middleware together.
+ * `deadline`) that is sooner than `after` wins, so a timeout never outlives the call it belongs to. How one
+ * call is bounded without a timer or a fiber where none is needed is `internal/callTimeout`'s story.
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
-import * as Runtime from "effect/Runtime"
-import * as RuntimeFlags from "effect/RuntimeFlags"
-import type * as Context from "effect/Context"
+import type * as Scope from "effect/Scope"
 import { Timeout } from "../Errors.js"
-import { remainingFor } from "./deadline.js"
+import { runFor } from "../internal/callTimeout.js"
+import { remainingFor } from "../internal/deadline.js"
+import * as Validation from "../internal/Validation.js"
 import type { Middleware, Service } from "./Middleware.js"
 
-// The call's fiber is interruptible whatever the caller's region, and is not counted in Effect's fiber
-// metrics (effect_fiber_*): it is the call itself, not a task of the caller's.
-const callFlags = RuntimeFlags.disable(Runtime.defaultRuntime.runtimeFlags, RuntimeFlags.RuntimeMetrics)
-
-/**
- * Runs `effect` (not already its result: callers answer those themselves) for `caller`, interrupting it
- * after `limit` (waiting for its finalizers) and failing with `onTimeout()`. The effect runs in a fiber
- * started on the spot with the caller's context and fiber refs; interrupting the caller interrupts it.
- */
-const runFor = <A, E, R, E2>(
-  caller: Fiber.RuntimeFiber<unknown, unknown>,
-  limit: Duration.Duration,
-  onTimeout: () => E2,
-  effect: Effect.Effect<A, E, R>
-): Effect.Effect<A, E | E2, R> => {
-  const runtime = Runtime.make({
-    context: caller.currentContext as Context.Context<R>,
-    fiberRefs: caller.getFiberRefs(),
-    runtimeFlags: callFlags
-  })
-  const call = Runtime.runFork(runtime)(effect)
-  const ended = call.unsafePoll()
-  if (ended !== null) return ended
-  // Both sides interruptible, so the loser stops at once even when the caller runs uninterruptibly.
-  return Effect.raceFirst(
-    Effect.interruptible(Fiber.await(call)),
-    Effect.interruptible(Effect.as(Effect.sleep(limit), null))
-  ).pipe(
-    Effect.flatMap((exit): Effect.Effect<A, E | E2> =>
-      exit === null ? Effect.zipRight(Fiber.interrupt(call), Effect.fail(onTimeout())) : exit
-    ),
-    Effect.onInterrupt(() => Fiber.interrupt(call))
-  )
+/** What `timeout` takes. */
+export interface TimeoutOptions {
+  /** How long a call may take; longer than zero (infinite: no limit but the caller's deadline). */
+  readonly after: Duration.DurationInput
 }
-
-/**
- * `effect`, interrupted after `limit` (its finalizers run first) and failed with `onTimeout()`. An effect
- * that is already its result (a constant answer) cannot run late: it is returned as it is, with no fiber
- * and no timer. The mechanism of `timeout` and `deadline`, which ignores the caller's deadline; use those
- * middleware rather than this.
- */
-export const failAfter = <E2>(limit: Duration.Duration, onTimeout: () => E2) =>
-<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | E2, R> =>
-  Exit.isExit(effect) ? effect : Effect.withFiberRuntime((caller) => runFor(caller, limit, onTimeout, effect))
 
 /**
  * The timeout middleware (Tower's TimeoutLayer): a call that takes longer than `after` is interrupted,
  * its finalizers run, and it fails with `Timeout { after }`. When the caller's deadline (see `deadline`)
  * is sooner, that wins, and `after` in the error is the time that was left. The service's own errors pass
- * through unchanged. The call runs in a fiber of its own, so FiberRef changes it makes stay with it. Keeps
- * no state: it needs no Scope, and one value serves every stack.
+ * through unchanged. The call runs in a fiber of its own, so FiberRef changes it makes stay with it. It
+ * keeps no state, so one value serves every stack. Dies with `IllegalArgumentException` when `after` is not
+ * longer than zero.
  *
  * @example
  * ```ts
@@ -84,16 +36,26 @@ export const failAfter = <E2>(limit: Duration.Duration, onTimeout: () => E2) =>
  *
  * const slowLookup = (id: number) => Effect.as(Effect.sleep("3 seconds"), `user ${id}`)
  *
- * const program = Middleware.timeout("1 second")(slowLookup)(7).pipe(
- *   Effect.catchTag("Timeout", (error) => Effect.succeed(error.message)) // "timed out after 1s"
- * )
+ * const program = Effect.gen(function*() {
+ *   const timeout = yield* Middleware.timeout({ after: "1 second" })
+ *   return yield* timeout(slowLookup)(7).pipe(
+ *     Effect.catchTag("Timeout", (error) => Effect.succeed(error.message)) // "timed out after 1s"
+ *   )
+ * }).pipe(Effect.scoped)
  * ```
  */
-export const timeout = (after: Duration.DurationInput): Middleware<Timeout> => {
-  const limit = Duration.decode(after)
+export const timeout = (options: TimeoutOptions): Effect.Effect<Middleware<Timeout>, never, Scope.Scope> => {
+  const limit = Duration.decode(options.after)
+  return Effect.as(
+    Validation.validate("Middleware.timeout", [["after", limit, Duration.toMillis(limit) > 0, "longer than zero"]]),
+    timeoutOf(limit)
+  )
+}
+
+const timeoutOf = (limit: Duration.Duration): Middleware<Timeout> => {
   const timedOut = () => new Timeout({ after: limit })
   return <Req, Res, E, R>(service: Service<Req, Res, E, R>): Service<Req, Res, E | Timeout, R> => (request) => {
-    // The call's Effect is made when the timed service is called (as `tap`, `filter` and `fallback` do), so a
+    // The call's Effect is made when the timed service is called (as `tap` and `filter` do), so a
     // timed Effect run again runs the same call; a service that throws while making it gives a defect. A call
     // that is already its result is returned as it is, before looking at the caller at all.
     let call: Effect.Effect<Res, E, R>

@@ -19,6 +19,7 @@ import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
 import type * as Random from "effect/Random"
 import type { Middleware, Service } from "../middleware/Middleware.js"
+import * as Validation from "../internal/Validation.js"
 
 /**
  * The defect an injector kills a call with (through `Effect.die`, so it is in the call's Cause as a defect,
@@ -131,10 +132,12 @@ export interface FaultStats {
   readonly delayed: number
 }
 
-/** Injects one spec's faults into the services it wraps; `E` is the errors of its `failure` factories. */
-export interface Injector<E> {
-  /** Injects faults into every call of a Keel `Service`. */
-  readonly middleware: Middleware<E>
+/**
+ * Injects one spec's faults into the services it wraps; `E` is the errors of its `failure` factories. It is
+ * a middleware (it injects faults into every call of a service, and goes in a `stack` like any other) that
+ * also wraps service objects and layers.
+ */
+export interface Injector<E> extends Middleware<E> {
   /**
    * The same service with faults in every Effect it hands out: the Effects its methods return and its
    * members that are Effects. Methods run with the original object as `this`; other members, and yieldable
@@ -153,37 +156,45 @@ export interface Injector<E> {
   readonly stats: Effect.Effect<FaultStats>
 }
 
-const isRate = (rate: number) => rate >= 0 && rate <= 1
-
-const problemsOf = <E>(faults: Faults<E>): ReadonlyArray<string> => {
-  const problems: Array<string> = []
-  for (const part of ["hang", "defect", "failure", "latency"] as const) {
+/** The faults' options, checked: dies with `IllegalArgumentException` naming each invalid one. */
+const validate = <E>(faults: Faults<E>): Effect.Effect<void> => {
+  const rates = (["hang", "defect", "failure", "latency"] as const).map((part): Validation.Check => {
     const rate = faults[part]?.rate
-    if (rate !== undefined && !isRate(rate)) problems.push(`${part}.rate must be in [0, 1] (got ${rate})`)
-  }
-  if (faults.failure !== undefined && faults.failure.errors.length === 0) {
-    problems.push("failure.errors must list at least one error factory")
-  }
+    return [`${part}.rate`, rate, rate === undefined || Validation.isRate(rate), "in [0, 1]"]
+  })
   const distribution = faults.latency?.distribution
-  if (distribution?._tag === "Fixed" && !Duration.isFinite(distribution.duration)) {
-    problems.push("latency: a fixed delay must be finite")
+  const distributionCheck = (): Validation.Check => {
+    switch (distribution?._tag) {
+      case undefined:
+        return ["latency.distribution", undefined, true, ""]
+      case "Fixed":
+        return ["latency.distribution", distribution.duration, Duration.isFinite(distribution.duration), "a finite fixed delay"]
+      case "Uniform":
+        return [
+          "latency.distribution",
+          `${Duration.format(distribution.min)}..${Duration.format(distribution.max)}`,
+          Duration.isFinite(distribution.max) && !Duration.greaterThan(distribution.min, distribution.max),
+          "a uniform delay with min ≤ max, both finite"
+        ]
+      case "Exponential":
+        return [
+          "latency.distribution",
+          `mean ${Duration.format(distribution.mean)}, max ${Duration.format(distribution.max)}`,
+          Duration.isFinite(distribution.mean) && Duration.isFinite(distribution.max),
+          "an exponential delay with a finite mean and max"
+        ]
+    }
   }
-  if (
-    distribution?._tag === "Uniform" &&
-    (!Duration.isFinite(distribution.max) || Duration.greaterThan(distribution.min, distribution.max))
-  ) {
-    problems.push(
-      `latency: a uniform delay needs min ≤ max, both finite (got ${Duration.format(distribution.min)}, ` +
-        `${Duration.format(distribution.max)})`
-    )
-  }
-  if (
-    distribution?._tag === "Exponential" &&
-    (!Duration.isFinite(distribution.mean) || !Duration.isFinite(distribution.max))
-  ) {
-    problems.push("latency: an exponential delay needs a finite mean and max")
-  }
-  return problems
+  return Validation.validate("FaultInjection.make", [
+    ...rates,
+    [
+      "failure.errors",
+      faults.failure?.errors.length,
+      faults.failure === undefined || faults.failure.errors.length > 0,
+      "a list of at least one error factory"
+    ],
+    distributionCheck()
+  ])
 }
 
 // A drawn delay is rounded to whole milliseconds, the resolution of timers: virtual instants stay integers
@@ -236,20 +247,17 @@ const isPlainEffect = (value: unknown): value is Effect.Effect<unknown, unknown,
  *     failure: { rate: 0.2, errors: [() => new Unavailable()] },
  *     latency: { rate: 0.5, distribution: FaultInjection.Latency.uniform("10 millis", "200 millis") }
  *   })
- *   const lookup = injector.middleware((id: string) => Effect.succeed({ id, name: "Ada" }))
+ *   const lookup = injector((id: string) => Effect.succeed({ id, name: "Ada" }))
  *   return yield* lookup("42") // fails with Unavailable one time in five
  * }).pipe(Effect.withRandom(Random.make(42))) // one seed, the same faults every run
  * ```
  */
 export const make = <Factory extends () => unknown = () => never>(
   faults: Faults<ReturnType<Factory>> & { readonly failure?: { readonly errors: ReadonlyArray<Factory> } }
-): Effect.Effect<Injector<ReturnType<Factory>>> => build(faults)
+): Effect.Effect<Injector<ReturnType<Factory>>> => build<ReturnType<Factory>>(faults)
 
 const build = <E>(faults: Faults<E>): Effect.Effect<Injector<E>> =>
   Effect.suspend(() => {
-    const problems = problemsOf(faults)
-    if (problems.length > 0) return Effect.dieMessage(`FaultInjection: ${problems.join("; ")}`)
-
     const { defect, failure, hang, latency } = faults
     const defectMessage = defect?.message ?? "injected defect"
     const counts = { calls: 0, hangs: 0, defects: 0, failures: 0, delayed: 0 }
@@ -320,11 +328,10 @@ const build = <E>(faults: Faults<E>): Effect.Effect<Injector<E>> =>
     <ROut, E2, R2>(built: Layer.Layer<ROut | I, E2, R2>): Layer.Layer<ROut | I, E2, R2> =>
       Layer.map(built, (context) => Context.add(context, tag, wrap(Context.get(context, tag))))
 
-    const injector: Injector<E> = {
-      middleware,
+    const injector: Injector<E> = Object.assign(middleware, {
       wrap,
       layer,
       stats: Effect.sync(() => ({ ...counts }))
-    }
-    return Effect.succeed(injector)
+    })
+    return Effect.as(validate(faults), injector)
   })

@@ -31,6 +31,7 @@ import * as Option from "effect/Option"
 import * as Supervisor from "effect/Supervisor"
 import type * as Scope from "effect/Scope"
 import * as Leftovers from "../Leftovers.js"
+import * as Validation from "../internal/Validation.js"
 
 /** A fiber still alive after the scope it was forked in had closed. */
 export interface LeakedFiber {
@@ -137,9 +138,9 @@ export const check = <A, E, R>(
 ): Effect.Effect<A, E | FiberLeak, Exclude<R, Scope.Scope>> =>
   Effect.gen(function*() {
     const graceYields = options.graceYields ?? 10
-    if (!Number.isInteger(graceYields) || graceYields < 0) {
-      return yield* Effect.dieMessage(`FiberLeaks.check: graceYields must be an integer ≥ 0 (got ${graceYields})`)
-    }
+    yield* Validation.validate("FiberLeaks.check", [
+      ["graceYields", graceYields, Validation.isIntegerFrom(graceYields, 0), Validation.integerFrom(0)]
+    ])
     const clock = yield* Effect.clock
     const live = new LiveFibers(clock)
     const exit = yield* Effect.exit(Effect.supervised(Effect.scoped(effect), live))

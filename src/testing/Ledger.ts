@@ -17,6 +17,7 @@
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import * as Validation from "../internal/Validation.js"
 
 /** Options of `make`. */
 export interface LedgerOptions<Outcome> {
@@ -145,9 +146,9 @@ export const make = <Id, Outcome>(
 ): Effect.Effect<Ledger<Id, Outcome>> =>
   Effect.gen(function*() {
     const maxEntries = options.maxEntries ?? 1_000_000
-    if (!Number.isInteger(maxEntries) || maxEntries < 1) {
-      return yield* Effect.dieMessage(`Ledger: maxEntries must be an integer ≥ 1 (got ${maxEntries})`)
-    }
+    yield* Validation.validate("Ledger.make", [
+      ["maxEntries", maxEntries, Validation.isIntegerFrom(maxEntries, 1), Validation.integerFrom(1)]
+    ])
     const outcomeLabel: (outcome: Outcome) => string = options.outcomeLabel ?? defaultOutcomeLabel
     const entries = new Map<Id, Entry<Outcome>>()
 

@@ -22,6 +22,7 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import { concurrencyLimitMetrics } from "../middleware/concurrencyLimit.js"
 import { rateLimitMetrics } from "../middleware/rateLimit.js"
+import * as Validation from "../internal/Validation.js"
 
 /** Reads how many permits (or waiting callers) of one limit are outstanding now. */
 export interface PermitProbe {
@@ -66,9 +67,9 @@ export const semaphore = (name: string, semaphore: Effect.Semaphore, total: numb
   const availableNow = (permits: number) =>
     Effect.map(semaphore.withPermitsIfAvailable(permits)(Effect.void), Option.isSome)
   const outstanding = Effect.gen(function*() {
-    if (!Number.isInteger(total) || total < 0) {
-      return yield* Effect.dieMessage(`Permits.semaphore ${name}: total must be an integer ≥ 0 (got ${total})`)
-    }
+    yield* Validation.validate(`Permits.semaphore ${name}`, [
+      ["total", total, Validation.isIntegerFrom(total, 0), Validation.integerFrom(0)]
+    ])
     if (!(yield* availableNow(0))) return total
     // Invariant: `low` permits are available, `high + 1` are not (or exceed the total).
     let low = 0
@@ -111,7 +112,7 @@ export const rateLimitWaiting = (name: string): PermitProbe => ({
  * import { Permits } from "keel/testing"
  *
  * const program = Effect.scoped(Effect.gen(function*() {
- *   const limit = yield* Middleware.concurrencyLimit(2, { name: "db" })
+ *   const limit = yield* Middleware.concurrencyLimit({ max: 2, name: "db" })
  *   const query = limit((sql: string) => Effect.succeed(sql))
  *   yield* Effect.all([query("a"), query("b"), query("c")], { concurrency: "unbounded" })
  *   // Fails with PermitLeak if any call kept its permit.

@@ -47,6 +47,7 @@ import * as Supervisor from "effect/Supervisor"
 import * as TestClock from "effect/TestClock"
 import * as TestServices from "effect/TestServices"
 import type * as Exit from "effect/Exit"
+import * as Validation from "../internal/Validation.js"
 
 /** Options of `run` and `runExit`: how long a run may go on, and how long it settles between steps. */
 export interface Options {
@@ -281,16 +282,16 @@ const earliest = (instants: Chunk.Chunk<number>) => {
   return first
 }
 
-const isCount = (value: number, minimum: number) => Number.isInteger(value) && value >= minimum
-
 const validate = (options: Options): Effect.Effect<Limits> => {
   const maxSteps = options.maxSteps ?? 10_000
   const settleRounds = options.settleRounds ?? 20
-  return isCount(maxSteps, 0) && isCount(settleRounds, 1)
-    ? Effect.succeed({ maxSteps, settleRounds })
-    : Effect.dieMessage(
-      `VirtualTime: maxSteps must be an integer ≥ 0 and settleRounds an integer ≥ 1 (got ${maxSteps}, ${settleRounds})`
-    )
+  return Effect.as(
+    Validation.validate("VirtualTime.run", [
+      ["maxSteps", maxSteps, Validation.isIntegerFrom(maxSteps, 0), Validation.integerFrom(0)],
+      ["settleRounds", settleRounds, Validation.isIntegerFrom(settleRounds, 1), Validation.integerFrom(1)]
+    ]),
+    { maxSteps, settleRounds }
+  )
 }
 
 const formatMillis = (millis: number) => Duration.format(Duration.millis(millis))

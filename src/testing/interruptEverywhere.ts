@@ -42,6 +42,7 @@ import type * as TestServices from "effect/TestServices"
 import { describe } from "../Errors.js"
 import type { Livelock, Stalled } from "./VirtualTime.js"
 import * as VirtualTime from "./VirtualTime.js"
+import * as Validation from "../internal/Validation.js"
 
 /** How one run ended, as the scenario's `check` receives it. */
 export interface Outcome<A, E> {
@@ -193,11 +194,9 @@ export const interruptEverywhere = <A, E, R, E2, R2, E3, R3>(
 > =>
   Effect.gen(function*() {
     const maxSuspensionPoints = options.maxSuspensionPoints ?? 1_000
-    if (!Number.isInteger(maxSuspensionPoints) || maxSuspensionPoints < 0) {
-      return yield* Effect.dieMessage(
-        `interruptEverywhere: maxSuspensionPoints must be an integer ≥ 0 (got ${maxSuspensionPoints})`
-      )
-    }
+    yield* Validation.validate("interruptEverywhere", [
+      ["maxSuspensionPoints", maxSuspensionPoints, Validation.isIntegerFrom(maxSuspensionPoints, 0), Validation.integerFrom(0)]
+    ])
     const interruptor = yield* Effect.fiberId
     for (let interruptAt = 1;; interruptAt++) {
       const supervisor = new InterruptAtSuspension(interruptAt, interruptor)

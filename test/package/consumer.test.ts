@@ -33,7 +33,7 @@ import { MemoryJobQueue } from "keel/memory"
 import { runMain } from "keel/node"
 
 const program = Effect.gen(function*() {
-  const queue = yield* MemoryJobQueue.make({ capacity: 100, leaseDuration: "5 seconds", maxAttempts: 3 })
+  const queue = yield* MemoryJobQueue.make({ capacity: 100, leaseDuration: "5 seconds", maxDeliveries: 3 })
   for (let job = 1; job <= 4; job++) yield* queue.offer({ job }, { id: "job-" + job })
   const pool = yield* WorkerPool.consume(queue, {
     name: "mailer",

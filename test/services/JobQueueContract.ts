@@ -1,7 +1,7 @@
 /**
  * The JobQueue contract as one test suite that every backend runs (memory on TestClock, Redis Streams on real
- * time): offer/take/ack round-trips JSON payloads with attempt and enqueuedAt, ready jobs come out in FIFO
- * order, delayed offers and nacks wait, offers are idempotent by id, nacks past `maxAttempts` and explicit
+ * time): offer/take/ack round-trips JSON payloads with delivery and enqueuedAt, ready jobs come out in FIFO
+ * order, delayed offers and nacks wait, offers are idempotent by id, nacks past `maxDeliveries` and explicit
  * `deadLetter`s go to the dead letters, which list oldest first and can be requeued, the queue pushes back at
  * `capacity`, a lease goes back to the queue when its Scope closes or its fiber is interrupted, an expired
  * lease is taken over (its `lost` completes, settling it fails with LeaseLost) unless renewed, waiting takers
@@ -23,7 +23,7 @@ import { QueueFull } from "../../src/Errors.js"
 export interface ContractOptions {
   readonly capacity: number
   readonly leaseDurationMs: number
-  readonly maxAttempts: number
+  readonly maxDeliveries: number
 }
 
 export interface ContractBackend {
@@ -90,7 +90,7 @@ const expectWaiting = <A, E>(fiber: Fiber.Fiber<A, E>) =>
 export const describeJobQueueContract = (backendName: string, backend: ContractBackend): void => {
   const { advance, test } = backend
   const make = (options: Partial<ContractOptions> = {}) =>
-    backend.make({ capacity: 10, leaseDurationMs: 1_000, maxAttempts: 3, ...options })
+    backend.make({ capacity: 10, leaseDurationMs: 1_000, maxDeliveries: 3, ...options })
   /** Lets `ms` of backend time pass, then lets forked fibers catch up. */
   const pause = (ms: number) => Effect.zipRight(advance(ms), settle)
   /** With the only job delayed by 500 ms: a take still waits at 250 ms and has the job by 650 ms. */
@@ -105,17 +105,17 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
     })
 
   describe(`JobQueue contract: ${backendName}`, () => {
-    test("the queue reports the capacity, lease duration and maxAttempts it was made with, and starts empty", () =>
+    test("the queue reports the capacity, lease duration and maxDeliveries it was made with, and starts empty", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ capacity: 4, leaseDurationMs: 1_500, maxAttempts: 7 })
+        const queue = yield* make({ capacity: 4, leaseDurationMs: 1_500, maxDeliveries: 7 })
         expect(queue.capacity).toBe(4)
         expect(Duration.toMillis(queue.leaseDuration)).toBe(1_500)
-        expect(queue.maxAttempts).toBe(7)
+        expect(queue.maxDeliveries).toBe(7)
         expect(yield* queue.depth).toEqual(emptyDepth)
         expect(yield* queue.deadLetters).toEqual([])
       })))
 
-    test("offer, take, ack: the id and payload come back with attempt 1 and enqueuedAt from the clock; acked jobs leave", () =>
+    test("offer, take, ack: the id and payload come back with delivery 1 and enqueuedAt from the clock; acked jobs leave", () =>
       Effect.scoped(Effect.gen(function*() {
         const queue = yield* make()
         yield* advance(50)
@@ -127,7 +127,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
 
         const lease = yield* takeNow(queue)
-        expect(lease).toMatchObject({ id: "job-1", payload, attempt: 1 })
+        expect(lease).toMatchObject({ id: "job-1", payload, delivery: 1 })
         expect(lease.enqueuedAt).toBeGreaterThanOrEqual(before)
         expect(lease.enqueuedAt).toBeLessThanOrEqual(after)
         expect(yield* queue.depth).toEqual(depthOf({ leased: 1 }))
@@ -194,7 +194,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
 
         const lease = yield* takeAfterDelay(queue, "take of the delayed job")
-        expect(lease).toMatchObject({ id: "later", payload: { later: true }, attempt: 1 })
+        expect(lease).toMatchObject({ id: "later", payload: { later: true }, delivery: 1 })
         // enqueuedAt is when it was offered, not when it became ready.
         expect(lease.enqueuedAt).toBeGreaterThanOrEqual(before)
         expect(lease.enqueuedAt).toBeLessThanOrEqual(after)
@@ -214,7 +214,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
 
     test("offering an id the queue holds (ready, leased, delayed or dead) returns it and adds nothing", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ maxAttempts: 5 })
+        const queue = yield* make({ maxDeliveries: 5 })
         yield* queue.offer("original ready", { id: "ready" })
         yield* queue.offer("original leased", { id: "leased" })
         yield* queue.offer("original dead", { id: "dead" })
@@ -240,7 +240,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
 
         // The held jobs keep their original payloads.
         const again = yield* takeNow(queue)
-        expect([again.id, again.payload, again.attempt]).toEqual(["ready", "original ready", 2])
+        expect([again.id, again.payload, again.delivery]).toEqual(["ready", "original ready", 2])
         yield* pause(600)
         const delayed = yield* takeNow(queue)
         expect([delayed.id, delayed.payload]).toEqual(["delayed", "original delayed"])
@@ -254,10 +254,10 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.offer("second run", { id: "again" })).toBe("again")
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
         const lease = yield* takeNow(queue)
-        expect([lease.id, lease.payload, lease.attempt]).toEqual(["again", "second run", 1])
+        expect([lease.id, lease.payload, lease.delivery]).toEqual(["again", "second run", 1])
       })))
 
-    test("a nacked job is delivered again with attempt 2 and the same payload and enqueuedAt", () =>
+    test("a nacked job is delivered again as delivery 2 with the same payload and enqueuedAt", () =>
       Effect.scoped(Effect.gen(function*() {
         const queue = yield* make()
         yield* queue.offer({ n: 1 }, { id: "retry" })
@@ -266,7 +266,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* queue.nack(first, { error: "flaky" })
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
         const second = yield* takeNow(queue)
-        expect(second).toMatchObject({ id: "retry", payload: { n: 1 }, attempt: 2, enqueuedAt: first.enqueuedAt })
+        expect(second).toMatchObject({ id: "retry", payload: { n: 1 }, delivery: 2, enqueuedAt: first.enqueuedAt })
         yield* queue.ack(second)
         expect(yield* queue.depth).toEqual(emptyDepth)
       })))
@@ -279,7 +279,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.depth).toEqual(depthOf({ delayed: 1 }))
 
         const lease = yield* takeAfterDelay(queue, "take of the nacked job")
-        expect([lease.id, lease.attempt]).toEqual(["backoff", 2])
+        expect([lease.id, lease.delivery]).toEqual(["backoff", 2])
         yield* queue.ack(lease)
 
         // Without a waiting taker the job shows up as ready once its delay has passed.
@@ -290,14 +290,14 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* depthEventually(queue, depthOf({ ready: 1 }))).toEqual(depthOf({ ready: 1 }))
       })))
 
-    test("a job nacked on its maxAttempts-th delivery is dead-lettered with its attempts and the nack's error", () =>
+    test("a job nacked on its maxDeliveries-th delivery is dead-lettered with its deliveries and the nack's error", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ maxAttempts: 2 })
+        const queue = yield* make({ maxDeliveries: 2 })
         yield* queue.offer({ order: 17 }, { id: "doomed" })
         const first = yield* takeNow(queue)
         yield* queue.nack(first, { error: "boom 1" })
         const second = yield* takeNow(queue)
-        expect(second.attempt).toBe(2)
+        expect(second.delivery).toBe(2)
         const before = yield* Clock.currentTimeMillis
         yield* queue.nack(second, { error: "boom 2" })
         const after = yield* Clock.currentTimeMillis
@@ -305,7 +305,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
 
         const letters = yield* queue.deadLetters
         expect(letters).toHaveLength(1)
-        expect(letters[0]).toMatchObject({ id: "doomed", payload: { order: 17 }, attempts: 2, reason: "boom 2" })
+        expect(letters[0]).toMatchObject({ id: "doomed", payload: { order: 17 }, deliveries: 2, reason: "boom 2" })
         expect(letters[0]!.at).toBeGreaterThanOrEqual(before)
         expect(letters[0]!.at).toBeLessThanOrEqual(after)
         // Dead means not delivered again.
@@ -317,7 +317,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
 
     test("deadLetter sends a job to the dead letters at once; they are listed oldest first", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ maxAttempts: 5 })
+        const queue = yield* make({ maxDeliveries: 5 })
         yield* queue.offer("p-a", { id: "a" })
         yield* queue.offer("p-b", { id: "b" })
         yield* queue.offer("p-c", { id: "c" })
@@ -327,25 +327,25 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         const c = yield* takeNow(queue)
         expect(c.id).toBe("c") // the nacked b went to the back of the line
         const b2 = yield* takeNow(queue)
-        expect([b2.id, b2.attempt]).toEqual(["b", 2])
+        expect([b2.id, b2.delivery]).toEqual(["b", 2])
 
         yield* queue.deadLetter(b2, "bad b")
         yield* advance(10)
         yield* queue.deadLetter(a, "bad a")
         expect(yield* queue.depth).toEqual(depthOf({ leased: 1, dead: 2 }))
         const letters = yield* queue.deadLetters
-        expect(letters.map(({ attempts, id, payload, reason }) => ({ id, payload, attempts, reason }))).toEqual([
-          { id: "b", payload: "p-b", attempts: 2, reason: "bad b" },
-          { id: "a", payload: "p-a", attempts: 1, reason: "bad a" }
+        expect(letters.map(({ deliveries, id, payload, reason }) => ({ id, payload, deliveries, reason }))).toEqual([
+          { id: "b", payload: "p-b", deliveries: 2, reason: "bad b" },
+          { id: "a", payload: "p-a", deliveries: 1, reason: "bad a" }
         ])
         expect(letters[0]!.at).toBeLessThanOrEqual(letters[1]!.at)
         yield* queue.ack(c)
         expect(yield* queue.depth).toEqual(depthOf({ dead: 2 }))
       })))
 
-    test("requeue moves a dead letter back to the ready jobs with attempts from 1 again; false for an unknown id", () =>
+    test("requeue moves a dead letter back to the ready jobs with deliveries from 1 again; false for an unknown id", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ maxAttempts: 2 })
+        const queue = yield* make({ maxDeliveries: 2 })
         yield* queue.offer({ keep: "me" }, { id: "phoenix" })
         yield* queue.offer("other", { id: "other" })
         yield* queue.nack(yield* takeNow(queue))
@@ -360,11 +360,11 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.requeue("never-offered")).toBe(false)
 
         const lease = yield* takeNow(queue)
-        expect(lease).toMatchObject({ id: "phoenix", payload: { keep: "me" }, attempt: 1 })
-        // A requeued job gets the full maxAttempts again: one nack is not enough to kill it.
+        expect(lease).toMatchObject({ id: "phoenix", payload: { keep: "me" }, delivery: 1 })
+        // A requeued job gets the full maxDeliveries again: one nack is not enough to kill it.
         yield* queue.nack(lease)
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1, dead: 1 }))
-        expect((yield* takeNow(queue)).attempt).toBe(2)
+        expect((yield* takeNow(queue)).delivery).toBe(2)
       })))
 
     test("at capacity tryOffer fails with QueueFull and offer waits until a take makes room", () =>
@@ -415,15 +415,15 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* Effect.flip(queue.tryOffer("y"))).toMatchObject({ _tag: "QueueFull", capacity: 2 })
       })))
 
-    test("a job taken in a Scope that closes without settling it is ready again at once, with attempt 2", () =>
+    test("a job taken in a Scope that closes without settling it is ready again at once, as delivery 2", () =>
       Effect.scoped(Effect.gen(function*() {
         const queue = yield* make()
         yield* queue.offer("work", { id: "released" })
         const first = yield* Effect.scoped(takeNow(queue))
-        expect(first.attempt).toBe(1)
+        expect(first.delivery).toBe(1)
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
         const second = yield* takeNow(queue)
-        expect(second).toMatchObject({ id: "released", payload: "work", attempt: 2 })
+        expect(second).toMatchObject({ id: "released", payload: "work", delivery: 2 })
 
         yield* queue.ack(second)
         expect(yield* queue.depth).toEqual(emptyDepth)
@@ -434,7 +434,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.depth).toEqual(emptyDepth)
       })))
 
-    test("interrupting a fiber that holds a lease gives the job back at once, with attempt 2", () =>
+    test("interrupting a fiber that holds a lease gives the job back at once, as delivery 2", () =>
       Effect.scoped(Effect.gen(function*() {
         const queue = yield* make()
         yield* queue.offer("work", { id: "interrupted" })
@@ -447,7 +447,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* Fiber.interrupt(holder)
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
         const lease = yield* takeNow(queue)
-        expect(lease).toMatchObject({ id: "interrupted", payload: "work", attempt: 2 })
+        expect(lease).toMatchObject({ id: "interrupted", payload: "work", delivery: 2 })
       })))
 
     test("interrupting a take that is still waiting loses no job: the next offer goes to the next taker", () =>
@@ -458,12 +458,12 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* Fiber.interrupt(abandoned)
         yield* queue.offer("after", { id: "after" })
         expect(yield* depthEventually(queue, depthOf({ ready: 1 }))).toEqual(depthOf({ ready: 1 }))
-        expect(yield* takeNow(queue)).toMatchObject({ id: "after", attempt: 1 })
+        expect(yield* takeNow(queue)).toMatchObject({ id: "after", delivery: 1 })
       })))
 
-    test("a lease not renewed for leaseDuration is taken over: attempt 2, lost completes, onLost listeners are called, settling it fails with LeaseLost", () =>
+    test("a lease not renewed for leaseDuration is taken over: delivery 2, lost completes, onLost listeners are called, settling it fails with LeaseLost", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ leaseDurationMs: 1_000, maxAttempts: 5 })
+        const queue = yield* make({ leaseDurationMs: 1_000, maxDeliveries: 5 })
         yield* queue.offer({ step: 1 }, { id: "expiring" })
         const stale = yield* takeNow(queue)
         const lostWatch = yield* Effect.fork(stale.lost)
@@ -478,7 +478,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* pause(1_000) // 1.5 × leaseDuration since the take, no renew
         const takeover = yield* Effect.scoped(Effect.gen(function*() {
           const lease = yield* takeNow(queue)
-          expect(lease).toMatchObject({ id: "expiring", payload: { step: 1 }, attempt: 2, enqueuedAt: stale.enqueuedAt })
+          expect(lease).toMatchObject({ id: "expiring", payload: { step: 1 }, delivery: 2, enqueuedAt: stale.enqueuedAt })
           yield* joinWithin(lostWatch, "the expired lease's lost")
           expect(heard).toEqual(["listening"])
           stale.onLost(() => heard.push("added after the loss"))
@@ -486,7 +486,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
 
           const lost = yield* Effect.flip(queue.ack(stale))
           expect(lost).toBeInstanceOf(LeaseLost)
-          expect(lost).toMatchObject({ _tag: "LeaseLost", id: "expiring", attempt: 1 })
+          expect(lost).toMatchObject({ _tag: "LeaseLost", id: "expiring", delivery: 1 })
           expect(yield* Effect.flip(queue.renew(stale))).toBeInstanceOf(LeaseLost)
           expect(yield* Effect.flip(queue.nack(stale))).toBeInstanceOf(LeaseLost)
           expect(yield* Effect.flip(queue.deadLetter(stale, "late"))).toBeInstanceOf(LeaseLost)
@@ -495,14 +495,14 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
           yield* queue.ack(lease)
           return lease
         }))
-        expect(takeover.attempt).toBe(2)
+        expect(takeover.delivery).toBe(2)
         expect(yield* queue.depth).toEqual(emptyDepth)
         expect(yield* queue.deadLetters).toEqual([])
       })))
 
     test("renew before expiry keeps the lease: 0.6 × lease, renew, 0.6 × lease, and it is still held", () =>
       Effect.scoped(Effect.gen(function*() {
-        const queue = yield* make({ leaseDurationMs: 1_000, maxAttempts: 5 })
+        const queue = yield* make({ leaseDurationMs: 1_000, maxDeliveries: 5 })
         yield* queue.offer("long job", { id: "renewed" })
         const lease = yield* takeNow(queue)
         const lostWatch = yield* Effect.fork(lease.lost)
@@ -531,14 +531,14 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* depthEventually(queue, depthOf({ ready: 1 }))).toEqual(depthOf({ ready: 1 }))
 
         const first = yield* within(queue.acquire, "acquire")
-        expect(first).toMatchObject({ id: "unscoped", payload: "unscoped", attempt: 1 })
+        expect(first).toMatchObject({ id: "unscoped", payload: "unscoped", delivery: 1 })
         expect(yield* queue.depth).toEqual(depthOf({ leased: 1 }))
         yield* queue.release(first)
         expect(yield* queue.depth).toEqual(depthOf({ ready: 1 }))
         expect(yield* Effect.flip(queue.ack(first))).toBeInstanceOf(LeaseLost)
 
         const second = yield* within(queue.acquire, "acquire")
-        expect(second).toMatchObject({ id: "unscoped", attempt: 2 })
+        expect(second).toMatchObject({ id: "unscoped", delivery: 2 })
         yield* queue.ack(second)
         yield* queue.release(second)
         expect(yield* queue.depth).toEqual(emptyDepth)
@@ -552,7 +552,7 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* expectWaiting(taker)
         yield* queue.offer("awaited", { id: "awaited" })
         const lease = yield* joinWithin(taker, "waiting take")
-        expect(lease).toMatchObject({ id: "awaited", payload: "awaited", attempt: 1 })
+        expect(lease).toMatchObject({ id: "awaited", payload: "awaited", delivery: 1 })
         expect(yield* queue.depth).toEqual(depthOf({ leased: 1 }))
       })))
 
@@ -628,7 +628,7 @@ interface ModelJob {
 const runScenario = (backend: ContractBackend, capacity: number, operations: ReadonlyArray<Operation>) =>
   Effect.gen(function*() {
     // A long lease: this property is about accounting, not expiry, and must hold on real time too.
-    const queue = yield* backend.make({ capacity, leaseDurationMs: 60_000, maxAttempts: propertyMaxAttempts })
+    const queue = yield* backend.make({ capacity, leaseDurationMs: 60_000, maxDeliveries: propertyMaxAttempts })
     const ledger = yield* Ledger.make<string, "acked" | "dead">()
     const jobs = new Map<string, ModelJob>()
     const deadOrder: Array<string> = []
@@ -654,7 +654,7 @@ const runScenario = (backend: ContractBackend, capacity: number, operations: Rea
       const lease = yield* takeNow(queue)
       const job = jobs.get(lease.id)
       expect(job?.state).toBe("waiting")
-      expect([lease.payload, lease.attempt]).toEqual([job!.payload, job!.deliveries + 1])
+      expect([lease.payload, lease.delivery]).toEqual([job!.payload, job!.deliveries + 1])
       job!.state = "leased"
       job!.deliveries++
       leases.push(lease)
@@ -697,12 +697,12 @@ const runScenario = (backend: ContractBackend, capacity: number, operations: Rea
         case "nack": {
           const lease = pickLease(operation.pick)
           if (lease === undefined) break
-          const error = `failed attempt ${lease.attempt}`
+          const error = `failed attempt ${lease.delivery}`
           yield* queue.nack(
             lease,
             operation.delayMs > 0 ? { error, delay: Duration.millis(operation.delayMs) } : { error }
           )
-          if (lease.attempt >= propertyMaxAttempts) toDead(lease.id, error)
+          if (lease.delivery >= propertyMaxAttempts) toDead(lease.id, error)
           else jobs.get(lease.id)!.state = "waiting"
           break
         }
@@ -736,8 +736,8 @@ const runScenario = (backend: ContractBackend, capacity: number, operations: Rea
         leased: count("leased"),
         dead: count("dead")
       })
-      expect((yield* queue.deadLetters).map(({ attempts, id, reason }) => ({ id, attempts, reason }))).toEqual(
-        deadOrder.map((id) => ({ id, attempts: jobs.get(id)!.deliveries, reason: jobs.get(id)!.reason }))
+      expect((yield* queue.deadLetters).map(({ deliveries, id, reason }) => ({ id, deliveries, reason }))).toEqual(
+        deadOrder.map((id) => ({ id, deliveries: jobs.get(id)!.deliveries, reason: jobs.get(id)!.reason }))
       )
     }
 
@@ -758,7 +758,7 @@ const runScenario = (backend: ContractBackend, capacity: number, operations: Rea
 export const invalidQueueOptions = <O extends QueueOptions>(valid: O): ReadonlyArray<O> => [
   { ...valid, capacity: 0 },
   { ...valid, capacity: 1.5 },
-  { ...valid, maxAttempts: 0 },
+  { ...valid, maxDeliveries: 0 },
   { ...valid, maxDeadLetters: 0 },
   { ...valid, leaseDuration: Duration.zero },
   { ...valid, leaseDuration: Duration.infinity }
@@ -779,14 +779,14 @@ export const expectOptionsChecked = <O>(
   })
 
 /** The options `expectLayerService` expects the layer under test to be built with. */
-export const layerOptions = { capacity: 3, leaseDuration: "2 seconds", maxAttempts: 4 } as const
+export const layerOptions = { capacity: 3, leaseDuration: "2 seconds", maxDeliveries: 4 } as const
 
 /** The `JobQueue` a backend's layer provides has the options it was given and serves a job end to end. */
 export const expectLayerService = Effect.gen(function*() {
   const queue = yield* JobQueue
-  expect([queue.capacity, Duration.toMillis(queue.leaseDuration), queue.maxAttempts]).toEqual([3, 2_000, 4])
+  expect([queue.capacity, Duration.toMillis(queue.leaseDuration), queue.maxDeliveries]).toEqual([3, 2_000, 4])
   yield* queue.offer({ via: "layer" }, { id: "l1" })
   const lease = yield* Effect.scoped(Effect.tap(queue.take, queue.ack))
-  expect(lease).toMatchObject({ id: "l1", payload: { via: "layer" }, attempt: 1 })
+  expect(lease).toMatchObject({ id: "l1", payload: { via: "layer" }, delivery: 1 })
   expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
 })

@@ -184,7 +184,10 @@ export const describeJobStoreContract = (backendName: string, backend: StoreBack
         for (const capacity of [0, -1, 1.5, Number.NaN]) {
           const exit = yield* Effect.exit(Effect.scoped(make(capacity)))
           expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
-          expect(String(Exit.isFailure(exit) && Cause.squash(exit.cause))).toContain("capacity must be a positive integer")
+          const defect = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+          expect(defect).toBeInstanceOf(Cause.IllegalArgumentException)
+          expect((defect as Error).message).toMatch(/^\w+JobStore\.make: /)
+          expect((defect as Error).message).toContain(`capacity must be an integer ≥ 1 (got ${capacity})`)
         }
         const store = yield* make(2)
         yield* store.create({ id: "j1", kind: "k" })

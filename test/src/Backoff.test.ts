@@ -315,7 +315,7 @@ describe("Backoff as WorkerPool's retry option", () => {
       yield* pool.awaitIdle
       expect(outcomes.map((outcome) =>
         outcome._tag === "Failed"
-          ? [outcome._tag, outcome.letter.job.payload, outcome.letter.attempts]
+          ? [outcome._tag, outcome.failure.job.payload, outcome.failure.attempts]
           : outcome._tag === "Completed"
           ? [outcome._tag, outcome.job.payload, outcome.attempts]
           : [outcome._tag]

@@ -142,7 +142,7 @@ describe("context does not hide the error from what decides on it", () => {
         openFor: "10 seconds",
         isFailure: (error) => error._tag === "Timeout"
       })
-      const guarded = breaker.middleware(() => Effect.fail(timeout).pipe(withContext("calling the gateway")))
+      const guarded = breaker(() => Effect.fail(timeout).pipe(withContext("calling the gateway")))
       yield* Effect.exit(guarded(undefined))
       yield* Effect.exit(guarded(undefined))
       expect((yield* breaker.state)._tag).toBe("Open")

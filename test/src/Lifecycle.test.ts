@@ -194,7 +194,7 @@ describe("Lifecycle.run", () => {
 
   it.effect("when finalizers are abandoned, the report lists the fibers still alive, what they wait on, and held permits", () =>
     Effect.gen(function*() {
-      const limit = yield* Middleware.concurrencyLimit(4, { name: "leftover-test" })
+      const limit = yield* Middleware.concurrencyLimit({ max: 4, name: "leftover-test" })
       const upload = limit((_: void) => Effect.uninterruptible(Effect.sleep("1 minute")))
       // The group's Scope (the program's) waits for the stuck task when it closes.
       const program = Effect.gen(function*() {

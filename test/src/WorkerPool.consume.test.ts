@@ -17,7 +17,7 @@ class Refused extends Data.TaggedError("Refused")<{ readonly attempt: number }> 
 const withLifecycle = Effect.provide(Lifecycle.layer({ drainTimeout: "10 seconds" }))
 
 const queueOf = (leaseSeconds = 30) =>
-  MemoryJobQueue.make({ capacity: 100, leaseDuration: Duration.seconds(leaseSeconds), maxAttempts: 5 })
+  MemoryJobQueue.make({ capacity: 100, leaseDuration: Duration.seconds(leaseSeconds), maxDeliveries: 5 })
 
 const offerAll = (queue: JobQueue.JobQueueService, payloads: ReadonlyArray<JobQueue.Json>) =>
   Effect.forEach(payloads, (payload, index) => queue.offer(payload, { id: `job-${index + 1}` }))
@@ -31,7 +31,7 @@ const outcomeLog = () => {
         outcome._tag === "Completed"
           ? `${outcome.job.id}:completed`
           : outcome._tag === "Failed"
-          ? `${outcome.letter.job.id}:failed`
+          ? `${outcome.failure.job.id}:failed`
           : `${outcome.unfinished.job.id}:unfinished:${outcome.unfinished.reason}`
       )
     })
@@ -76,7 +76,7 @@ describe("WorkerPool.consume", () => {
       yield* TestClock.adjust(0)
       expect(outcomes).toEqual(["job-1:failed", "job-2:completed"])
       const letters = yield* queue.deadLetters
-      expect(letters.map((letter) => [letter.id, letter.attempts])).toEqual([["job-1", 1]])
+      expect(letters.map((letter) => [letter.id, letter.deliveries])).toEqual([["job-1", 1]])
       expect(letters[0]!.reason).toContain("Refused")
       expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 1 })
     }).pipe(withLifecycle))

@@ -11,7 +11,7 @@ import { FiberLeaks, interruptEverywhere, Ledger, PropertyRuns, scenario } from 
 
 
 const jobIdOf = (outcome: WorkerPool.Outcome<string>) =>
-  outcome._tag === "Completed" ? outcome.job.id : outcome._tag === "Failed" ? outcome.letter.job.id : outcome.unfinished.job.id
+  outcome._tag === "Completed" ? outcome.job.id : outcome._tag === "Failed" ? outcome.failure.job.id : outcome.unfinished.job.id
 
 describe("WorkerPool properties", () => {
   it.effect.prop(

@@ -15,7 +15,7 @@ const gatedPool = (options: Partial<WorkerPool.Options<string, never, never>> = 
   Effect.gen(function*() {
     const gate = yield* Deferred.make<void>()
     const started: Array<string> = []
-    const letters: Array<WorkerPool.DeadLetter<string>> = []
+    const letters: Array<WorkerPool.FailedJob<string>> = []
     const pool = yield* WorkerPool.make<string>({
       capacity: 2,
       workers: 1,
@@ -85,7 +85,7 @@ describe("WorkerPool intake", () => {
 describe("WorkerPool jobs", () => {
   it.scoped("a thrown exception fails that job only; the worker goes on", () =>
     Effect.gen(function*() {
-      const letters: Array<WorkerPool.DeadLetter<number>> = []
+      const letters: Array<WorkerPool.FailedJob<number>> = []
       const done: Array<number> = []
       const pool = yield* WorkerPool.make<number>({
         capacity: 8,
@@ -108,7 +108,7 @@ describe("WorkerPool jobs", () => {
 
   it.scoped("a per-attempt timeout interrupts the job and fails it with Timeout { after }", () =>
     Effect.gen(function*() {
-      const letters: Array<WorkerPool.DeadLetter<number>> = []
+      const letters: Array<WorkerPool.FailedJob<number>> = []
       let cleanedUp = false
       const pool = yield* WorkerPool.make<number>({
         capacity: 1,
@@ -126,7 +126,7 @@ describe("WorkerPool jobs", () => {
 
   it.scoped("retries typed failures on the schedule and counts attempts; defects are not retried", () =>
     Effect.gen(function*() {
-      const letters: Array<WorkerPool.DeadLetter<string>> = []
+      const letters: Array<WorkerPool.FailedJob<string>> = []
       const attempts: Record<string, number> = {}
       const pool = yield* WorkerPool.make<string, Unavailable>({
         capacity: 4,

@@ -68,7 +68,7 @@ export const runScenario = (scenario: Scenario): Effect.Effect<ScenarioRun> =>
     let pool: WorkerPool.WorkerPool<number> | undefined
 
     const idOf = (outcome: WorkerPool.Outcome<number>) =>
-      outcome._tag === "Completed" ? outcome.job.id : outcome._tag === "Failed" ? outcome.letter.job.id : outcome.unfinished.job.id
+      outcome._tag === "Completed" ? outcome.job.id : outcome._tag === "Failed" ? outcome.failure.job.id : outcome.unfinished.job.id
 
     const handler = (index: number, job: WorkerPool.JobContext) =>
       Effect.gen(function*() {

@@ -116,6 +116,9 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 /** A lock older than this belongs to a run that died while making the project. */
 const staleLockMs = 10 * 60_000
 
+/** A packed project older than this (of other contents) is removed when a new one is made. */
+const staleProjectMs = 60 * 60_000
+
 /**
  * The packed and installed package for the current sources, made on first use. Waits at most `timeoutMs`
  * for another worker that is making it.
@@ -139,9 +142,13 @@ export const packedKeel = async (timeoutMs = 240_000): Promise<PackedKeel> => {
     }
     try {
       if (existsSync(ready)) continue
-      // Projects packed from earlier contents are not needed any more.
+      // Projects packed from earlier contents are not needed any more, once no run can still be using them.
       for (const entry of readdirSync(tmpdir())) {
-        if (entry.startsWith(prefix) && !entry.endsWith(".lock")) rmSync(join(tmpdir(), entry), { recursive: true, force: true })
+        const path = join(tmpdir(), entry)
+        const modifiedAt = statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? Date.now()
+        if (entry.startsWith(prefix) && !entry.endsWith(".lock") && Date.now() - modifiedAt > staleProjectMs) {
+          rmSync(path, { recursive: true, force: true })
+        }
       }
       mkdirSync(directory, { recursive: true })
       const made = make(directory)

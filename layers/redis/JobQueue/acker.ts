@@ -25,7 +25,7 @@ export const acker = (state: State, { run }: Calls, { consumer, group, keys }: S
       state.sendingAcks = state.pendingAcks.slice(0, maxBatch)
       state.pendingAcks = state.pendingAcks.slice(state.sendingAcks.length)
       const args: Array<string | number> = [group, consumer, keys.job]
-      for (const { lease, state: leaseState } of state.sendingAcks) args.push(lease.id, leaseState.entry, lease.attempt)
+      for (const { lease, state: leaseState } of state.sendingAcks) args.push(lease.id, leaseState.entry, lease.delivery)
       const reply = yield* Effect.either(run("ack", [keys.stream], args))
       const sent = state.sendingAcks
       state.sendingAcks = []

@@ -21,7 +21,7 @@ export const listDeadLetters = ({ run }: Calls, { keys }: Settings) =>
     (reply as ReadonlyArray<[string, string, string, string, string]>).map(([id, payload, attempts, reason, at]) => ({
       id,
       payload: JSON.parse(payload) as JobQueue.Json,
-      attempts: Number(attempts),
+      deliveries: Number(attempts),
       reason,
       at: Number(at)
     })))

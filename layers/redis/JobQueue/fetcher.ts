@@ -32,7 +32,7 @@ export const fetcher = (
   settings: Settings,
   releaseInBackground: (lease: JobQueue.Lease) => void
 ) => {
-  const { consumer, group, keys, leaseMillis, maxAttempts, maxDeadLetters, recheck, recheckMillis } = settings
+  const { consumer, group, keys, leaseMillis, maxDeliveries, maxDeadLetters, recheck, recheckMillis } = settings
   const warn = warnDropped(settings)
 
   /** Hands the leases to the takers in line; a lease no one is left to take goes back to the queue. */
@@ -74,7 +74,7 @@ export const fetcher = (
   const fetchOnce = (wanted: number) =>
     Effect.flatMap(Clock.currentTimeMillis, (at) => {
       const scan = at - state.lastFullScanAt >= recheckMillis
-      const args = [group, consumer, leaseMillis, maxAttempts, keys.job, at, maxDeadLetters, scan ? 1 : 0, wanted]
+      const args = [group, consumer, leaseMillis, maxDeliveries, keys.job, at, maxDeadLetters, scan ? 1 : 0, wanted]
       return Effect.zipRight(ensureGroup, runScript("take", [keys.stream, keys.dead], args, releaseAbandoned)).pipe(
         Effect.flatMap((answer) => {
           const reply = answer as ReadonlyArray<unknown>

@@ -76,6 +76,7 @@ import { makeSettle } from "./settle.js"
 import { makeState } from "./state.js"
 import { makeTake } from "./take.js"
 import { watcher } from "./watcher.js"
+import * as Validation from "#keel/internal/Validation"
 
 /** Options of `make` and `layer`: the contract's, and how to reach Redis. */
 export interface Options extends JobQueue.QueueOptions {
@@ -104,8 +105,8 @@ export interface Options extends JobQueue.QueueOptions {
  */
 export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const problem = JobQueue.invalidOptions(options) ?? (options.name === "" ? "name must not be empty" : undefined)
-    if (problem !== undefined) return yield* Effect.dieMessage(`RedisJobQueue: ${problem}`)
+    yield* JobQueue.validateOptions("RedisJobQueue.make", options)
+    yield* Validation.validate("RedisJobQueue.make", [["name", options.name, options.name !== "", "a non-empty string"]])
     const settings = settingsOf(options)
     const { consumer, group, keys } = settings
 
@@ -146,7 +147,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const service: JobQueue.JobQueueService = {
       capacity: options.capacity,
       leaseDuration: settings.leaseDuration,
-      maxAttempts: options.maxAttempts,
+      maxDeliveries: options.maxDeliveries,
       offer,
       tryOffer,
       take,
@@ -159,7 +160,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           lease,
           "nack",
           delayMillisOf(nackOptions?.delay),
-          nackOptions?.error ?? `failed ${lease.attempt} attempt(s)`
+          nackOptions?.error ?? `failed after ${lease.delivery} deliveries`
         ),
       deadLetter: (lease, reason) => settle(lease, "dead", 0, reason),
       deadLetters: listDeadLetters(calls, settings),
@@ -186,7 +187,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
  *   name: "emails",
  *   capacity: 10_000,
  *   leaseDuration: "30 seconds",
- *   maxAttempts: 5
+ *   maxDeliveries: 5
  * })
  *
  * const program = Effect.flatMap(JobQueue.JobQueue, (queue) => queue.depth).pipe(Effect.provide(JobQueueLive))

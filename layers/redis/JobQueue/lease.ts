@@ -22,7 +22,7 @@ export const grant = (state: State, consumer: string, fields: ReadonlyArray<unkn
   const lease: JobQueue.Lease = {
     id: id!,
     payload: JSON.parse(payload!) as JobQueue.Json,
-    attempt: Number(attempts),
+    delivery: Number(attempts),
     enqueuedAt: Number(enqueuedAt),
     lost: lost.await,
     onLost: lost.listen
@@ -34,7 +34,7 @@ export const grant = (state: State, consumer: string, fields: ReadonlyArray<unkn
 }
 
 /** The error of a settle refused because the lease is no longer this one's. */
-export const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, attempt: lease.attempt })
+export const lostOf = (lease: JobQueue.Lease) => new JobQueue.LeaseLost({ id: lease.id, delivery: lease.delivery })
 
 /**
  * What the queue records of a settle's answer from Redis (`status`; `ends` when the settle ends the lease, as

@@ -41,7 +41,7 @@ export const leaseWatch = (state: State, { attempt }: Calls, { keys, leaseMillis
         if (error !== null || fields === null || leaseState.settling > 0 || leaseState.settled) continue
         const [jobState, entry, attempts, owner] = fields as ReadonlyArray<string | null>
         if (
-          jobState !== "leased" || entry !== leaseState.entry || attempts !== String(lease.attempt) ||
+          jobState !== "leased" || entry !== leaseState.entry || attempts !== String(lease.delivery) ||
           owner !== leaseState.consumer
         ) {
           leaseState.settled = true

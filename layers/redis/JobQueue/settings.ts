@@ -26,8 +26,8 @@ export interface Settings {
   readonly name: string
   /** Most jobs ready or delayed at once (the contract's `capacity`): past it, offers wait or fail. */
   readonly capacity: number
-  /** Deliveries of a job before it is dead-lettered (the contract's `maxAttempts`). */
-  readonly maxAttempts: number
+  /** Deliveries of a job before it is dead-lettered (the contract's `maxDeliveries`). */
+  readonly maxDeliveries: number
   /** The lease duration, as the service reports it. */
   readonly leaseDuration: Duration.Duration
   /** The lease duration in whole milliseconds (at least 1), as Redis measures idle times. */
@@ -57,7 +57,7 @@ export const settingsOf = (options: Options): Settings => {
   return {
     name: options.name,
     capacity: options.capacity,
-    maxAttempts: options.maxAttempts,
+    maxDeliveries: options.maxDeliveries,
     leaseDuration,
     leaseMillis,
     maxDeadLetters: options.maxDeadLetters ?? JobQueue.defaultMaxDeadLetters,

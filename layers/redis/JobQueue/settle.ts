@@ -18,7 +18,7 @@ export type Action = "renew" | "release" | "nack" | "dead"
 
 /** The settles of the queue with `state` and `settings`. */
 export const makeSettle = (state: State, { once }: Calls, settings: Settings) => {
-  const { group, keys, maxAttempts, maxDeadLetters } = settings
+  const { group, keys, maxDeliveries, maxDeadLetters } = settings
   const warn = warnDropped(settings)
 
   const settleOnce = (lease: JobQueue.Lease, leaseState: Held, action: Action, delayMillis: number, reason: string) =>
@@ -27,12 +27,12 @@ export const makeSettle = (state: State, { once }: Calls, settings: Settings) =>
         group,
         leaseState.consumer,
         leaseState.entry,
-        lease.attempt,
+        lease.delivery,
         action,
         delayMillis,
         reason,
         at,
-        maxAttempts,
+        maxDeliveries,
         maxDeadLetters,
         lease.id,
         keys.job

@@ -6,10 +6,23 @@ import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber, Layer, Metric } from "effect"
+import { Context, Data, Deferred, Duration, Effect, Fiber, Layer, Metric } from "effect"
 import { createServer } from "node:http"
-import { Middleware, Unavailable } from "keel"
+import { type HttpAnswer, HttpAnswerKey, Middleware, type Rejection, Timeout, Unavailable, withContext } from "keel"
 import { rejections, withMiddleware } from "keel/http"
+
+/** An application's own error, which is no rejection: left to the app's error handling (a 500). */
+class DatabaseDown extends Data.TaggedError("DatabaseDown")<{ readonly table: string }> {}
+
+/** An application's own rejection: it declares its answer, and withMiddleware gives it. */
+class QuotaExceeded extends Data.TaggedError("QuotaExceeded")<{ readonly plan: string }> implements Rejection {
+  override get message() {
+    return `quota of plan ${this.plan} exceeded`
+  }
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 402, retryAfter: Duration.minutes(1) }
+  }
+}
 
 /** Serves `app` for the rest of the scope and returns its base URL. */
 const serve = <E>(app: HttpApp.Default<E, never>) =>
@@ -49,7 +62,7 @@ describe("withMiddleware", () => {
         )
       ))
       const before = yield* rejectionCount(504, "Timeout")
-      const url = yield* serve(withMiddleware(Middleware.timeout("200 millis"))(slow))
+      const url = yield* serve(withMiddleware(yield* Middleware.timeout({ after: "200 millis" }))(slow))
       const response = yield* get(url)
       expect(response.status).toBe(504)
       expect(JSON.parse(response.body)).toEqual({ error: "Timeout", message: "timed out after 200ms" })
@@ -76,8 +89,8 @@ describe("withMiddleware", () => {
       const holding = HttpRouter.empty.pipe(
         HttpRouter.get("/", Effect.as(Deferred.await(gate), HttpServerResponse.text("done")))
       )
-      const limit = yield* Middleware.concurrencyLimit(1)
-      const url = yield* serve(withMiddleware(Middleware.stack(Middleware.loadShed(), limit))(holding))
+      const limit = yield* Middleware.concurrencyLimit({ max: 1 })
+      const url = yield* serve(withMiddleware(Middleware.stack(yield* Middleware.loadShed(), limit))(holding))
       const first = yield* Effect.fork(get(url))
       yield* Effect.sleep("200 millis")
       const shed = yield* get(url)
@@ -92,23 +105,51 @@ describe("withMiddleware", () => {
     Effect.gen(function*() {
       const breaker = yield* Middleware.circuitBreaker({ policy: { kind: "consecutive", failures: 1 }, openFor: "20 seconds" })
       const failing = HttpRouter.empty.pipe(
-        HttpRouter.get("/", Effect.fail(new Unavailable({ reason: "database down" })))
+        HttpRouter.get("/", Effect.fail(new DatabaseDown({ table: "jobs" })))
       )
-      const url = yield* serve(withMiddleware(breaker.middleware)(failing))
-      expect((yield* get(url)).status).toBe(500) // not a Keel rejection: the app's own error handling
+      const url = yield* serve(withMiddleware(breaker)(failing))
+      expect((yield* get(url)).status).toBe(500) // not a rejection: the app's own error handling
       const open = yield* get(url)
       expect(open.status).toBe(503)
       expect(JSON.parse(open.body).error).toBe("CircuitOpen")
       expect(Number(open.retryAfter)).toBeGreaterThanOrEqual(19)
 
       const named = HttpRouter.empty.pipe(HttpRouter.get("/", HttpServerResponse.text("hello")))
-      const validating = Middleware.filter((request: { readonly url: string }) =>
-        request.url.includes("name=") ? undefined : "the name query parameter is required"
-      )
-      const validatedUrl = yield* serve(withMiddleware(validating as Middleware.Middleware<never>)(named))
+      const validating = yield* Middleware.filter({
+        check: (request: { readonly url: string }) =>
+          request.url.includes("name=") ? undefined : "the name query parameter is required"
+      })
+      const validatedUrl = yield* serve(withMiddleware(validating)(named))
       const invalid = yield* get(validatedUrl)
       expect(invalid.status).toBe(400)
       expect(JSON.parse(invalid.body).message).toBe("invalid: the name query parameter is required")
       expect((yield* get(`${validatedUrl}/?name=ada`)).status).toBe(200)
     }))
+
+  it.scopedLive("every rejection is answered as it declares, under context too; a rejection of the app's own as well", () =>
+    Effect.gen(function*() {
+      const identity = yield* Middleware.tap({})
+      const failingWith = (error: unknown) => withMiddleware(identity)(Effect.fail(error))
+      const answers: Array<[unknown, number, string | null, string]> = [
+        [new Unavailable({ reason: "database down" }), 503, null, "unavailable: database down"],
+        [new Unavailable({ reason: "database down", retryAfter: Duration.millis(2_500) }), 503, "3", "unavailable: database down (retry after 2s 500ms)"],
+        [new QuotaExceeded({ plan: "free" }), 402, "60", "quota of plan free exceeded"]
+      ]
+      for (const [error, status, retryAfter, message] of answers) {
+        const response = yield* get(yield* serve(failingWith(error)))
+        expect([response.status, response.retryAfter, JSON.parse(response.body).message]).toEqual([status, retryAfter, message])
+      }
+      // Context added on the way up changes neither the status nor the tag; the message carries the chain.
+      const timedOutUnderContext = Effect.fail(new Timeout({ after: Duration.seconds(1) })).pipe(
+        withContext("calling the inventory"),
+        withContext("placing the order")
+      )
+      const response = yield* get(yield* serve(withMiddleware(identity)(timedOutUnderContext)))
+      expect(response.status).toBe(504)
+      expect(JSON.parse(response.body)).toEqual({
+        error: "Timeout",
+        message: "placing the order: calling the inventory: timed out after 1s"
+      })
+    }))
+
 })

@@ -19,7 +19,7 @@ describeJobQueueContract("memory", {
     MemoryJobQueue.make({
       capacity: options.capacity,
       leaseDuration: Duration.millis(options.leaseDurationMs),
-      maxAttempts: options.maxAttempts
+      maxDeliveries: options.maxDeliveries
     }),
   advance: (ms) => TestClock.adjust(Duration.millis(ms)),
   test: it.effect
@@ -31,7 +31,7 @@ describe("MemoryJobQueue", () => {
       const queue = yield* MemoryJobQueue.make({
         capacity: 10,
         leaseDuration: "1 second",
-        maxAttempts: 3,
+        maxDeliveries: 3,
         maxDeadLetters: 2
       })
       for (const id of ["a", "b", "c"]) yield* queue.offer(id, { id })
@@ -46,12 +46,12 @@ describe("MemoryJobQueue", () => {
       // The dropped job is forgotten altogether: its id makes a new job.
       yield* queue.offer("a again", { id: "a" })
       expect(yield* queue.depth).toEqual({ ready: 1, leased: 0, delayed: 0, dead: 2 })
-      expect(yield* queue.take).toMatchObject({ id: "a", payload: "a again", attempt: 1 })
+      expect(yield* queue.take).toMatchObject({ id: "a", payload: "a again", delivery: 1 })
     }))
 
-  it.effect("nonsensical options die: capacity, maxAttempts, maxDeadLetters below 1 or fractional, a zero lease", () =>
+  it.effect("nonsensical options die: capacity, maxDeliveries, maxDeadLetters below 1 or fractional, a zero lease", () =>
     Effect.gen(function*() {
-      const valid: MemoryJobQueue.Options = { capacity: 2, leaseDuration: "1 second", maxAttempts: 3 }
+      const valid: MemoryJobQueue.Options = { capacity: 2, leaseDuration: "1 second", maxDeliveries: 3 }
       yield* expectOptionsChecked(MemoryJobQueue.make, valid, invalidQueueOptions(valid))
     }))
 

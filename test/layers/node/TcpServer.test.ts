@@ -8,6 +8,7 @@ import { Clock, Effect, Layer, Logger, Scope } from "effect"
 import { Lifecycle } from "keel"
 import { TcpServer } from "keel/node"
 import * as Net from "node:net"
+import { internalsOf } from "../../../src/internal/lifecycle.js"
 import { eventually } from "../../support/eventually.js"
 
 
@@ -247,7 +248,7 @@ describe("TcpServer", () => {
       expect(stoppedAt - shutdownAt).toBeGreaterThanOrEqual(250)
       expect(interrupted).toBe(true)
       yield* eventually(Effect.sync(client!.closed), (isClosed) => isClosed)
-      const reports = yield* lifecycle!.drainReports
+      const reports = yield* (yield* internalsOf(lifecycle!)).drainReports
       expect(reports).toEqual([
         expect.objectContaining({ component: "stubborn", finished: 0, forced: 1, unfinished: [expect.stringMatching(/^stubborn: connection from /)] })
       ])

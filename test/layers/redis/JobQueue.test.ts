@@ -4,7 +4,7 @@
  * what only a distributed backend promises: queues of the same name in different places share the jobs without
  * duplicates, a consumer that stops renewing loses its job to another, a consumer that vanishes (its process
  * died) has its jobs taken over after the lease, a job whose lease keeps expiring is dead-lettered past
- * maxAttempts, a Redis that is gone makes calls fail with QueueUnavailable in bounded time, the caller's own
+ * maxDeliveries, a Redis that is gone makes calls fail with QueueUnavailable in bounded time, the caller's own
  * client is left open, and `layer` provides the service. Every wait is bounded.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
@@ -44,7 +44,7 @@ describeJobQueueContract("redis", {
         name: freshName("contract"),
         capacity: options.capacity,
         leaseDuration: Duration.millis(options.leaseDurationMs),
-        maxAttempts: options.maxAttempts
+        maxDeliveries: options.maxDeliveries
       })
     ),
   advance: (ms) => Effect.sleep(Duration.millis(ms)),
@@ -75,17 +75,17 @@ describe("RedisJobQueue", () => {
   it.live("two queues with the same name (two consumers) share the jobs: each job is run once, by one of them", () =>
     Effect.scoped(Effect.gen(function*() {
       const name = freshName("shared")
-      const options = { redis: { url: url() }, name, capacity: 50, leaseDuration: "5 seconds", maxAttempts: 3 } as const
+      const options = { redis: { url: url() }, name, capacity: 50, leaseDuration: "5 seconds", maxDeliveries: 3 } as const
       const first = yield* RedisJobQueue.make(options)
       const second = yield* RedisJobQueue.make(options)
       const ids = Array.from({ length: 30 }, (_, n) => `shared-${n}`)
       for (const id of ids) yield* first.offer({ id }, { id })
 
-      const runs: Array<{ readonly id: string; readonly by: string; readonly attempt: number }> = []
+      const runs: Array<{ readonly id: string; readonly by: string; readonly delivery: number }> = []
       const worker = (queue: JobQueueService, by: string) =>
         Effect.forever(Effect.scoped(Effect.gen(function*() {
           const lease = yield* queue.take
-          runs.push({ id: lease.id, by, attempt: lease.attempt })
+          runs.push({ id: lease.id, by, delivery: lease.delivery })
           yield* Effect.sleep(Duration.millis(10))
           yield* queue.ack(lease)
         })))
@@ -103,7 +103,7 @@ describe("RedisJobQueue", () => {
       yield* Effect.forEach(workers, Fiber.interrupt)
 
       expect(runs.map((run) => run.id).sort()).toEqual([...ids].sort())
-      expect(runs.every((run) => run.attempt === 1)).toBe(true)
+      expect(runs.every((run) => run.delivery === 1)).toBe(true)
       expect(runs.some((run) => run.by === "first")).toBe(true)
       expect(runs.some((run) => run.by === "second")).toBe(true)
       expect(yield* second.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
@@ -112,7 +112,7 @@ describe("RedisJobQueue", () => {
   it.live("a consumer that stops renewing loses the job to the other after the lease duration", () =>
     Effect.scoped(Effect.gen(function*() {
       const name = freshName("renewal")
-      const options = { redis: { url: url() }, name, capacity: 10, leaseDuration: "600 millis", maxAttempts: 5 } as const
+      const options = { redis: { url: url() }, name, capacity: 10, leaseDuration: "600 millis", maxDeliveries: 5 } as const
       const slow = yield* RedisJobQueue.make(options)
       const other = yield* RedisJobQueue.make(options)
       yield* slow.offer("long job", { id: "long" })
@@ -127,11 +127,11 @@ describe("RedisJobQueue", () => {
       expect(Option.isNone(yield* Fiber.poll(otherTake))).toBe(true)
       expect(yield* slow.depth).toEqual({ ready: 0, leased: 1, delayed: 0, dead: 0 })
 
-      // Renewals stop: within the lease (plus the other's recheck) the job is the other's, attempt 2.
+      // Renewals stop: within the lease (plus the other's recheck) the job is the other's, delivery 2.
       const takeover = yield* within(Fiber.join(otherTake), 3_000, "takeover")
-      expect(takeover).toMatchObject({ id: "long", payload: "long job", attempt: 2, enqueuedAt: lease.enqueuedAt })
+      expect(takeover).toMatchObject({ id: "long", payload: "long job", delivery: 2, enqueuedAt: lease.enqueuedAt })
       yield* within(lease.lost, 2_000, "lost of the expired lease")
-      expect(yield* Effect.flip(slow.ack(lease))).toEqual(new LeaseLost({ id: "long", attempt: 1 }))
+      expect(yield* Effect.flip(slow.ack(lease))).toEqual(new LeaseLost({ id: "long", delivery: 1 }))
       expect(yield* Effect.flip(slow.renew(lease))).toBeInstanceOf(LeaseLost)
       yield* other.ack(takeover)
       expect(yield* other.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
@@ -140,7 +140,7 @@ describe("RedisJobQueue", () => {
   it.live("the jobs of a consumer that vanished without a word (its process died) are taken over after the lease", () =>
     Effect.scoped(Effect.gen(function*() {
       const name = freshName("crash")
-      const options = { redis: { url: url() }, name, capacity: 10, leaseDuration: "500 millis", maxAttempts: 5 } as const
+      const options = { redis: { url: url() }, name, capacity: 10, leaseDuration: "500 millis", maxDeliveries: 5 } as const
       // The dead process: its queue closes, but the scope holding its leases never does.
       const deadScope = yield* Scope.make()
       const orphans = yield* Effect.scoped(Effect.gen(function*() {
@@ -155,30 +155,30 @@ describe("RedisJobQueue", () => {
       const started = Date.now()
       const taken = yield* within(Effect.all([survivor.take, survivor.take]), 3_000, "takeover of both jobs")
       expect(Date.now() - started).toBeGreaterThanOrEqual(300)
-      expect(taken.map((lease) => [lease.id, lease.attempt]).sort()).toEqual([["c1", 2], ["c2", 2]])
+      expect(taken.map((lease) => [lease.id, lease.delivery]).sort()).toEqual([["c1", 2], ["c2", 2]])
       for (const lease of taken) yield* survivor.ack(lease)
       expect(yield* survivor.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 0 })
       yield* Scope.close(deadScope, Exit.void) // its release finds the queue closed: nothing happens
     })))
 
-  it.live("a job whose lease expires on its maxAttempts-th delivery is dead-lettered instead of delivered again", () =>
+  it.live("a job whose lease expires on its maxDeliveries-th delivery is dead-lettered instead of delivered again", () =>
     Effect.scoped(Effect.gen(function*() {
       const queue = yield* RedisJobQueue.make({
         redis: { url: url() },
         name: freshName("poison"),
         capacity: 10,
         leaseDuration: "300 millis",
-        maxAttempts: 2
+        maxDeliveries: 2
       })
       yield* queue.offer({ crashes: "the worker" }, { id: "poison" })
       const hung = yield* Scope.make()
-      expect((yield* Scope.extend(queue.take, hung)).attempt).toBe(1)
+      expect((yield* Scope.extend(queue.take, hung)).delivery).toBe(1)
       yield* Effect.sleep(Duration.millis(400))
-      expect((yield* Scope.extend(queue.take, hung)).attempt).toBe(2)
+      expect((yield* Scope.extend(queue.take, hung)).delivery).toBe(2)
       yield* Effect.sleep(Duration.millis(400))
       const next = yield* Effect.fork(Effect.scoped(queue.take))
       const letters = yield* eventually(queue.deadLetters, (letters) => letters.length === 1, 3_000, "dead letter")
-      expect(letters[0]).toMatchObject({ id: "poison", attempts: 2, reason: "lease expired on attempt 2" })
+      expect(letters[0]).toMatchObject({ id: "poison", deliveries: 2, reason: "lease expired on delivery 2" })
       expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 1 })
       expect(Option.isNone(yield* Fiber.poll(next))).toBe(true)
       yield* Fiber.interrupt(next)
@@ -188,7 +188,7 @@ describe("RedisJobQueue", () => {
   it.live("a delayed job offered by one queue is taken by another queue of the same name when due", () =>
     Effect.scoped(Effect.gen(function*() {
       const name = freshName("delayed")
-      const options = { redis: { url: url() }, name, capacity: 10, leaseDuration: "5 seconds", maxAttempts: 3 } as const
+      const options = { redis: { url: url() }, name, capacity: 10, leaseDuration: "5 seconds", maxDeliveries: 3 } as const
       const producer = yield* RedisJobQueue.make(options)
       const consumer = yield* RedisJobQueue.make(options)
       const taker = yield* Effect.fork(consumer.take)
@@ -196,7 +196,7 @@ describe("RedisJobQueue", () => {
       yield* producer.offer("later", { id: "later", delay: Duration.millis(300) })
       const lease = yield* within(Fiber.join(taker), 3_000, "take of the delayed job")
       expect(Date.now() - offeredAt).toBeGreaterThanOrEqual(250)
-      expect([lease.id, lease.attempt]).toEqual(["later", 1])
+      expect([lease.id, lease.delivery]).toEqual(["later", 1])
     })))
 
   it.live("with its redis-server gone, offer, take and depth fail with QueueUnavailable within a bounded time", () =>
@@ -208,7 +208,7 @@ describe("RedisJobQueue", () => {
         name: freshName("outage"),
         capacity: 10,
         leaseDuration: "1 second",
-        maxAttempts: 3
+        maxDeliveries: 3
       })
       yield* queue.offer("before", { id: "before" })
       lonely.process().kill("SIGKILL")
@@ -231,7 +231,7 @@ describe("RedisJobQueue", () => {
         })
       )
       const name = freshName("hung")
-      const options = { redis: { url: hung.url }, name, capacity: 10, leaseDuration: "30 seconds", maxAttempts: 3 } as const
+      const options = { redis: { url: hung.url }, name, capacity: 10, leaseDuration: "30 seconds", maxDeliveries: 3 } as const
       const observer = yield* RedisJobQueue.make(options)
       const closing = yield* Effect.gen(function*() {
         const queue = yield* RedisJobQueue.make(options)
@@ -260,7 +260,7 @@ describe("RedisJobQueue", () => {
         const depth = yield* eventually(observer.depth, (counts) => counts.ready === 1 && counts.leased === 0, 3_000, "release of the abandoned lease")
         expect(depth).toEqual({ ready: 1, leased: 0, delayed: 0, dead: 0 })
         const lease = yield* Effect.scoped(Effect.tap(observer.take, observer.ack))
-        expect([lease.id, lease.attempt]).toEqual(["wanted", 2])
+        expect([lease.id, lease.delivery]).toEqual(["wanted", 2])
       }).pipe(Effect.scoped)
     }).pipe(Effect.scoped))
 
@@ -270,7 +270,7 @@ describe("RedisJobQueue", () => {
       yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
       const name = freshName("client")
       yield* Effect.scoped(Effect.gen(function*() {
-        const queue = yield* RedisJobQueue.make({ redis: client, name, capacity: 5, leaseDuration: "1 second", maxAttempts: 3 })
+        const queue = yield* RedisJobQueue.make({ redis: client, name, capacity: 5, leaseDuration: "1 second", maxDeliveries: 3 })
         yield* queue.offer({ via: "client" }, { id: "c" })
       }))
       expect(yield* Effect.promise(() => client.ping())).toBe("PONG")
@@ -279,9 +279,9 @@ describe("RedisJobQueue", () => {
 
       const before = yield* Effect.promise(() => client.client("LIST") as Promise<string>)
       yield* Effect.scoped(Effect.gen(function*() {
-        const queue = yield* RedisJobQueue.make({ redis: { url: url() }, name, capacity: 5, leaseDuration: "1 second", maxAttempts: 3 })
+        const queue = yield* RedisJobQueue.make({ redis: { url: url() }, name, capacity: 5, leaseDuration: "1 second", maxDeliveries: 3 })
         const lease = yield* Effect.scoped(Effect.tap(queue.take, queue.ack))
-        expect(lease).toMatchObject({ id: "c", payload: { via: "client" }, attempt: 1 })
+        expect(lease).toMatchObject({ id: "c", payload: { via: "client" }, delivery: 1 })
       }))
       const count = (list: string) => list.split("\n").filter((line) => line.trim() !== "").length
       const after = yield* eventually(
@@ -300,7 +300,7 @@ describe("RedisJobQueue", () => {
         name: freshName("options"),
         capacity: 2,
         leaseDuration: "1 second",
-        maxAttempts: 3
+        maxDeliveries: 3
       }
       yield* expectOptionsChecked(RedisJobQueue.make, valid, [...invalidQueueOptions(valid), { ...valid, name: "" }])
     }))

@@ -313,7 +313,7 @@ describe("RedisJobStore", () => {
     Effect.gen(function*() {
       const exit = yield* Effect.exit(Effect.scoped(RedisJobStore.make({ redis: { url: url() }, name: "", capacity: 2 })))
       expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
-      expect(String(Exit.isFailure(exit) && Cause.squash(exit.cause))).toContain("name must not be empty")
+      expect(String(Exit.isFailure(exit) && Cause.squash(exit.cause))).toContain("RedisJobStore.make: name must be a non-empty string")
     }))
 
   it.live("layer provides the JobStore contract", () =>

@@ -1,15 +1,14 @@
 /**
- * The middleware core: composition order (outermost first, as ServiceBuilder), tap / filter / fallback,
+ * The middleware core: composition order (outermost first, as ServiceBuilder), tap / filter,
  * timeout (interrupts the inner work, finalizers run first) and deadline propagation through nested calls.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, FiberRef, Option, Runtime, TestClock } from "effect"
-import { Invalid, Timeout, Unavailable } from "../../../src/Errors.js"
-import { deadline, remaining, within } from "../../../src/middleware/deadline.js"
-import { fallback, filter, stack, tap, type Middleware } from "../../../src/middleware/Middleware.js"
-import { timeout } from "../../../src/middleware/timeout.js"
+import { Invalid, Middleware, Timeout } from "keel"
 
-const tracing = (name: string, trace: Array<string>): Middleware => (service) => (request) =>
+const { remaining, stack, within } = Middleware
+
+const tracing = (name: string, trace: Array<string>): Middleware.Middleware => (service) => (request) =>
   Effect.sync(() => trace.push(`${name} in`)).pipe(
     Effect.zipRight(service(request)),
     Effect.ensuring(Effect.sync(() => trace.push(`${name} out`)))
@@ -25,78 +24,101 @@ describe("stack", () => {
       expect(yield* service(21)).toBe(42)
       expect(trace).toEqual(["a in", "b in", "c in", "service", "c out", "b out", "a out"])
     }))
+
+  it.scoped("takes any number of layers; its type adds every layer's errors and accepts what every layer accepts", () =>
+    Effect.gen(function*() {
+      interface Call {
+        readonly tenant: string
+        readonly query: string
+      }
+      const trace: Array<string> = []
+      const names = ["a", "b", "c", "d", "e", "f", "g", "h"]
+      const perTenant = yield* Middleware.rateLimit({ limit: 100, per: "1 second", key: (call: Call) => call.tenant })
+      const breaker = yield* Middleware.circuitBreaker<Invalid>({
+        policy: { kind: "consecutive", failures: 3 },
+        openFor: "1 second",
+        isFailure: (error) => error._tag === "Invalid"
+      })
+      const stacked = stack(
+        ...names.map((name) => tracing(name, trace)),
+        yield* Middleware.timeout({ after: "1 second" }),
+        perTenant,
+        breaker
+      )
+      const search = (call: Call) =>
+        call.query === "" ? Effect.fail(new Invalid({ reason: "empty query" })) : Effect.succeed([call.query])
+      const guarded = stacked(search)
+      expect(yield* guarded({ tenant: "acme", query: "gpu" })).toEqual(["gpu"])
+      expect(trace.filter((entry) => entry.endsWith(" in"))).toEqual(names.map((name) => `${name} in`))
+      // The errors of every layer and of the service, and nothing else.
+      const failed = yield* Effect.flip(guarded({ tenant: "acme", query: "" }))
+      const tag: "Invalid" | "Timeout" | "RateLimited" | "CircuitOpen" = failed._tag
+      expect(tag).toBe("Invalid")
+      // @ts-expect-error the keyed rate limit makes the whole stack need requests with a tenant
+      stacked((query: string) => Effect.succeed(query))
+      // @ts-expect-error the breaker inspects Invalid failures only, so the stack takes no service failing otherwise
+      stacked((_: Call) => Effect.fail(new Timeout({ after: Duration.seconds(1) })))
+    }))
 })
 
-describe("tap, filter, fallback", () => {
-  it.effect("tap observes requests, responses and failures without changing them", () =>
+describe("tap, filter", () => {
+  it.scoped("tap observes requests, responses and failures without changing them", () =>
     Effect.gen(function*() {
       const seen: Array<string> = []
-      const service = tap<number, number, Invalid>({
+      const service = (yield* Middleware.tap<number, Invalid>({
         onRequest: (n) => Effect.sync(() => seen.push(`request ${n}`)),
-        onSuccess: (n, out) => Effect.sync(() => seen.push(`ok ${n} → ${out}`)),
+        onSuccess: (n, out) => Effect.sync(() => seen.push(`ok ${n} → ${String(out)}`)),
         onFailure: (n, error) => Effect.sync(() => seen.push(`failed ${n}: ${error.reason}`))
-      })((n: number) => (n < 0 ? Effect.fail(new Invalid({ reason: "negative" })) : Effect.succeed(n + 1)))
+      }))((n: number) => (n < 0 ? Effect.fail(new Invalid({ reason: "negative" })) : Effect.succeed(n + 1)))
       expect(yield* service(1)).toBe(2)
       expect(yield* Effect.flip(service(-1))).toEqual(new Invalid({ reason: "negative" }))
       expect(seen).toEqual(["request 1", "ok 1 → 2", "request -1", "failed -1: negative"])
     }))
 
-  it.effect("filter refuses bad requests with Invalid before the service runs", () =>
+  it.scoped("filter refuses bad requests with Invalid before the service runs", () =>
     Effect.gen(function*() {
       let calls = 0
-      const service = filter((name: string) => (name.length === 0 ? "name must not be empty" : undefined))(
+      const service = (yield* Middleware.filter({
+        check: (name: string) => (name.length === 0 ? "name must not be empty" : undefined)
+      }))(
         (name: string) => Effect.sync(() => (calls++, `hello ${name}`))
       )
       expect(yield* service("ada")).toBe("hello ada")
       expect(yield* Effect.flip(service(""))).toEqual(new Invalid({ reason: "name must not be empty" }))
       expect(calls).toBe(1)
     }))
-
-  it.effect("fallback answers the errors it handles and lets the others through", () =>
-    Effect.gen(function*() {
-      const service = fallback(
-        (error: Unavailable | Invalid): error is Unavailable => error._tag === "Unavailable",
-        () => Effect.succeed("cached")
-      )((request: string) =>
-        request === "down"
-          ? Effect.fail(new Unavailable({ reason: "db" }))
-          : request === "bad"
-          ? Effect.fail(new Invalid({ reason: "bad" }))
-          : Effect.succeed("fresh")
-      )
-      expect(yield* service("ok")).toBe("fresh")
-      expect(yield* service("down")).toBe("cached")
-      expect(yield* Effect.flip(service("bad"))).toEqual(new Invalid({ reason: "bad" }))
-    }))
 })
 
 describe("timeout", () => {
-  it.effect("fails with Timeout { after } and interrupts the inner work, whose finalizers run first", () =>
+  it.scoped("fails with Timeout { after } and interrupts the inner work, whose finalizers run first", () =>
     Effect.gen(function*() {
       const events: Array<string> = []
       const slow = (_: void) =>
         Effect.sleep("5 seconds").pipe(Effect.onInterrupt(() => Effect.sync(() => events.push("inner cleaned up"))))
-      const call = yield* Effect.fork(timeout("1 second")(slow)(undefined))
+      const timeout = yield* Middleware.timeout({ after: "1 second" })
+      const call = yield* Effect.fork(timeout(slow)(undefined))
       yield* TestClock.adjust("1 second")
       const exit = yield* Fiber.await(call)
       expect(exit).toEqual(Exit.fail(new Timeout({ after: Duration.seconds(1) })))
       expect(events).toEqual(["inner cleaned up"])
     }))
 
-  it.effect("still fires when the caller runs uninterruptibly (as some servers run handlers)", () =>
+  it.scoped("still fires when the caller runs uninterruptibly (as some servers run handlers)", () =>
     Effect.gen(function*() {
+      const timeout = yield* Middleware.timeout({ after: "1 second" })
       const call = yield* Effect.fork(
-        Effect.uninterruptible(timeout("1 second")((_: void) => Effect.sleep("1 minute"))(undefined))
+        Effect.uninterruptible(timeout((_: void) => Effect.sleep("1 minute"))(undefined))
       )
       yield* TestClock.adjust("1 second")
       expect(yield* Fiber.await(call)).toEqual(Exit.fail(new Timeout({ after: Duration.seconds(1) })))
     }))
 
-  it.effect("interrupting the caller interrupts the call it is timing", () =>
+  it.scoped("interrupting the caller interrupts the call it is timing", () =>
     Effect.gen(function*() {
       let interrupted = false
+      const timeout = yield* Middleware.timeout({ after: "1 minute" })
       const call = yield* Effect.fork(
-        timeout("1 minute")((_: void) => Effect.never.pipe(Effect.onInterrupt(() => Effect.sync(() => (interrupted = true)))))(
+        timeout((_: void) => Effect.never.pipe(Effect.onInterrupt(() => Effect.sync(() => (interrupted = true)))))(
           undefined
         )
       )
@@ -105,17 +127,19 @@ describe("timeout", () => {
       expect(interrupted).toBe(true)
     }))
 
-  it.effect("a call that ends at once is answered without suspending the caller, failures included", () =>
+  it.scoped("a call that ends at once is answered without suspending the caller, failures included", () =>
     Effect.gen(function*() {
-      const service = timeout("1 second")((n: number) => n > 0 ? Effect.succeed(n) : Effect.fail("negative"))
+      const timeout = yield* Middleware.timeout({ after: "1 second" })
+      const service = timeout((n: number) => n > 0 ? Effect.succeed(n) : Effect.fail("negative"))
       // A fiber that has ended when runFork returns never suspended.
       expect(Runtime.runFork(Runtime.defaultRuntime)(service(3)).unsafePoll()).toEqual(Exit.succeed(3))
       expect(Runtime.runFork(Runtime.defaultRuntime)(service(-1)).unsafePoll()).toEqual(Exit.fail("negative"))
     }))
 
-  it.effect("a service that throws while making its call gives a defect, not a throw out of the timed service", () =>
+  it.scoped("a service that throws while making its call gives a defect, not a throw out of the timed service", () =>
     Effect.gen(function*() {
-      const service = timeout("1 second")((_: void): Effect.Effect<never> => {
+      const timeout = yield* Middleware.timeout({ after: "1 second" })
+      const service = timeout((_: void): Effect.Effect<never> => {
         throw new Error("thrown while building the call")
       })
       const exit = yield* Effect.exit(service(undefined))
@@ -123,17 +147,19 @@ describe("timeout", () => {
       expect(String(Exit.isFailure(exit) ? exit.cause : "")).toContain("thrown while building the call")
     }))
 
-  it.effect("the call runs in a fiber of its own: FiberRef changes it makes stay there", () =>
+  it.scoped("the call runs in a fiber of its own: FiberRef changes it makes stay there", () =>
     Effect.gen(function*() {
       const ref = FiberRef.unsafeMake("caller")
-      const service = timeout("1 second")((_: void) => Effect.zipRight(FiberRef.set(ref, "call"), FiberRef.get(ref)))
+      const timeout = yield* Middleware.timeout({ after: "1 second" })
+      const service = timeout((_: void) => Effect.zipRight(FiberRef.set(ref, "call"), FiberRef.get(ref)))
       expect(yield* service(undefined)).toBe("call")
       expect(yield* FiberRef.get(ref)).toBe("caller")
     }))
 
-  it.effect("lets a fast call through untouched", () =>
+  it.scoped("lets a fast call through untouched", () =>
     Effect.gen(function*() {
-      const call = yield* Effect.fork(timeout("1 second")((n: number) => Effect.as(Effect.sleep("10 millis"), n))(7))
+      const timeout = yield* Middleware.timeout({ after: "1 second" })
+      const call = yield* Effect.fork(timeout((n: number) => Effect.as(Effect.sleep("10 millis"), n))(7))
       yield* TestClock.adjust("10 millis")
       expect(yield* Fiber.join(call)).toBe(7)
     }))
@@ -147,23 +173,26 @@ describe("deadline", () => {
       expect(seen).toEqual(Option.some(Duration.seconds(3)))
     }))
 
-  it.effect("a timeout below a sooner deadline fires at the deadline", () =>
+  it.scoped("a timeout below a sooner deadline fires at the deadline", () =>
     Effect.gen(function*() {
-      const inner = timeout("10 seconds")((_: void) => Effect.sleep("1 minute"))
-      const call = yield* Effect.fork(deadline("2 seconds")(inner)(undefined))
+      const inner = (yield* Middleware.timeout({ after: "10 seconds" }))((_: void) => Effect.sleep("1 minute"))
+      const deadline = yield* Middleware.deadline({ after: "2 seconds" })
+      const call = yield* Effect.fork(deadline(inner)(undefined))
       yield* TestClock.adjust("2 seconds")
       const exit = yield* Fiber.await(call)
       expect(Exit.isFailure(exit)).toBe(true)
       expect(yield* Effect.flip(Fiber.join(call))).toBeInstanceOf(Timeout)
     }))
 
-  it.effect("nested calls see what is left of their caller's budget", () =>
+  it.scoped("nested calls see what is left of their caller's budget", () =>
     Effect.gen(function*() {
       const budgets: Array<number> = []
       const downstream = (_: void) =>
         Effect.map(remaining, (left) => budgets.push(Duration.toMillis(Option.getOrThrow(left))))
-      const upstream = (_: void) => Effect.zipRight(Effect.sleep("1500 millis"), deadline("5 seconds")(downstream)(undefined))
-      const call = yield* Effect.fork(deadline("2 seconds")(upstream)(undefined))
+      const inner = yield* Middleware.deadline({ after: "5 seconds" })
+      const outer = yield* Middleware.deadline({ after: "2 seconds" })
+      const upstream = (_: void) => Effect.zipRight(Effect.sleep("1500 millis"), inner(downstream)(undefined))
+      const call = yield* Effect.fork(outer(upstream)(undefined))
       yield* TestClock.adjust("1500 millis")
       yield* Fiber.join(call)
       expect(budgets).toEqual([500])

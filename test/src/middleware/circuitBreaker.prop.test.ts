@@ -20,13 +20,13 @@ import {
   Stream,
   TestClock
 } from "effect"
-import {
-  circuitBreaker,
-  circuitBreakerMetrics,
-  CircuitOpen
-} from "../../../src/middleware/circuitBreaker.js"
-import type { CircuitBreaker, CircuitPolicy, CircuitState } from "../../../src/middleware/circuitBreaker.js"
+import { CircuitOpen, Middleware } from "keel"
 import { PropertyRuns } from "keel/testing"
+
+const { circuitBreaker, circuitBreakerMetrics } = Middleware
+type CircuitBreaker<E = unknown> = Middleware.CircuitBreaker<E>
+type CircuitPolicy = Middleware.CircuitPolicy
+type CircuitState = Middleware.CircuitState
 
 class Boom extends Data.TaggedError("Boom")<{}> {}
 class NotFound extends Data.TaggedError("NotFound")<{}> {}
@@ -290,7 +290,7 @@ const runOperations = (config: Config, operations: ReadonlyArray<Operation>) =>
     yield* yieldUntil(() => seen.length > 0)
 
     const running = new Set<Request>()
-    const service = breaker.middleware((request: Request) =>
+    const service = breaker((request: Request) =>
       Effect.gen(function*() {
         request.startedInPeriod = (yield* breaker.stats).transitions
         running.add(request)
@@ -435,7 +435,7 @@ const halfOpenBreaker = (trialCalls: number) =>
       openFor: Duration.millis(openForMillis),
       trialCalls
     })
-    yield* Effect.exit(breaker.middleware(() => Effect.fail("down"))(undefined))
+    yield* Effect.exit(breaker(() => Effect.fail("down"))(undefined))
     yield* TestClock.adjust(Duration.millis(openForMillis))
     expect((yield* breaker.state)._tag).toBe("HalfOpen")
     return breaker
@@ -447,7 +447,7 @@ const expectAllSlotsFree = (breaker: CircuitBreaker, trialCalls: number, where: 
     expect(yield* breaker.stats, where).toMatchObject({ trialsInFlight: 0, trialSuccesses: 0 })
     expect((yield* breaker.state)._tag, where).toBe("HalfOpen")
     const reached: Array<number> = []
-    const probe = breaker.middleware((index: number) =>
+    const probe = breaker((index: number) =>
       Effect.zipRight(Effect.sync(() => reached.push(index)), Effect.never)
     )
     const probes = yield* Effect.forEach(
@@ -474,7 +474,7 @@ describe("circuitBreaker, interrupt at every step", () => {
     Effect.gen(function*() {
       for (let k = 0; k <= 12; k++) {
         const breaker = yield* halfOpenBreaker(1)
-        const trial = yield* Effect.forkScoped(breaker.middleware(slowService)(0))
+        const trial = yield* Effect.forkScoped(breaker(slowService)(0))
         for (let taken = 0; taken < k; taken++) yield* step(taken)
         yield* Fiber.interrupt(trial)
         yield* expectAllSlotsFree(breaker, 1, `interrupted after ${k} steps`)
@@ -491,7 +491,7 @@ describe("circuitBreaker, interrupt at every step", () => {
       Effect.scoped(Effect.gen(function*() {
         const breaker = yield* halfOpenBreaker(trialCalls)
         const calls = yield* Effect.forEach(interruptAt, (_, index) =>
-          Effect.forkScoped(breaker.middleware(slowService)(index)))
+          Effect.forkScoped(breaker(slowService)(index)))
         const last = Math.max(...interruptAt)
         for (let taken = 0; taken <= last; taken++) {
           yield* Effect.forEach(calls.filter((_, index) => interruptAt[index] === taken), Fiber.interrupt)
@@ -510,7 +510,7 @@ describe("circuitBreaker, interrupt at every step", () => {
         openFor: "1 second"
       })
       for (let k = 0; k <= 12; k++) {
-        const call = yield* Effect.forkScoped(breaker.middleware(slowService)(k))
+        const call = yield* Effect.forkScoped(breaker(slowService)(k))
         for (let taken = 0; taken < k; taken++) yield* step(taken)
         yield* Fiber.interrupt(call)
       }

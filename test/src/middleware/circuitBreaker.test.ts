@@ -5,16 +5,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Data, Deferred, Duration, Effect, Exit, Fiber, Metric, Option, Stream, TestClock } from "effect"
-import { Timeout } from "../../../src/Errors.js"
-import {
-  circuitBreaker,
-  circuitBreakerMetrics,
-  CircuitOpen,
-  CircuitState
-} from "../../../src/middleware/circuitBreaker.js"
-import type { CircuitBreaker, CircuitBreakerOptions } from "../../../src/middleware/circuitBreaker.js"
-import { stack } from "../../../src/middleware/Middleware.js"
-import { timeout } from "../../../src/middleware/timeout.js"
+import { CircuitOpen, Middleware, Timeout } from "keel"
+
+const { circuitBreaker, circuitBreakerMetrics, CircuitState, stack } = Middleware
+type CircuitBreaker<E = unknown> = Middleware.CircuitBreaker<E>
+type CircuitBreakerOptions<E = unknown> = Middleware.CircuitBreakerOptions<E>
+type CircuitState = Middleware.CircuitState
 
 class Boom extends Data.TaggedError("Boom")<{}> {}
 class NotFound extends Data.TaggedError("NotFound")<{}> {}
@@ -48,14 +44,14 @@ const setup = (options: Omit<CircuitBreakerOptions<Boom | NotFound>, "name">) =>
     const name = uniqueName("breaker")
     const breaker = yield* circuitBreaker<Boom | NotFound>({ name, ...options })
     const counter = { invocations: 0 }
-    const immediate = breaker.middleware((ending: Ending) =>
+    const immediate = breaker((ending: Ending) =>
       Effect.suspend(() => {
         counter.invocations++
         return endWith(ending)
       })
     )
     const call = (ending: Ending) => Effect.exit(immediate(ending))
-    const gatedService = breaker.middleware(
+    const gatedService = breaker(
       (request: { readonly started: Deferred.Deferred<void>; readonly gate: Deferred.Deferred<Ending> }) =>
         Effect.suspend(() => {
           counter.invocations++
@@ -435,7 +431,7 @@ describe("circuitBreaker, in a stack", () => {
         openFor: "10 seconds"
       })
       const healthy = { now: false }
-      const service = stack(breaker.middleware, timeout("1 second"))((_: string) =>
+      const service = stack(breaker, yield* Middleware.timeout({ after: "1 second" }))((_: string) =>
         healthy.now ? Effect.succeed("pong") : Effect.never
       )
       const first = yield* Effect.fork(service("ping"))
@@ -459,7 +455,12 @@ describe("circuitBreaker, options", () => {
     Effect.gen(function*() {
       const exit = yield* Effect.exit(Effect.scoped(circuitBreaker(options)))
       expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
-      if (Exit.isFailure(exit)) expect(Cause.pretty(exit.cause)).toContain(fragment)
+      if (Exit.isFailure(exit)) {
+        const defect = Cause.squash(exit.cause)
+        expect(defect).toBeInstanceOf(Cause.IllegalArgumentException)
+        expect((defect as Error).message).toMatch(/^Middleware\.circuitBreaker: /)
+        expect(Cause.pretty(exit.cause)).toContain(fragment)
+      }
     })
 
   it.effect("invalid options are a programming error: the constructor dies saying which", () =>

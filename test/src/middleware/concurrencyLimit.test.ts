@@ -5,12 +5,12 @@
  * written here, not from the module.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Deferred, Duration, Effect, Exit, FastCheck as fc, Fiber, FiberId, Metric } from "effect"
-import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
-import { loadShed, Overloaded } from "../../../src/middleware/loadShed.js"
-import { stack } from "../../../src/middleware/Middleware.js"
-import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, FastCheck as fc, Fiber, FiberId, Metric } from "effect"
+import { Middleware, Overloaded } from "keel"
 import { Permits, PropertyRuns } from "keel/testing"
+import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
+
+const { concurrencyLimit, concurrencyLimitMetrics, loadShed, stack } = Middleware
 
 interface Call {
   readonly id: number
@@ -113,7 +113,7 @@ const viaMiddleware = (middleware: Effect.Effect.Success<ReturnType<typeof concu
 describe("concurrencyLimit", () => {
   it.scoped("admits max calls at once and queues the rest in arrival order", () =>
     Effect.gen(function*() {
-      const limited = viaMiddleware(yield* concurrencyLimit(2, { name: "cl-basic" }))
+      const limited = viaMiddleware(yield* concurrencyLimit({ max: 2, name: "cl-basic" }))
       const gates = yield* Effect.forEach([0, 1, 2, 3], () => Deferred.make<void>())
       const started: Array<string> = []
       const fibers = yield* Effect.forEach([0, 1, 2, 3], (n) =>
@@ -134,13 +134,13 @@ describe("concurrencyLimit", () => {
 
   it.scoped("a call gives its permit back however it ends: success, failure, defect, interruption", () =>
     Effect.gen(function*() {
-      const limited = viaMiddleware(yield* concurrencyLimit(1, { name: "cl-ends" }))
+      const limited = viaMiddleware(yield* concurrencyLimit({ max: 1, name: "cl-ends" }))
       expect(yield* atOnce(limited(Effect.succeed("ok")))).toBe("ok")
       expect(yield* atOnce(Effect.flip(limited(Effect.fail("boom"))))).toBe("boom")
       const died = yield* atOnce(Effect.exit(limited(Effect.dieMessage("bug"))))
       expect(Exit.isFailure(died) && !Exit.isInterrupted(died)).toBe(true)
       const thrown = yield* atOnce(Effect.exit(
-        (yield* concurrencyLimit(1, { name: "cl-throws" }))((_: void): Effect.Effect<void> => {
+        (yield* concurrencyLimit({ max: 1, name: "cl-throws" }))((_: void): Effect.Effect<void> => {
           throw new Error("thrown while building the effect")
         })(undefined)
       ))
@@ -156,7 +156,7 @@ describe("concurrencyLimit", () => {
 
   it.scoped("a call that is already its result is admitted at once while a permit is free, and queues or is shed like any other when none is", () =>
     Effect.gen(function*() {
-      const middleware = yield* concurrencyLimit(1, { name: "cl-constant" })
+      const middleware = yield* concurrencyLimit({ max: 1, name: "cl-constant" })
       const limited = viaMiddleware(middleware)
       expect(yield* atOnce(limited(Effect.succeed("constant")))).toBe("constant")
       expect(yield* atOnce(Effect.flip(limited(Effect.fail("constant failure"))))).toBe("constant failure")
@@ -169,7 +169,7 @@ describe("concurrencyLimit", () => {
       const queued = yield* Effect.fork(limited(Effect.succeed("after the holder")))
       yield* settle
       expect(yield* readMetrics("cl-constant")).toMatchObject({ inFlight: 1, waiting: 1 })
-      const shedding = stack(loadShed(), middleware)((_: void) => Effect.succeed("not while full"))
+      const shedding = stack(yield* loadShed(), middleware)((_: void) => Effect.succeed("not while full"))
       expect(yield* atOnce(Effect.flip(shedding(undefined)))).toEqual(new Overloaded({ reason: "concurrency limit reached" }))
 
       yield* Deferred.succeed(gate, undefined)
@@ -181,7 +181,7 @@ describe("concurrencyLimit", () => {
 
   it.scoped("past maxWaiting a call fails at once with Overloaded, counted as queue-full", () =>
     Effect.gen(function*() {
-      const limited = viaMiddleware(yield* concurrencyLimit(1, { maxWaiting: 2, name: "cl-full" }))
+      const limited = viaMiddleware(yield* concurrencyLimit({ max: 1, maxWaiting: 2, name: "cl-full" }))
       const gate = yield* Deferred.make<void>()
       const started: Array<string> = []
       const fibers = yield* Effect.forEach(["a", "b", "c"], (id) =>
@@ -194,7 +194,7 @@ describe("concurrencyLimit", () => {
       yield* Effect.forEach(fibers, finished)
       expect(started).toEqual(["a", "b", "c"])
 
-      const neverQueues = viaMiddleware(yield* concurrencyLimit(1, { maxWaiting: 0, name: "cl-no-queue" }))
+      const neverQueues = viaMiddleware(yield* concurrencyLimit({ max: 1, maxWaiting: 0, name: "cl-no-queue" }))
       const busy = yield* Effect.fork(neverQueues(Effect.never))
       yield* settle
       expect(yield* atOnce(Effect.flip(neverQueues(Effect.void)))).toBeInstanceOf(Overloaded)
@@ -204,7 +204,7 @@ describe("concurrencyLimit", () => {
 
   it.scoped("a waiter interrupted while queued leaves the queue; the next one takes its turn", () =>
     Effect.gen(function*() {
-      const limited = viaMiddleware(yield* concurrencyLimit(1, { name: "cl-leave" }))
+      const limited = viaMiddleware(yield* concurrencyLimit({ max: 1, name: "cl-leave" }))
       const gate = yield* Deferred.make<void>()
       const started: Array<string> = []
       const first = yield* Effect.fork(limited(holder(gate, started, "first")))
@@ -226,7 +226,7 @@ describe("concurrencyLimit", () => {
 
   it.scoped("a waiter handed a permit at the moment it is interrupted passes the permit on", () =>
     Effect.gen(function*() {
-      const limited = viaMiddleware(yield* concurrencyLimit(1, { name: "cl-handover" }))
+      const limited = viaMiddleware(yield* concurrencyLimit({ max: 1, name: "cl-handover" }))
       const gate = yield* Deferred.make<void>()
       const started: Array<string> = []
       const handedOver = yield* Deferred.make<void>()
@@ -257,7 +257,7 @@ describe("concurrencyLimit", () => {
     Effect.gen(function*() {
       // The release happens on the test fiber itself, right after it signals the interrupt, so the
       // waiter finds both the interrupt and its permit waiting when it next runs.
-      const limited = viaMiddleware(yield* concurrencyLimit(1, { name: "cl-same-step" }))
+      const limited = viaMiddleware(yield* concurrencyLimit({ max: 1, name: "cl-same-step" }))
       const started: Array<string> = []
       const gate = yield* Deferred.make<void>()
       let victim: Fiber.RuntimeFiber<void, Overloaded> | undefined
@@ -275,10 +275,18 @@ describe("concurrencyLimit", () => {
 
   it.effect("refuses options that cannot work, as a defect", () =>
     Effect.gen(function*() {
-      for (const [max, maxWaiting] of [[0, 1], [1.5, 1], [2, -1], [2, 0.5]] as const) {
-        const exit = yield* Effect.scoped(Effect.exit(concurrencyLimit(max, { maxWaiting })))
+      const cases = [
+        [0, 1, "max must be an integer ≥ 1 (got 0)"],
+        [1.5, 1, "max must be an integer ≥ 1 (got 1.5)"],
+        [2, -1, "maxWaiting must be an integer ≥ 0 (got -1)"],
+        [2, 0.5, "maxWaiting must be an integer ≥ 0 (got 0.5)"]
+      ] as const
+      for (const [max, maxWaiting, problem] of cases) {
+        const exit = yield* Effect.scoped(Effect.exit(concurrencyLimit({ max, maxWaiting })))
         expect(Exit.isFailure(exit) && !Exit.isInterrupted(exit), `${max}, ${maxWaiting}`).toBe(true)
-        expect(String(Exit.isFailure(exit) ? exit.cause : "")).toContain("concurrencyLimit: max must be")
+        const defect = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+        expect(defect, `${max}, ${maxWaiting}`).toBeInstanceOf(Cause.IllegalArgumentException)
+        expect((defect as Error).message).toBe(`Middleware.concurrencyLimit: ${problem}`)
       }
     }))
 })
@@ -305,7 +313,7 @@ describe("concurrencyLimit properties", () => {
     ({ calls, max, maxWaiting }) =>
       Effect.scoped(Effect.gen(function*() {
         const name = "cl-prop"
-        const limited = yield* concurrencyLimit(max, { maxWaiting, name })
+        const limited = yield* concurrencyLimit({ max, maxWaiting, name })
         const probe = makeProbe()
         const service = limited(probe.service)
         const fibers: Array<Fiber.RuntimeFiber<void, Overloaded>> = []
@@ -347,7 +355,7 @@ describe("concurrencyLimit properties", () => {
   const runInterrupted = (victim: number, interruptAt: { readonly instant: number } | { readonly yields: number }) =>
     Effect.scoped(Effect.gen(function*() {
       const name = "cl-steps"
-      const limited = yield* concurrencyLimit(max, { name })
+      const limited = yield* concurrencyLimit({ max, name })
       const origin = yield* Clock.currentTimeMillis
       const probe = makeProbe(origin)
       const service = limited(probe.service)

@@ -14,9 +14,10 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Option, TestClock } from "effect"
-import { Unavailable } from "../../../src/Errors.js"
-import { hedge } from "../../../src/middleware/hedge.js"
+import { Middleware, Unavailable } from "keel"
 import { PropertyRuns } from "keel/testing"
+
+const { hedge } = Middleware
 
 interface AttemptRecord {
   readonly startedAt: number

@@ -5,9 +5,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, Option, TestClock } from "effect"
-import { Unavailable } from "../../../src/Errors.js"
-import { within } from "../../../src/middleware/deadline.js"
-import { hedge, hedgeMetrics } from "../../../src/middleware/hedge.js"
+import { Middleware, Unavailable } from "keel"
+
+const { hedge, hedgeMetrics, within } = Middleware
 
 interface Plan {
   readonly latency: number
@@ -266,7 +266,7 @@ describe("hedge: deadline, interruption and options", () => {
         const exit = yield* Effect.exit(hedge(options))
         const defect = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.dieOption(exit.cause)) : undefined
         expect(defect, JSON.stringify(options)).toBeInstanceOf(Cause.IllegalArgumentException)
-        expect((defect as Error).message).toMatch(/^hedge: (maxAttempts|after)/)
+        expect((defect as Error).message).toMatch(/^Middleware\.hedge: (maxAttempts|after)/)
       }
     }))
 })

@@ -5,13 +5,11 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Metric, TestClock } from "effect"
-import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
-import { isShedding, loadShed, Overloaded } from "../../../src/middleware/loadShed.js"
-import { stack } from "../../../src/middleware/Middleware.js"
-import type { Middleware } from "../../../src/middleware/Middleware.js"
-import { timeout } from "../../../src/middleware/timeout.js"
-import { RateLimited, rateLimit, rateLimitMetrics } from "../../../src/middleware/rateLimit.js"
+import { Middleware, Overloaded, RateLimited } from "keel"
+import { isShedding } from "../../../src/internal/shedding.js"
 import { atOnce, finished, settle } from "./timing.js"
+
+const { concurrencyLimit, concurrencyLimitMetrics, loadShed, rateLimit, rateLimitMetrics, stack, timeout } = Middleware
 
 const reachedLimit = new Overloaded({ reason: "concurrency limit reached" })
 
@@ -19,7 +17,7 @@ describe("loadShed", () => {
   it.scoped("over a full concurrency limit, fails at once with Overloaded; with a free permit, admits", () =>
     Effect.gen(function*() {
       const gate = yield* Deferred.make<void>()
-      const service = stack(loadShed(), yield* concurrencyLimit(1, { name: "shed-cl" }))((id: string) =>
+      const service = stack(yield* loadShed(), yield* concurrencyLimit({ max: 1, name: "shed-cl" }))((id: string) =>
         Effect.as(Deferred.await(gate), id)
       )
       const holding = yield* Effect.fork(service("first"))
@@ -38,7 +36,7 @@ describe("loadShed", () => {
   it.scoped("without loadShed the same limit makes the caller wait for the permit", () =>
     Effect.gen(function*() {
       const gate = yield* Deferred.make<void>()
-      const service = stack(yield* concurrencyLimit(1))((id: string) => Effect.as(Deferred.await(gate), id))
+      const service = stack(yield* concurrencyLimit({ max: 1 }))((id: string) => Effect.as(Deferred.await(gate), id))
       const holding = yield* Effect.fork(service("first"))
       yield* settle
       const waiting = yield* Effect.fork(service("second"))
@@ -51,7 +49,7 @@ describe("loadShed", () => {
 
   it.scoped("over a waiting rate limit, fails at once with RateLimited and the time to the next slot", () =>
     Effect.gen(function*() {
-      const service = stack(loadShed(), yield* rateLimit({ limit: 1, per: "10 millis", name: "shed-rl" }))(
+      const service = stack(yield* loadShed(), yield* rateLimit({ limit: 1, per: "10 millis", name: "shed-rl" }))(
         (n: number) => Effect.succeed(n)
       )
       expect(yield* atOnce(service(1))).toBe(1)
@@ -66,13 +64,13 @@ describe("loadShed", () => {
   it.scoped("applies to the first waiting limit below it, not to the service's own downstream calls", () =>
     Effect.gen(function*() {
       const downstreamGate = yield* Deferred.make<void>()
-      const downstream = stack(yield* concurrencyLimit(1))((id: string) =>
+      const downstream = stack(yield* concurrencyLimit({ max: 1 }))((id: string) =>
         Effect.as(Deferred.await(downstreamGate), id)
       )
       const busy = yield* Effect.fork(downstream("busy"))
       yield* settle
       const seen: Array<boolean> = []
-      const front = stack(loadShed(), yield* concurrencyLimit(5))((id: string) =>
+      const front = stack(yield* loadShed(), yield* concurrencyLimit({ max: 5 }))((id: string) =>
         Effect.zipRight(Effect.flatMap(isShedding, (shed) => Effect.sync(() => seen.push(shed))), downstream(id))
       )
       // The downstream limit is full, yet the call waits there: the front limit consumed the shedding.
@@ -88,14 +86,14 @@ describe("loadShed", () => {
   it.scoped("sheds at a limit below another middleware too (the request crosses the timeout's own fiber)", () =>
     Effect.gen(function*() {
       const gate = yield* Deferred.make<void>()
-      const service = stack(loadShed(), timeout("1 minute"), yield* concurrencyLimit(1))((id: string) =>
+      const service = stack(yield* loadShed(), yield* timeout({ after: "1 minute" }), yield* concurrencyLimit({ max: 1 }))((id: string) =>
         Effect.as(Deferred.await(gate), id)
       )
       const holding = yield* Effect.fork(service("first"))
       yield* settle
       expect(yield* atOnce(Effect.flip(service("second")))).toEqual(reachedLimit)
       // Without loadShed the same composition waits.
-      const waits = stack(timeout("1 minute"), yield* concurrencyLimit(1))((id: string) =>
+      const waits = stack(yield* timeout({ after: "1 minute" }), yield* concurrencyLimit({ max: 1 }))((id: string) =>
         Effect.as(Deferred.await(gate), id)
       )
       const first = yield* Effect.fork(waits("first"))
@@ -113,9 +111,9 @@ describe("loadShed", () => {
     Effect.gen(function*() {
       // Between loadShed and the limit, so the request travels in fiber context: what it sees after the call.
       const pendingAfter: Array<boolean> = []
-      const observe: Middleware = (service) => (request) =>
+      const observe: Middleware.Middleware = (service) => (request) =>
         Effect.tap(service(request), () => Effect.flatMap(isShedding, (pending) => Effect.sync(() => pendingAfter.push(pending))))
-      const service = stack(loadShed(), observe, yield* concurrencyLimit(1))((id: string) => Effect.succeed(id))
+      const service = stack(yield* loadShed(), observe, yield* concurrencyLimit({ max: 1 }))((id: string) => Effect.succeed(id))
       expect(yield* atOnce(service("constant"))).toBe("constant")
       expect(pendingAfter).toEqual([false])
     }))
@@ -124,9 +122,9 @@ describe("loadShed", () => {
     Effect.gen(function*() {
       const gate = yield* Deferred.make<void>()
       const service = stack(
-        loadShed(),
+        yield* loadShed(),
         yield* rateLimit({ limit: 100, per: "1 second", onLimit: "reject" }),
-        yield* concurrencyLimit(1)
+        yield* concurrencyLimit({ max: 1 })
       )((id: string) => Effect.as(Deferred.await(gate), id))
       const holding = yield* Effect.fork(service("first"))
       yield* settle
@@ -140,9 +138,9 @@ describe("loadShed", () => {
     Effect.gen(function*() {
       const gate = yield* Deferred.make<void>()
       const service = stack(
-        loadShed(),
+        yield* loadShed(),
         yield* rateLimit({ limit: 100, per: "1 second" }),
-        yield* concurrencyLimit(1)
+        yield* concurrencyLimit({ max: 1 })
       )((id: string) => Effect.as(Deferred.await(gate), id))
       const holding = yield* Effect.fork(service("first"))
       yield* settle
@@ -151,10 +149,10 @@ describe("loadShed", () => {
       expect(waiting.unsafePoll()).toBeNull()
       // To shed at both, put a loadShed above each.
       const both = stack(
-        loadShed(),
+        yield* loadShed(),
         yield* rateLimit({ limit: 100, per: "1 second" }),
-        loadShed(),
-        yield* concurrencyLimit(1)
+        yield* loadShed(),
+        yield* concurrencyLimit({ max: 1 })
       )((id: string) => Effect.as(Deferred.await(gate), id))
       const holdingBoth = yield* Effect.fork(both("first"))
       yield* settle

@@ -6,13 +6,13 @@
  * written here, not from the module.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Metric, TestClock } from "effect"
-import { within } from "../../../src/middleware/deadline.js"
-import { stack } from "../../../src/middleware/Middleware.js"
-import { RateLimited, rateLimit, rateLimitMetrics, type RateLimitRejection } from "../../../src/middleware/rateLimit.js"
-import { timeout } from "../../../src/middleware/timeout.js"
-import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
+import { Cause, Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Metric, TestClock } from "effect"
+import { Middleware, RateLimited } from "keel"
 import { PropertyRuns } from "keel/testing"
+import { advanceTo, atOnce, exitNow, finished, settle } from "./timing.js"
+
+const { rateLimit, rateLimitMetrics, stack, timeout, within } = Middleware
+type RateLimitRejection = Middleware.RateLimitRejection
 
 /** A service that records the instant (ms after `origin`) each call is admitted, then runs `duration`. */
 const makeProbe = (origin = 0) => {
@@ -200,7 +200,7 @@ describe("rateLimit, wait mode", () => {
       yield* finished(patient)
       expect(probe.schedule()).toEqual(new Map([[0, 0], [2, 10]]))
       // A plain timeout sets no deadline: the caller waits and the timeout interrupts it.
-      const timedOut = yield* Effect.fork(stack(timeout("5 millis"))(limited)({ id: 3 }))
+      const timedOut = yield* Effect.fork(stack(yield* timeout({ after: "5 millis" }))(limited)({ id: 3 }))
       yield* advanceTo(15)
       expect(Exit.isFailure(yield* exitNow(timedOut))).toBe(true)
       // Its slot (20) went back: the next caller gets it.
@@ -301,17 +301,19 @@ describe("rateLimit options", () => {
   it.effect("refuses options that cannot work, as a defect", () =>
     Effect.gen(function*() {
       const bad = [
-        { limit: 0, per: "1 second" },
-        { limit: 1.5, per: "1 second" },
-        { limit: 1, per: "0 millis" },
-        { limit: 1, per: Duration.infinity },
-        { limit: 1, per: "1 second", maxWaiting: -1 },
-        { limit: 1, per: "1 second", maxKeys: 0 }
+        [{ limit: 0, per: "1 second" }, "limit must be an integer ≥ 1 (got 0)"],
+        [{ limit: 1.5, per: "1 second" }, "limit must be an integer ≥ 1 (got 1.5)"],
+        [{ limit: 1, per: "0 millis" }, "per must be a finite duration > 0 (got 0)"],
+        [{ limit: 1, per: Duration.infinity }, "per must be a finite duration > 0 (got Infinity)"],
+        [{ limit: 1, per: "1 second", maxWaiting: -1 }, "maxWaiting must be an integer ≥ 0 (got -1)"],
+        [{ limit: 1, per: "1 second", maxKeys: 0 }, "maxKeys must be an integer ≥ 1 (got 0)"]
       ] as const
-      for (const options of bad) {
+      for (const [options, problem] of bad) {
         const exit = yield* Effect.scoped(Effect.exit(rateLimit(options)))
         expect(Exit.isFailure(exit) && !Exit.isInterrupted(exit), JSON.stringify(options)).toBe(true)
-        expect(String(Exit.isFailure(exit) ? exit.cause : "")).toContain("rateLimit: limit must be")
+        const defect = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+        expect(defect, JSON.stringify(options)).toBeInstanceOf(Cause.IllegalArgumentException)
+        expect((defect as Error).message).toBe(`Middleware.rateLimit: ${problem}`)
       }
     }))
 })

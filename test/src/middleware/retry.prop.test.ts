@@ -15,12 +15,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Option, Random, TestClock } from "effect"
 import * as Backoff from "../../../src/Backoff.js"
-import { Timeout, Unavailable } from "../../../src/Errors.js"
-import { deadline, within } from "../../../src/middleware/deadline.js"
-import { stack } from "../../../src/middleware/Middleware.js"
-import { retry } from "../../../src/middleware/retry.js"
+import { Middleware, Timeout, Unavailable } from "keel"
 import { PropertyRuns } from "keel/testing"
 
+const { deadline, retry, stack, within } = Middleware
 
 const jitters: ReadonlyArray<Backoff.Jitter> = ["none", "full", "equal", "decorrelated", "proportional"]
 
@@ -181,7 +179,7 @@ describe("retry under a deadline, properties", () => {
         const layer = yield* retry({ backoff, budget: false })
         const { attempts, service } = alwaysFailing(latencies)
         const { endedAt, exit } = yield* runToEnd(
-          Effect.withRandom(stack(deadline(Duration.millis(d)), layer)(service)("job"), Random.make(seed)),
+          Effect.withRandom(stack(yield* deadline({ after: Duration.millis(d) }), layer)(service)("job"), Random.make(seed)),
           callHorizon
         )
 
@@ -236,7 +234,7 @@ describe("retry under a deadline, properties", () => {
         const startedAt = yield* Clock.currentTimeMillis
         const { endedAt, exit } = yield* runToEnd(
           Effect.withRandom(
-            stack(deadline(Duration.millis(d)), outerLayer, innerLayer)(enforced.service)("job"),
+            stack(yield* deadline({ after: Duration.millis(d) }), outerLayer, innerLayer)(enforced.service)("job"),
             Random.make(seed)
           ),
           callHorizon

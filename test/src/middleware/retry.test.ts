@@ -6,12 +6,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, Metric, Option, Schedule, TestClock } from "effect"
 import type * as Backoff from "../../../src/Backoff.js"
-import { Invalid, Timeout, Unavailable } from "../../../src/Errors.js"
-import { within } from "../../../src/middleware/deadline.js"
-import { stack } from "../../../src/middleware/Middleware.js"
-import { retry, retryMetrics } from "../../../src/middleware/retry.js"
-import type { RetryBudgetOptions } from "../../../src/middleware/retry.js"
-import { timeout } from "../../../src/middleware/timeout.js"
+import { Invalid, Middleware, Timeout, Unavailable } from "keel"
+
+const { retry, retryMetrics, stack, timeout, within } = Middleware
+type RetryBudgetOptions = Middleware.RetryBudgetOptions
 
 const constant = (millis: number, maxAttempts?: number): Backoff.Policy =>
   maxAttempts === undefined
@@ -294,7 +292,7 @@ describe("retry: deadline and timeouts", () => {
     Effect.gen(function*() {
       const { service, state } = scripted({ failures: 1_000, failure: unavailable, latency: 130 })
       const layer = yield* retry({ backoff: constant(100), budget: false })
-      const { endedAt, exit } = yield* runTimed(stack(timeout("1 second"), layer)(service)("job"), "1 second")
+      const { endedAt, exit } = yield* runTimed(stack(yield* timeout({ after: "1 second" }), layer)(service)("job"), "1 second")
       expect(endedAt).toBe(1000)
       expect(exit).toEqual(Exit.fail(new Timeout({ after: Duration.decode("1 second") })))
       expect(state.startedAt).toEqual([0, 230, 460, 690, 920])
@@ -305,7 +303,7 @@ describe("retry: deadline and timeouts", () => {
     Effect.gen(function*() {
       const { service, state } = scripted({ failures: 0, failure: unavailable, latency: 500 })
       const layer = yield* retry({ backoff: constant(100, 3), budget: false })
-      const { endedAt, exit } = yield* runTimed(stack(layer, timeout("200 millis"))(service)("job"))
+      const { endedAt, exit } = yield* runTimed(stack(layer, yield* timeout({ after: "200 millis" }))(service)("job"))
       expect(endedAt).toBe(800)
       expect(exit).toEqual(Exit.fail(new Timeout({ after: Duration.decode("200 millis") })))
       expect(state.startedAt).toEqual([0, 300, 600])
@@ -358,7 +356,7 @@ describe("retry: interruption and options", () => {
       for (const invalid of cases) {
         const defect = yield* defectOf({ backoff: constant(10), budget: invalid })
         expect(defect).toBeInstanceOf(Cause.IllegalArgumentException)
-        expect(String((defect as Error).message)).toMatch(/^retry: budget\.(ratio|minPerSecond|window)/)
+        expect(String((defect as Error).message)).toMatch(/^Middleware\.retry: budget\.(ratio|minPerSecond|window)/)
       }
       const badPolicy = yield* defectOf({ backoff: { base: "0 millis", max: "1 second" } })
       expect(badPolicy).toBeInstanceOf(Cause.IllegalArgumentException)

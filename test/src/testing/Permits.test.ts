@@ -6,11 +6,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Deferred, Effect, Exit, FastCheck as fc, Fiber, Option, TestClock } from "effect"
-import { concurrencyLimit } from "../../../src/middleware/concurrencyLimit.js"
-import { rateLimit } from "../../../src/middleware/rateLimit.js"
+import { Middleware } from "keel"
 import * as Permits from "../../../src/testing/Permits.js"
 import * as PropertyRuns from "../../../src/testing/PropertyRuns.js"
 import { finished, settle } from "../middleware/timing.js"
+
+const { concurrencyLimit, rateLimit } = Middleware
 
 const leakOf = (exit: Exit.Exit<void, Permits.PermitLeak>) => {
   const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
@@ -94,7 +95,7 @@ describe("Permits.semaphore", () => {
 describe("Permits.concurrencyLimit", () => {
   it.scoped("a permit held by an unfinished call reads 1, and 0 once the call ends", () =>
     Effect.gen(function*() {
-      const limit = yield* concurrencyLimit(2, { name: "permits-held-call" })
+      const limit = yield* concurrencyLimit({ max: 2, name: "permits-held-call" })
       const probe = Permits.concurrencyLimit("permits-held-call")
       const gate = yield* Deferred.make<void>()
       const call = yield* Effect.fork(limit((_: void) => Deferred.await(gate))(undefined))
@@ -111,7 +112,7 @@ describe("Permits.concurrencyLimit", () => {
 
   it.scoped("an interrupted call gives its permit back", () =>
     Effect.gen(function*() {
-      const limit = yield* concurrencyLimit(1, { name: "permits-interrupted-call" })
+      const limit = yield* concurrencyLimit({ max: 1, name: "permits-interrupted-call" })
       const probe = Permits.concurrencyLimit("permits-interrupted-call")
       const call = yield* Effect.fork(limit((_: void) => Effect.never)(undefined))
       yield* settle
@@ -148,7 +149,7 @@ describe("Permits.expectReturned", () => {
       const pool = yield* Effect.makeSemaphore(3)
       const gate = yield* Deferred.make<void>()
       yield* holdPermits(pool, 3, gate)
-      const limit = yield* concurrencyLimit(4, { name: "permits-several" })
+      const limit = yield* concurrencyLimit({ max: 4, name: "permits-several" })
       yield* Effect.fork(limit((_: void) => Deferred.await(gate))(undefined))
       yield* Effect.fork(limit((_: void) => Deferred.await(gate))(undefined))
       yield* settle

@@ -9,7 +9,7 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Cause, Data, Deferred, Effect, Either, Exit, Fiber, Metric, Option } from "effect"
-import { concurrencyLimit, concurrencyLimitMetrics } from "../../../src/middleware/concurrencyLimit.js"
+import { Middleware } from "keel"
 import {
   interruptEverywhere,
   InvariantBroken,
@@ -19,6 +19,8 @@ import {
   TooManySuspensionPoints
 } from "../../../src/testing/interruptEverywhere.js"
 import { Stalled } from "../../../src/testing/VirtualTime.js"
+
+const { concurrencyLimit, concurrencyLimitMetrics } = Middleware
 
 class CounterLeak extends Data.TaggedError("CounterLeak")<{ readonly held: number }> {
   override get message() {
@@ -205,7 +207,7 @@ describe("interruptEverywhere", () => {
       const outcomes: Array<Outcome<void, unknown>> = []
       const report = yield* interruptEverywhere(
         Effect.gen(function*() {
-          const limit = yield* concurrencyLimit(max, { name })
+          const limit = yield* concurrencyLimit({ max, name })
           const limited: Limited = (effect) => limit((_: void) => effect)(undefined)
           return scenario(fiveCalls(limited), (outcome) => {
             outcomes.push(outcome)

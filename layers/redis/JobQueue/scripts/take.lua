@@ -41,7 +41,7 @@ if ARGV[8] == '1' then
       if not state or state[1] ~= 'leased' or state[2] ~= entry then
         forget(entry)
       elseif tonumber(state[3]) >= maxAttempts then
-        local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on attempt ' .. state[3], ARGV[6], ARGV[7])
+        local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on delivery ' .. state[3], ARGV[6], ARGV[7])
         if gone then table.insert(dropped, gone) end
       else
         lease(entry, id)
