@@ -8,7 +8,18 @@
 export * as FaultInjection from "./FaultInjection.js"
 export * as FaultPlan from "./FaultPlan.js"
 export * as FiberLeaks from "./FiberLeaks.js"
-export * from "./interruptEverywhere.js"
+export {
+  interruptEverywhere,
+  InvariantBroken,
+  type Options,
+  type Outcome,
+  type Phase,
+  type Report,
+  scenario,
+  type Scenario,
+  Stuck,
+  TooManySuspensionPoints
+} from "./interruptEverywhere.js"
 export * as Ledger from "./Ledger.js"
 export * as Permits from "./Permits.js"
 export * as PropertyRuns from "./PropertyRuns.js"
