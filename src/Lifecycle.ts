@@ -35,15 +35,17 @@ import * as Internal from "./internal/lifecycle.js"
 import * as Tracker from "./Tracker.js"
 
 /**
- * Where the service is: `running` (work is accepted), `draining` (intake closed, the drain phases under way)
- * or `stopped` (set by `run` once the program has ended, drained or not).
+ * Where the service is: `running` (ready, work accepted); `preStop` (a signal or `shutdown` came: readiness
+ * is false so that load balancers stop routing here, but everything else works as before for
+ * `preStopDelay`); `draining` (intake closed, the drain under way); or `stopped` (set by `run` once the
+ * program has ended, drained or not).
  */
-export type Phase = "running" | "draining" | "stopped"
+export type Phase = "running" | "preStop" | "draining" | "stopped"
 
 /** The process signals the Lifecycle reacts to: SIGINT (Ctrl+C) and SIGTERM (what orchestrators send). */
 export type SignalName = "SIGINT" | "SIGTERM"
 
-/** What started the drain. */
+/** What started the shutdown. */
 export type Trigger =
   | {
     /** Draining was started by a process signal. */
@@ -61,13 +63,16 @@ export type Trigger =
 /** Why waiting stopped before the work was done. */
 export type ForceReason =
   | {
-    /** The drain deadline passed. */
+    /**
+     * The drain reached the point where what is left is cut: `drainTimeout` minus the grace kept for
+     * interrupted work and finalizers.
+     */
     readonly _tag: "Deadline"
-    /** The deadline that passed (`drainTimeout`), counted from the start of draining. */
+    /** When the work was cut, counted from the start of draining. */
     readonly after: Duration.Duration
   }
   | {
-    /** A second signal came during the drain. */
+    /** A further signal came during the drain (one during the pre-stop delay only skips the delay). */
     readonly _tag: "Escalated"
     /** The signal that escalated: the second one received, whichever it was. */
     readonly signal: SignalName
@@ -113,11 +118,13 @@ export interface ShutdownReport {
    * abandoned. None after a clean drain.
    */
   readonly forcedBy: Option.Option<ForceReason>
-  /** The drain deadline that applied, in milliseconds. */
+  /** The drain deadline that applied (`drainTimeout`), in milliseconds. */
   readonly drainTimeoutMs: number
+  /** The pre-stop delay that applied (`preStopDelay`), in milliseconds. */
+  readonly preStopDelayMs: number
   /**
-   * From the start of draining to the end of the drain, in milliseconds. It can exceed `drainTimeoutMs` when
-   * the deadline was reached: interrupted work and finalizers are given `forceGrace` more.
+   * From the signal (or `shutdown`) to the end of the drain, in milliseconds: at most `preStopDelayMs +
+   * drainTimeoutMs`, whatever the work and the finalizers do.
    */
   readonly totalMs: number
   /** The phases that ran, in order, each with its duration. */
@@ -130,7 +137,7 @@ export interface ShutdownReport {
   readonly forced: number
   /** Every item that did not finish, from all `components`, by id or label. */
   readonly unfinished: ReadonlyArray<string>
-  /** True when finalizers were still running `forceGrace` after the deadline and were abandoned. */
+  /** True when finalizers were still running at the end of the drain deadline and were abandoned. */
   readonly finalizersAbandoned: boolean
   /**
    * When the drain was cut: the fibers still alive and the resources still held at the end ("why won't it
@@ -139,16 +146,27 @@ export interface ShutdownReport {
   readonly leftovers: Option.Option<Leftovers.Leftovers>
 }
 
-/** Options of `make` and `layer` (and of `runMain` in `keel/node`). */
+/**
+ * Options of `make` and `layer` (and of `runMain` in `keel/node`). From the signal to the end of the run takes
+ * at most `preStopDelay + drainTimeout`: give an orchestrator a grace period (Kubernetes'
+ * `terminationGracePeriodSeconds`) of at least that, plus a few seconds for the process to exit.
+ */
 export interface Options {
-  /** The one deadline for all drain phases. Default: `KEEL_DRAIN_TIMEOUT`, else 30 seconds. */
+  /**
+   * The one deadline for the whole drain, from the end of the pre-stop delay: in-flight work, queues and
+   * finalizers, and the grace given to what the deadline cuts. Default: `KEEL_DRAIN_TIMEOUT`, else 20 seconds.
+   */
   readonly drainTimeout?: Duration.DurationInput
   /**
-   * Wait after readiness turns false, before draining (lets load balancers notice). Default:
-   * `KEEL_PRE_STOP_DELAY`, else 0.
+   * How long, after a signal, readiness is false while everything else keeps working, before intake closes
+   * and the drain starts: the time load balancers take to stop routing here. Default: `KEEL_PRE_STOP_DELAY`,
+   * else 0. A second signal skips what is left of it.
    */
   readonly preStopDelay?: Duration.DurationInput
-  /** How long finalizers may still run once the deadline has cut the work. Default 5 seconds. */
+  /**
+   * The part of `drainTimeout` kept at its end for interrupted work and finalizers: what is left running is
+   * cut at `drainTimeout - forceGrace`. Default 5 seconds; at most half of `drainTimeout` is used.
+   */
   readonly forceGrace?: Duration.DurationInput
 }
 
@@ -157,42 +175,66 @@ export interface Options {
  * start it. Components read it to close intake and bound their drain; `run` walks the drain phases.
  */
 export interface LifecycleService {
-  /** The one deadline for all drain phases: the `drainTimeout` option, else `KEEL_DRAIN_TIMEOUT`, else 30 s. */
+  /** The one deadline for the whole drain: the `drainTimeout` option, else `KEEL_DRAIN_TIMEOUT`, else 20 s. */
   readonly drainTimeout: Duration.Duration
   /**
-   * How long to wait after readiness turns false before servers stop accepting and the drain goes on:
-   * the `preStopDelay` option, else `KEEL_PRE_STOP_DELAY`, else 0.
+   * How long readiness is false, with everything else still working, before intake closes and the drain
+   * starts: the `preStopDelay` option, else `KEEL_PRE_STOP_DELAY`, else 0.
    */
   readonly preStopDelay: Duration.Duration
-  /** How long interrupted work and finalizers may still run once the deadline has cut the drain. */
+  /**
+   * The end of `drainTimeout` kept for interrupted work and finalizers once the work has been cut (the
+   * `forceGrace` option, at most half of `drainTimeout`).
+   */
   readonly forceGrace: Duration.Duration
   /** The current phase. */
   readonly phase: Effect.Effect<Phase>
   /** The current phase, then every change. */
   readonly phaseChanges: Stream.Stream<Phase>
-  /** True while running; false from the first instant of draining. */
+  /** True while running; false from the signal (or `shutdown`) on, through the pre-stop delay. */
   readonly isReady: Effect.Effect<boolean>
-  /** Completes with the trigger when draining starts (at once if it already has). */
+  /**
+   * Completes with the trigger at the signal (or `shutdown`): readiness turns false and the pre-stop delay
+   * begins (at once if it already has).
+   */
+  readonly awaitShutdown: Effect.Effect<Trigger>
+  /**
+   * Completes with the trigger when draining starts, after the pre-stop delay: intake closes (at once if it
+   * already has).
+   */
   readonly awaitDraining: Effect.Effect<Trigger>
   /** The trigger, if draining has started, without waiting. */
   readonly pollDraining: Effect.Effect<Option.Option<Trigger>>
-  /** Completes when waiting must stop: the deadline passed, or a second signal came. */
+  /**
+   * Completes when waiting must stop and what is left must be cut: the drain reached `drainTimeout -
+   * forceGrace`, or a further signal came during the drain.
+   */
   readonly awaitForced: Effect.Effect<ForceReason>
   /** Whether waiting has been forced to stop, without waiting. */
   readonly pollForced: Effect.Effect<Option.Option<ForceReason>>
-  /** Time left before the deadline; infinite while running. */
+  /** Time left before work is cut (`awaitForced`); infinite until draining starts. */
   readonly remaining: Effect.Effect<Duration.Duration>
-  /** Fails with `ShuttingDown` once draining has started: the intake check for new work. */
+  /**
+   * Fails with `ShuttingDown` once draining has started (after the pre-stop delay): the intake check for new
+   * work.
+   */
   readonly ensureAccepting: Effect.Effect<void, ShuttingDown>
-  /** Starts draining programmatically; later calls do nothing. */
+  /** Starts the shutdown programmatically, as a signal does (pre-stop delay, then drain); later calls do nothing. */
   readonly shutdown: (reason: string) => Effect.Effect<void>
-  /** A process signal: the first starts draining (if nothing has), the second escalates (stop waiting at once). */
-  readonly signal: (signal: SignalName) => Effect.Effect<void>
+  /**
+   * A process signal. The first starts the shutdown (or, after `shutdown`, confirms it); a further one during
+   * the pre-stop delay skips what is left of it; one during the drain escalates (stop waiting, cut what is
+   * left); one after that is `ignored`, and a signal listener exits the process. Says which it did.
+   */
+  readonly signal: (signal: SignalName) => Effect.Effect<SignalEffect>
   /** Runs work the drain must wait for; refused with `ShuttingDown` once draining. */
   readonly track: <A, E, R>(label: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | ShuttingDown, R>
   /** Components add what they did during the drain; it appears in the shutdown report. */
   readonly reportDrain: (report: DrainReport) => Effect.Effect<void>
 }
+
+/** What a signal did to the Lifecycle (see `LifecycleService.signal`). */
+export type SignalEffect = "started" | "confirmed" | "preStopSkipped" | "escalated" | "ignored"
 
 /**
  * The Lifecycle service's tag. `layer` provides it (and `runMain` from `keel/node` does so for you); the
@@ -219,8 +261,8 @@ export class Lifecycle extends Context.Tag("keel/Lifecycle")<Lifecycle, Lifecycl
 
 /** Environment variables read through `Config` when an option is not given. */
 export const config = {
-  /** `KEEL_DRAIN_TIMEOUT`, a duration such as `10 seconds`; 30 seconds when unset. */
-  drainTimeout: Config.duration("KEEL_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(30))),
+  /** `KEEL_DRAIN_TIMEOUT`, a duration such as `10 seconds`; 20 seconds when unset. */
+  drainTimeout: Config.duration("KEEL_DRAIN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20))),
   /** `KEEL_PRE_STOP_DELAY`, a duration such as `500 millis`; 0 when unset. */
   preStopDelay: Config.duration("KEEL_PRE_STOP_DELAY").pipe(Config.withDefault(Duration.zero))
 }
@@ -242,30 +284,63 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
   Effect.gen(function*() {
     const drainTimeout = yield* resolveDuration(options.drainTimeout, config.drainTimeout)
     const preStopDelay = yield* resolveDuration(options.preStopDelay, config.preStopDelay)
-    const forceGrace = Duration.decode(options.forceGrace ?? Duration.seconds(5))
+    const forceGrace = Duration.min(
+      Duration.decode(options.forceGrace ?? Duration.seconds(5)),
+      Duration.millis(Duration.toMillis(drainTimeout) / 2)
+    )
+    const cutAfter = Duration.subtract(drainTimeout, forceGrace)
     const scope = yield* Effect.scope
     const phaseRef = yield* SubscriptionRef.make<Phase>("running")
+    const shutdownStarted = yield* Deferred.make<Trigger>()
+    const preStopOver = yield* Deferred.make<void>()
     const draining = yield* Deferred.make<Trigger>()
     const forced = yield* Deferred.make<ForceReason>()
     const tracker = yield* Tracker.make
     const reports: Array<DrainReport> = []
-    let drainStartedAt: number | undefined
-    let signalsReceived = 0
+    /** The state of the shutdown, which only moves forward. */
+    const state = {
+      /** Clock ms of the signal or `shutdown`; undefined while running. */
+      shutdownAt: undefined as number | undefined,
+      /** Clock ms when the drain started (intake closed); undefined before. */
+      drainStartedAt: undefined as number | undefined,
+      signalsReceived: 0,
+      /** A signal has already escalated the drain: the next one is `ignored` (a listener exits then). */
+      escalated: false
+    }
+
+    const startDrain = (trigger: Trigger): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        if (state.drainStartedAt !== undefined) return
+        state.drainStartedAt = yield* Clock.currentTimeMillis
+        yield* SubscriptionRef.set(phaseRef, "draining")
+        yield* tracker.close(Internal.describeTrigger(trigger))
+        yield* Effect.sleep(cutAfter).pipe(
+          Effect.zipRight(Deferred.succeed(forced, { _tag: "Deadline", after: cutAfter })),
+          Effect.interruptible,
+          Effect.forkIn(scope)
+        )
+        yield* Deferred.succeed(draining, trigger)
+      }).pipe(Effect.uninterruptible)
 
     const begin = (trigger: Trigger): Effect.Effect<boolean> =>
       Effect.suspend(() => {
-        if (drainStartedAt !== undefined) return Effect.succeed(false)
-        drainStartedAt = Number.NaN
+        if (state.shutdownAt !== undefined) return Effect.succeed(false)
+        state.shutdownAt = Number.NaN
         return Effect.gen(function*() {
-          drainStartedAt = yield* Clock.currentTimeMillis
-          yield* SubscriptionRef.set(phaseRef, "draining")
-          yield* tracker.close(Internal.describeTrigger(trigger))
-          yield* Effect.sleep(drainTimeout).pipe(
-            Effect.zipRight(Deferred.succeed(forced, { _tag: "Deadline", after: drainTimeout })),
-            Effect.interruptible,
-            Effect.forkIn(scope)
-          )
-          yield* Deferred.succeed(draining, trigger)
+          state.shutdownAt = yield* Clock.currentTimeMillis
+          if (Duration.greaterThan(preStopDelay, Duration.zero)) {
+            yield* SubscriptionRef.set(phaseRef, "preStop")
+            yield* Deferred.succeed(shutdownStarted, trigger)
+            // Readiness is false; everything else works until the delay ends or a further signal skips it.
+            yield* Effect.raceFirst(Effect.sleep(preStopDelay), Deferred.await(preStopOver)).pipe(
+              Effect.zipRight(startDrain(trigger)),
+              Effect.interruptible,
+              Effect.forkIn(scope)
+            )
+          } else {
+            yield* Deferred.succeed(shutdownStarted, trigger)
+            yield* startDrain(trigger)
+          }
           return true
         })
       }).pipe(Effect.uninterruptible)
@@ -277,28 +352,37 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
       phase: SubscriptionRef.get(phaseRef),
       phaseChanges: phaseRef.changes,
       isReady: Effect.map(SubscriptionRef.get(phaseRef), (phase) => phase === "running"),
+      awaitShutdown: Deferred.await(shutdownStarted),
       awaitDraining: Deferred.await(draining),
       pollDraining: pollDeferred(draining),
       awaitForced: Deferred.await(forced),
       pollForced: pollDeferred(forced),
       remaining: Effect.suspend(() =>
-        drainStartedAt === undefined || Number.isNaN(drainStartedAt)
+        state.drainStartedAt === undefined
           ? Effect.succeed(Duration.infinity)
           : Effect.map(Clock.currentTimeMillis, (now) =>
-            Duration.millis(Math.max(0, drainStartedAt! + Duration.toMillis(drainTimeout) - now)))
+            Duration.millis(Math.max(0, state.drainStartedAt! + Duration.toMillis(cutAfter) - now)))
       ),
       ensureAccepting: Effect.flatMap(pollDeferred(draining), (trigger) =>
         Option.isNone(trigger) ? Effect.void : new ShuttingDown({ reason: Internal.describeTrigger(trigger.value) })),
       shutdown: (reason) => Effect.asVoid(begin({ _tag: "Requested", reason })),
-      // The second signal escalates, whatever started the drain: after `shutdown(reason)` the first
-      // signal (an orchestrator's usual SIGTERM) only confirms it.
+      // After `shutdown(reason)` the first signal (an orchestrator's usual SIGTERM) only confirms it; each
+      // further signal moves the shutdown one step on: past the pre-stop delay, then to cutting the drain.
       signal: (signal) =>
-        Effect.suspend(() => {
-          signalsReceived++
-          return Effect.flatMap(begin({ _tag: "Signal", signal }), (started) =>
-            started || signalsReceived < 2
-              ? Effect.void
-              : Effect.asVoid(Deferred.succeed(forced, { _tag: "Escalated", signal })))
+        Effect.suspend((): Effect.Effect<SignalEffect> => {
+          state.signalsReceived++
+          if (state.shutdownAt === undefined) return Effect.as(begin({ _tag: "Signal", signal }), "started" as const)
+          if (state.signalsReceived === 1) return Effect.succeed("confirmed")
+          if (state.drainStartedAt === undefined) {
+            return Effect.flatMap(Deferred.await(shutdownStarted), (trigger) =>
+              Effect.zipRight(
+                Deferred.succeed(preStopOver, undefined),
+                Effect.as(startDrain(trigger), "preStopSkipped" as const)
+              ))
+          }
+          if (state.escalated) return Effect.succeed("ignored")
+          state.escalated = true
+          return Effect.as(Deferred.succeed(forced, { _tag: "Escalated", signal }), "escalated" as const)
         }),
       track: tracker.track,
       reportDrain: (report) => Effect.sync(() => void reports.push(report))
@@ -307,9 +391,8 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
       tracker,
       drainReports: Effect.sync(() => [...reports]),
       markStopped: SubscriptionRef.set(phaseRef, "stopped"),
-      drainStartedAt: Effect.sync(() =>
-        drainStartedAt === undefined || Number.isNaN(drainStartedAt) ? Option.none() : Option.some(drainStartedAt)
-      )
+      shutdownAt: Effect.sync(() => Option.fromNullable(Number.isNaN(state.shutdownAt) ? undefined : state.shutdownAt)),
+      drainStartedAt: Effect.sync(() => Option.fromNullable(state.drainStartedAt))
     })
   })
 
@@ -408,24 +491,34 @@ const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunR
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
     const internals = yield* Internal.internalsOf(lifecycle)
-    yield* Effect.raceFirst(Effect.asVoid(Fiber.await(programFiber)), Effect.asVoid(lifecycle.awaitDraining))
-    const draining = yield* lifecycle.pollDraining
-    if (Option.isNone(draining)) {
+    const shutdown = yield* Effect.raceFirst(
+      Effect.as(Fiber.await(programFiber), Option.none<Trigger>()),
+      Effect.asSome(lifecycle.awaitShutdown)
+    )
+    if (Option.isNone(shutdown)) {
       yield* internals.markStopped
       return { exit: yield* Fiber.await(programFiber), report: Option.none() }
     }
-    const trigger = draining.value
+    const trigger = shutdown.value
+    const phases: Array<PhaseTiming> = []
+    const further = trigger._tag === "Signal" ? `a second ${trigger.signal}` : "a signal"
+    if (Duration.greaterThan(lifecycle.preStopDelay, Duration.zero)) {
+      yield* Effect.logInfo(
+        `shutting down (${Internal.describeTrigger(trigger)}): not ready; serving on for the pre-stop delay of ` +
+          `${Duration.format(lifecycle.preStopDelay)} (${further} skips it), then draining`
+      )
+      const [, durationMs] = yield* timed(lifecycle.awaitDraining)
+      phases.push({ phase: "preStop", durationMs })
+    } else {
+      yield* lifecycle.awaitDraining
+    }
     yield* Effect.logInfo(
       `draining (${Internal.describeTrigger(trigger)}): intake closed, deadline ${Duration.format(lifecycle.drainTimeout)}` +
-        (trigger._tag === "Signal" ? `; a second ${trigger.signal} stops waiting` : "")
+        (trigger._tag === "Signal" ? `; a further ${trigger.signal} stops waiting` : "")
     )
-    const phases: Array<PhaseTiming> = []
     const stopWaiting = lifecycle.awaitForced
-
-    if (Duration.greaterThan(lifecycle.preStopDelay, Duration.zero)) {
-      const [, durationMs] = yield* timed(Effect.raceFirst(Effect.sleep(lifecycle.preStopDelay), Effect.asVoid(stopWaiting)))
-      phases.push({ phase: "preStop", durationMs })
-    }
+    // Once work is cut, interrupted work and finalizers share one grace: the drain ends at the deadline.
+    const abandon = yield* Effect.forkDaemon(Effect.zipRight(stopWaiting, Effect.sleep(lifecycle.forceGrace)))
 
     const [settlement, inFlightMs] = yield* timed(internals.tracker.settle(stopWaiting, lifecycle.forceGrace))
     phases.push({ phase: "inFlight", durationMs: inFlightMs })
@@ -443,14 +536,15 @@ const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunR
     const stopper = yield* Effect.forkDaemon(Fiber.interrupt(programFiber))
     const [finalizersDone, finalizersMs] = yield* timed(Effect.raceFirst(
       Effect.as(Fiber.await(stopper), true),
-      Effect.as(Effect.zipRight(stopWaiting, Effect.sleep(lifecycle.forceGrace)), false)
+      Effect.as(Fiber.await(abandon), false)
     ))
+    yield* Fiber.interrupt(abandon)
     phases.push({ phase: "finalizers", durationMs: finalizersMs })
 
     const exit = Option.getOrElse(yield* Fiber.poll(programFiber), () => Exit.interrupt(Fiber.id(programFiber)))
     const forcedBy = yield* lifecycle.pollForced
     yield* internals.markStopped
-    const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone, programFiber, [stopper])
+    const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone, programFiber, [stopper, abandon])
     yield* Effect.logInfo(renderReport(report))
     return { exit, report: Option.some(report) }
   })
@@ -468,7 +562,7 @@ const buildReport = (
   Effect.gen(function*() {
     const internals = yield* Internal.internalsOf(lifecycle)
     const components = yield* internals.drainReports
-    const startedAt = Option.getOrElse(yield* internals.drainStartedAt, () => 0)
+    const startedAt = Option.getOrElse(yield* internals.shutdownAt, () => 0)
     const now = yield* Clock.currentTimeMillis
     const forced = components.reduce((sum, component) => sum + component.forced, 0)
     const unfinished = components.flatMap((component) => component.unfinished)
@@ -487,6 +581,7 @@ const buildReport = (
       outcome,
       forcedBy,
       drainTimeoutMs: Duration.toMillis(lifecycle.drainTimeout),
+      preStopDelayMs: Duration.toMillis(lifecycle.preStopDelay),
       totalMs: now - startedAt,
       phases,
       components,
@@ -529,13 +624,13 @@ export const renderReport = (report: ShutdownReport): string => {
     onNone: () => "",
     onSome: (reason) =>
       reason._tag === "Deadline"
-        ? ` (deadline of ${Duration.format(reason.after)} reached)`
+        ? ` (deadline reached: work cut after ${Duration.format(reason.after)} of ${Duration.millis(report.drainTimeoutMs).pipe(Duration.format)})`
         : ` (second ${reason.signal})`
   })
   const lines = [
     `shutdown ${report.outcome}${forcedBy}: trigger ${Internal.describeTrigger(report.trigger)}, ` +
     `${report.finished} finished, ${report.forced} forced, ${report.unfinished.length} unfinished, ` +
-    `${report.totalMs} ms of ${report.drainTimeoutMs} ms`,
+    `${report.totalMs} ms of ${report.preStopDelayMs + report.drainTimeoutMs} ms`,
     `  phases: ${report.phases.map((timing) => `${timing.phase} ${timing.durationMs} ms`).join(", ")}`,
     ...report.components.map((component) =>
       `  ${component.component}: ${component.finished} finished, ${component.forced} forced, ` +
@@ -543,7 +638,7 @@ export const renderReport = (report: ShutdownReport): string => {
       (component.unfinished.length > 0 ? ` [${component.unfinished.join(", ")}]` : "")
     )
   ]
-  if (report.finalizersAbandoned) lines.push("  finalizers were still running after the grace period and were abandoned")
+  if (report.finalizersAbandoned) lines.push("  finalizers were still running at the deadline and were abandoned")
   if (Option.isSome(report.leftovers)) {
     lines.push(...(Leftovers.isEmpty(report.leftovers.value) ? ["  nothing left alive"] : Leftovers.render(report.leftovers.value)))
   }

@@ -77,11 +77,13 @@ const getJob = Effect.gen(function*() {
   })
 }).pipe(Effect.catchTag("StoreUnavailable", retryLater))
 
-const healthz = Effect.succeed(HttpServerResponse.text("ok"))
+/** Liveness: 200 while the process runs, through the pre-stop delay and the drain (restarting it would cut the drain). */
+const alive = Effect.succeed(HttpServerResponse.text("ok"))
 
+/** Readiness: 503 from the first instant of a shutdown, so that load balancers stop routing here. */
 const readyz = Effect.map(
-  Lifecycle.isReady,
-  (ready) => ready ? json({ ready: true }) : json({ ready: false, reason: "draining" }, 503)
+  Lifecycle.phase,
+  (phase) => phase === "running" ? json({ ready: true }) : json({ ready: false, reason: phase }, 503)
 )
 
 const DownstreamPatch = Schema.Struct({
@@ -113,7 +115,8 @@ interface Route {
 const routes: ReadonlyArray<Route> = [
   { path: "/jobs", methods: { POST: submitJob } },
   { path: "/jobs/:id", methods: { GET: getJob } },
-  { path: "/healthz", methods: { GET: healthz } },
+  { path: "/livez", methods: { GET: alive } },
+  { path: "/healthz", methods: { GET: alive } },
   { path: "/readyz", methods: { GET: readyz } },
   { path: "/metrics", methods: { GET: Prometheus.metricsApp } },
   { path: "/admin/downstream", methods: { GET: downstreamState, PUT: configureDownstream } }

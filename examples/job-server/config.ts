@@ -39,7 +39,7 @@ export const settings = Config.all({
   jobMaxDeliveries: positiveInt("JOB_MAX_DELIVERIES", 5),
   queueCapacity: positiveInt("QUEUE_CAPACITY", 100),
   storeCapacity: positiveInt("STORE_CAPACITY", 10_000),
-  drainTimeout: duration("DRAIN_TIMEOUT", "30 seconds"),
+  drainTimeout: duration("DRAIN_TIMEOUT", "20 seconds"),
   preStopDelay: duration("PRE_STOP_DELAY", Duration.zero),
   maxBodyBytes: positiveInt("MAX_BODY_BYTES", 1024 * 1024),
   requestTimeout: duration("REQUEST_TIMEOUT", "10 seconds"),

@@ -186,11 +186,10 @@ export const sharedLayer = (settings: Settings) =>
         runnerOptions(settings, store, true, (payload) => Effect.orDie(decodeRequest(payload)))
       )
       const lifecycle = yield* Lifecycle.Lifecycle
+      // Jobs are accepted through the pre-stop delay, as the embedded pool accepts them; once the drain
+      // starts this process offers nothing more to the shared queue.
       const trySubmit: JobIntake["trySubmit"] = (job, options) =>
-        Effect.flatMap(lifecycle.isReady, (ready): ReturnType<JobIntake["trySubmit"]> =>
-          ready
-            ? queue.tryOffer(job as unknown as JobQueue.Json, options)
-            : Effect.fail(new ShuttingDown({ reason: "draining" })))
+        Effect.zipRight(lifecycle.ensureAccepting, queue.tryOffer(job as unknown as JobQueue.Json, options))
       return { trySubmit }
     })
   )

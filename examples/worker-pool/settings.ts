@@ -33,7 +33,7 @@ export const usage = `usage: worker-pool [options]
   --rate N            jobs produced per second; 0 = as fast as the queue takes them (default 0)
   --policy P          on shutdown: drain (run queued jobs) or handBack (return them) (default drain)
   --seed N            seed for durations and failures (default: random)
-  --drain-timeout D   drain deadline, e.g. "10 seconds" (default KEEL_DRAIN_TIMEOUT or 30 seconds)
+  --drain-timeout D   drain deadline, e.g. "10 seconds" (default KEEL_DRAIN_TIMEOUT or 20 seconds)
   --hang-job N        job N never ends and cannot be interrupted (a stuck call), to see what the
                       shutdown report lists when the drain is cut`
 

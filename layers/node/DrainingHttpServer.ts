@@ -195,11 +195,14 @@ export const make = (options: Options = {}): Effect.Effect<
       sweepIdle()
     })
 
-    yield* lifecycle.awaitDraining.pipe(
+    // From the signal on, answers ask keep-alive clients to reconnect (through the load balancer, which now
+    // routes elsewhere); requests and new connections are still served until the pre-stop delay ends and
+    // the drain starts.
+    yield* lifecycle.awaitShutdown.pipe(
       Effect.zipRight(Effect.sync(() => {
         closeConnections = true
       })),
-      Effect.zipRight(Effect.raceFirst(Effect.sleep(lifecycle.preStopDelay), Effect.asVoid(lifecycle.awaitForced))),
+      Effect.zipRight(lifecycle.awaitDraining),
       Effect.zipRight(stopAccepting),
       Effect.interruptible,
       Effect.forkScoped

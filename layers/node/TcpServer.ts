@@ -276,8 +276,8 @@ export const serve = (
       checkAllEnded()
     })
 
+    // Connected clients and new connections are served through the pre-stop delay; the drain starts after it.
     yield* lifecycle.awaitDraining.pipe(
-      Effect.zipRight(Effect.raceFirst(Effect.sleep(lifecycle.preStopDelay), Effect.asVoid(lifecycle.awaitForced))),
       Effect.zipRight(stopAccepting),
       Effect.interruptible,
       Effect.forkScoped

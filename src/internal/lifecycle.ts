@@ -17,7 +17,9 @@ export interface Internals {
   readonly drainReports: Effect.Effect<ReadonlyArray<DrainReport>>
   /** Moves the phase to `stopped` when the run is over. */
   readonly markStopped: Effect.Effect<void>
-  /** Clock time (ms) when draining started; none before. */
+  /** Clock time (ms) of the signal or `shutdown` that started the shutdown; none before. */
+  readonly shutdownAt: Effect.Effect<Option.Option<number>>
+  /** Clock time (ms) when draining started, after the pre-stop delay; none before. */
   readonly drainStartedAt: Effect.Effect<Option.Option<number>>
 }
 

@@ -309,20 +309,32 @@ describe("job server", () => {
     expect(transitions("HalfOpen", "Closed")).toBeGreaterThanOrEqual(1)
   })
 
-  it("readiness turns 503 at SIGTERM and a request on a kept-alive connection during the drain is answered with Connection: close", async () => {
-    const server = await start({ PRE_STOP_DELAY: "1500 millis" })
+  it("during the pre-stop delay after SIGTERM: readiness 503 (with Connection: close), liveness 200, jobs still accepted and run", async () => {
+    const server = await start({ PRE_STOP_DELAY: "3 seconds" })
     const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
     const get = (path: string) => nodeRequest({ port: server.port, path, agent })
     const before = await get("/readyz")
     expect(before).toMatchObject({ status: 200, connection: "keep-alive" })
     server.run.signal("SIGTERM")
-    await server.run.waitForOutput(/draining \(SIGTERM\)/, 10_000)
+    await server.run.waitForOutput(/shutting down \(SIGTERM\): not ready/, 10_000)
     const during = await get("/readyz")
-    expect(during.socket).toBe(before.socket) // the same kept-alive connection
+    expect(during.socket).toBe(before.socket) // the same kept-alive connection, answered
     expect(during).toMatchObject({ status: 503, connection: "close" })
-    expect(JSON.parse(during.body)).toMatchObject({ ready: false })
+    expect(JSON.parse(during.body)).toMatchObject({ ready: false, reason: "preStop" })
     agent.destroy()
+    expect((await fetch(`${server.base}/livez`)).status).toBe(200)
+    // Work keeps coming through the load balancer while it notices: it is accepted and run, not refused.
+    const accepted = await submit(server, { kind: "sleep", payload: { ms: 300 } })
+    expect(accepted.status).toBe(202)
+    const id = String(accepted.body["id"])
+    const stateOf = async () => ((await (await fetch(`${server.base}/jobs/${id}`)).json()) as { state: string }).state
+    const deadline = Date.now() + 5_000
+    while ((await stateOf()) !== "completed" && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(await stateOf()).toBe("completed")
+    expect(server.run.output()).not.toMatch(/draining \(SIGTERM\)/)
+    await server.run.waitForOutput(/draining \(SIGTERM\): intake closed/, 10_000)
     expect(await server.run.waitForExit(20_000)).toEqual({ code: 0, signal: null })
+    expect(server.run.output()).toMatch(/shutdown clean: trigger SIGTERM.*phases: preStop 3\d\d\d ms/)
   })
 
   it("SIGTERM under load: every request answered, no resets or timeouts, every accepted job accounted for", async () => {

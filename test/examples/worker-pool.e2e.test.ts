@@ -60,7 +60,7 @@ describe("worker-pool example", () => {
     await run.waitForOutput(busy, 30_000)
     run.signal("SIGTERM")
     expect(await run.waitForExit(15_000)).toEqual({ code: 1, signal: null })
-    expect(run.output()).toMatch(/shutdown forced \(deadline of 1s reached\): trigger SIGTERM, 0 finished, \d+ forced/)
+    expect(run.output()).toMatch(/shutdown forced \(deadline reached: work cut after 500ms of 1s\): trigger SIGTERM, 0 finished, \d+ forced/)
     expect(run.output()).toMatch(/jobs-1 \(interrupted\)/)
   })
 
@@ -72,10 +72,10 @@ describe("worker-pool example", () => {
     )
     await run.waitForOutput(/progress: queued \d+ \| in flight 2 \| done [1-9]/, 30_000)
     run.signal("SIGTERM")
-    // The deadline (1 s) and the grace for finalizers (5 s) pass; then the run gives up on the stuck job.
+    // The work is cut half way through the 1 s deadline; at the deadline the run gives up on the stuck job.
     expect(await run.waitForExit(30_000)).toEqual({ code: 1, signal: null })
     const output = run.output()
-    expect(output).toContain("finalizers were still running after the grace period and were abandoned")
+    expect(output).toContain("finalizers were still running at the deadline and were abandoned")
     const worker = output.match(/#(\d+) worker=\d+ pool=jobs \(alive \d+ ms\)/)
     expect(worker).not.toBeNull()
     expect(output).toMatch(new RegExp(`#\\d+ program \\(alive \\d+ ms, waiting on #\\d+\\)`))

@@ -14,7 +14,7 @@ const runInBackground = <A, E>(program: Effect.Effect<A, E, Lifecycle.Lifecycle>
   Effect.tap(Effect.fork(Lifecycle.run(program)), () => TestClock.adjust(0))
 
 describe("Lifecycle phases", () => {
-  it.effect("moves running → draining → stopped, observable as a value, a stream and an awaitable", () =>
+  it.effect("moves running → draining → stopped (no pre-stop delay), observable as a value, a stream and an awaitable", () =>
     Effect.gen(function*() {
       const lifecycle = yield* Lifecycle.Lifecycle
       const seen = yield* lifecycle.phaseChanges.pipe(Stream.take(3), Stream.runCollect, Effect.fork)
@@ -112,27 +112,108 @@ describe("Lifecycle.run", () => {
       const report = Option.getOrThrow(result.report)
       expect(interrupted).toBe(true)
       expect(report.outcome).toBe("forced")
-      expect(report.forcedBy).toEqual(Option.some({ _tag: "Deadline", after: Duration.seconds(10) }))
+      // The work is cut at the deadline minus the grace kept for what it interrupts and for finalizers.
+      expect(report.forcedBy).toEqual(Option.some({ _tag: "Deadline", after: Duration.seconds(8) }))
       expect(report.unfinished).toEqual(["slow-upload"])
-      expect(report.totalMs).toBe(10_000)
+      expect(report.totalMs).toBe(8_000)
       expect(Lifecycle.exitCode(result)).toBe(1)
       expect(Lifecycle.renderReport(report)).toContain("slow-upload")
-    }).pipe(withLifecycle({ drainTimeout: "10 seconds" })))
+      expect(Lifecycle.renderReport(report)).toContain("work cut after 8s of 10s")
+    }).pipe(withLifecycle({ drainTimeout: "10 seconds", forceGrace: "2 seconds" })))
 
-  it.effect("the pre-stop delay and every later phase share the same deadline", () =>
+  it.effect("the pre-stop delay comes first, then the drain with its own deadline: at most preStopDelay + drainTimeout", () =>
     Effect.gen(function*() {
       const program = Effect.zipRight(Effect.fork(Lifecycle.track("job", Effect.sleep("1 minute"))), Effect.never)
       const running = yield* runInBackground(program)
       yield* Lifecycle.shutdown("deploy")
       yield* TestClock.adjust("1 minute")
       const report = Option.getOrThrow((yield* Fiber.join(running)).report)
+      // The job is cut at 5 s − 1 s of grace into the drain and ends at once.
       expect(report.phases.map((timing) => [timing.phase, timing.durationMs])).toEqual([
         ["preStop", 3_000],
-        ["inFlight", 2_000],
+        ["inFlight", 4_000],
         ["finalizers", 0]
       ])
-      expect(report.totalMs).toBe(5_000)
-    }).pipe(withLifecycle({ drainTimeout: "5 seconds", preStopDelay: "3 seconds" })))
+      expect(report.totalMs).toBe(7_000)
+      expect(report.preStopDelayMs + report.drainTimeoutMs).toBe(8_000)
+    }).pipe(withLifecycle({ drainTimeout: "5 seconds", preStopDelay: "3 seconds", forceGrace: "1 second" })))
+
+  it.effect("worst case: work that ignores interruption and a finalizer that hangs still end at preStopDelay + drainTimeout", () =>
+    Effect.gen(function*() {
+      let reportedAt = -1
+      const program = Effect.gen(function*() {
+        // A finalizer that never returns, and tracked work that cannot be interrupted.
+        yield* Effect.addFinalizer(() => Effect.never)
+        yield* Effect.fork(Lifecycle.track("stuck", Effect.uninterruptible(Effect.never)))
+        return yield* Effect.never
+      }).pipe(Effect.scoped)
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const running = yield* Effect.fork(Effect.tap(Lifecycle.run(program), () =>
+        Effect.clockWith((clock) => Effect.sync(() => (reportedAt = clock.unsafeCurrentTimeMillis())))))
+      yield* TestClock.adjust(0)
+      const signalledAt = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      yield* lifecycle.signal("SIGTERM")
+      yield* TestClock.adjust("3 minutes")
+      const result = yield* Fiber.join(running)
+      const report = Option.getOrThrow(result.report)
+      // 5 s of pre-stop delay, then a 20 s drain (the default), whatever the work and the finalizers do.
+      expect(reportedAt - signalledAt).toBe(25_000)
+      expect(report.totalMs).toBe(25_000)
+      expect(report.phases.map((timing) => [timing.phase, timing.durationMs])).toEqual([
+        ["preStop", 5_000],
+        ["inFlight", 20_000],
+        ["finalizers", 0]
+      ])
+      expect(report.outcome).toBe("forced")
+      expect(report.unfinished).toEqual(["stuck"])
+      expect(report.finalizersAbandoned).toBe(true)
+      expect(Lifecycle.exitCode(result)).toBe(1)
+    }).pipe(withLifecycle({ preStopDelay: "5 seconds" })))
+
+  it.effect("during the pre-stop delay readiness is false but intake is open; a second signal skips the rest of it", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const running = yield* runInBackground(Effect.never)
+      expect(yield* lifecycle.signal("SIGTERM")).toBe("started")
+      expect(yield* lifecycle.phase).toBe("preStop")
+      expect(yield* lifecycle.isReady).toBe(false)
+      yield* TestClock.adjust("3 seconds")
+      // Everything still works: intake is open and tracked work is accepted.
+      yield* lifecycle.ensureAccepting
+      expect(yield* lifecycle.track("request during pre-stop", Effect.succeed(42))).toBe(42)
+      expect(Option.isNone(yield* lifecycle.pollDraining)).toBe(true)
+      expect(Duration.toMillis(yield* lifecycle.remaining)).toBe(Number.POSITIVE_INFINITY)
+      expect(yield* lifecycle.signal("SIGTERM")).toBe("preStopSkipped")
+      expect(yield* lifecycle.phase).toBe("draining")
+      expect((yield* Effect.flip(lifecycle.ensureAccepting))._tag).toBe("ShuttingDown")
+      const report = Option.getOrThrow((yield* Fiber.join(running)).report)
+      expect(report.phases[0]).toEqual({ phase: "preStop", durationMs: 3_000 })
+      expect(report.outcome).toBe("clean")
+    }).pipe(withLifecycle({ drainTimeout: "10 seconds", preStopDelay: "30 seconds" })))
+
+  it.effect("signals step the shutdown on: start, skip the pre-stop delay, escalate, then ignored", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const running = yield* runInBackground(Effect.zipRight(Effect.fork(Lifecycle.track("job", Effect.never)), Effect.never))
+      const effects = [
+        yield* lifecycle.signal("SIGTERM"),
+        yield* lifecycle.signal("SIGTERM"),
+        yield* lifecycle.signal("SIGINT"),
+        yield* lifecycle.signal("SIGINT")
+      ]
+      expect(effects).toEqual(["started", "preStopSkipped", "escalated", "ignored"])
+      const result = yield* Fiber.join(running)
+      expect(Option.getOrThrow(result.report).outcome).toBe("escalated")
+      expect(Lifecycle.exitCode(result)).toBe(130)
+    }).pipe(withLifecycle({ drainTimeout: "10 seconds", preStopDelay: "5 seconds" })))
+
+  it("the defaults fit Kubernetes' default terminationGracePeriodSeconds of 30 with margin", () =>
+    Effect.runPromise(Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const worstCaseMs = Duration.toMillis(lifecycle.preStopDelay) + Duration.toMillis(lifecycle.drainTimeout)
+      expect(worstCaseMs).toBe(20_000)
+      expect(worstCaseMs).toBeLessThanOrEqual(30_000 - 5_000)
+    }).pipe(Effect.provide(Lifecycle.layer()), Effect.scoped)))
 
   for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
     it.effect(`a second ${signal} stops waiting at once, finalizers still run, exit code ${code}`, () =>
@@ -173,7 +254,7 @@ describe("Lifecycle.run", () => {
       expect(Lifecycle.exitCode(result)).toBe(143)
     }).pipe(withLifecycle({ drainTimeout: "30 seconds" })))
 
-  it.effect("work tracked in an uninterruptible region cannot hold the drain past the deadline and grace", () =>
+  it.effect("work tracked in an uninterruptible region cannot hold the drain past the deadline", () =>
     Effect.gen(function*() {
       const stuck = Lifecycle.track("stuck", Effect.uninterruptible(Effect.sleep("1 minute")))
       const running = yield* runInBackground(Effect.zipRight(Effect.fork(stuck), Effect.never))
@@ -182,12 +263,13 @@ describe("Lifecycle.run", () => {
       const report = Option.getOrThrow((yield* Fiber.join(running)).report)
       expect(report.outcome).toBe("forced")
       expect(report.unfinished).toEqual(["stuck"])
-      // The in-flight phase ends at deadline + grace; the program's interruption, still waiting on the
-      // stuck work, is abandoned one grace later.
+      // The work is cut at 8 s and gets the 2 s of grace; the program's interruption, still waiting on the
+      // stuck work, has no time left and is abandoned at the 10 s deadline.
       expect(report.phases.map((timing) => [timing.phase, timing.durationMs])).toEqual([
-        ["inFlight", 12_000],
-        ["finalizers", 2_000]
+        ["inFlight", 10_000],
+        ["finalizers", 0]
       ])
+      expect(report.totalMs).toBe(10_000)
       expect(report.finalizersAbandoned).toBe(true)
       yield* TestClock.adjust("1 minute") // lets the stuck work end, so nothing outlives the test
     }).pipe(withLifecycle({ drainTimeout: "10 seconds", forceGrace: "2 seconds" })))

@@ -234,7 +234,7 @@ describe("TcpServer", () => {
       let shutdownAt = 0
 
       yield* Effect.scoped(Effect.gen(function*() {
-        const started = yield* start({ name: "stubborn" }, stubborn, { drainTimeout: "300 millis" })
+        const started = yield* start({ name: "stubborn" }, stubborn, { drainTimeout: "400 millis", forceGrace: "100 millis" })
         lifecycle = started.lifecycle
         client = yield* Scope.extend(connect(started.server.address.port), outer)
         yield* roundTrip(client, "ping")
@@ -244,6 +244,7 @@ describe("TcpServer", () => {
         expect(stats.connections).toBe(1)
       })).pipe(Effect.disconnect, Effect.timeout("3 seconds"), Effect.orDie)
 
+      // Cut at 300 ms (the 400 ms deadline less its 100 ms of grace), not before.
       const stoppedAt = yield* Clock.currentTimeMillis
       expect(stoppedAt - shutdownAt).toBeGreaterThanOrEqual(250)
       expect(interrupted).toBe(true)
