@@ -15,10 +15,20 @@
  * Every wait is bounded; the figures (takeover and shutdown times) are printed.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { killLeftovers, type RunningProcess, startTypeScript } from "../support/childProcess.js"
+import { killLeftovers } from "../support/childProcess.js"
+import {
+  completionsIn,
+  countBy,
+  inFlightIn,
+  type JobServer as Server,
+  pause,
+  shutdownReportOf,
+  type Start,
+  startJobServer,
+  startsIn,
+  waitFor
+} from "../support/jobServer.js"
 import { freePort, type RedisServer, startRedis } from "../support/redisServer.js"
-
-const entry = "examples/job-server/main.ts"
 
 afterEach(killLeftovers)
 
@@ -26,77 +36,8 @@ let queues = 0
 /** A queue (and job-record store) name no other drill of this run uses. */
 const queueName = (drill: string) => `e2e-${process.pid}-${++queues}-${drill}`
 
-interface Server {
-  readonly label: string
-  readonly run: RunningProcess
-  readonly base: string
-}
-
 /** A job-server process on the shared Redis queue, once it listens. */
-const startServer = async (label: string, env: Record<string, string>): Promise<Server> => {
-  const run = startTypeScript(entry, [], { PORT: "0", LOG_LEVEL: "Debug", JOB_QUEUE: "redis", ...env })
-  const [, port] = await run.waitForOutput(/listening on http:\/\/127\.0\.0\.1:(\d+)/, 60_000)
-  return { label, run, base: `http://127.0.0.1:${port}` }
-}
-
-const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)))
-
-/** Calls `probe` every `everyMs` until it returns a value, which it resolves with; rejects after `timeoutMs`. */
-const waitFor = async <A>(
-  probe: () => A | undefined | Promise<A | undefined>,
-  timeoutMs: number,
-  what: string,
-  everyMs = 50
-): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`)
-    await pause(everyMs)
-  }
-}
-
-// --- logs: `LOG_LEVEL=Debug` logs every start and completion with its timestamp
-
-interface Start {
-  readonly id: string
-  readonly at: number
-  readonly delivery: number
-  readonly attempt: number
-}
-
-/** The complete lines of a process's output so far (a line still being written is left out). */
-const linesOf = (output: string) => output.slice(0, output.lastIndexOf("\n") + 1).split("\n")
-
-const startLine = /^timestamp=(\S+) level=DEBUG fiber=#\d+ message="job (\S+) started: delivery (\d+), attempt (\d+)"/
-const completedLine = /^timestamp=(\S+) level=DEBUG fiber=#\d+ message="job (\S+) completed after \d+ attempt\(s\)"/
-
-const startsIn = (output: string): Array<Start> =>
-  linesOf(output).flatMap((line) => {
-    const match = line.match(startLine)
-    return match === null
-      ? []
-      : [{ id: match[2]!, at: Date.parse(match[1]!), delivery: Number(match[3]), attempt: Number(match[4]) }]
-  })
-
-const completionsIn = (output: string): Array<{ id: string; at: number }> =>
-  linesOf(output).flatMap((line) => {
-    const match = line.match(completedLine)
-    return match === null ? [] : [{ id: match[2]!, at: Date.parse(match[1]!) }]
-  })
-
-/** Jobs a process started and has not (yet) logged completed. */
-const inFlightIn = (output: string): Array<Start> => {
-  const completed = new Set(completionsIn(output).map((completion) => completion.id))
-  return startsIn(output).filter((start) => !completed.has(start.id))
-}
-
-const countBy = (ids: ReadonlyArray<string>) => {
-  const counts = new Map<string, number>()
-  for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1)
-  return counts
-}
+const startServer = (label: string, env: Record<string, string>) => startJobServer(label, { JOB_QUEUE: "redis", ...env })
 
 const sorted = (ids: Iterable<string>) => [...ids].sort()
 
@@ -157,10 +98,6 @@ const seeded = (seed: number) => () => {
   t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
-
-/** The shutdown report's log line, cut to its first line (the rest, logged as `\\n`-separated details, is left out). */
-const shutdownReportOf = (output: string) =>
-  (linesOf(output).find((line) => line.includes(`message="shutdown `)) ?? "").split("\\n")[0]!
 
 describe.sequential("job server on the shared Redis queue", () => {
   let redis: RedisServer
