@@ -402,15 +402,24 @@ export const layer = (options: Options = {}): Layer.Layer<Lifecycle, ConfigError
 
 // Accessors, so application code reads `Lifecycle.shutdown("reason")`.
 /**
- * Starts draining, with trigger `Requested` and this reason; does nothing once draining has started. It
- * returns at once and does not wait for the drain: `run` walks it.
+ * Starts the shutdown, with trigger `Requested` and this reason, as a signal does: the pre-stop delay (not
+ * ready, still serving), then the drain. Does nothing once a shutdown has started. It returns at once and
+ * does not wait: `run` walks the phases.
  */
 export const shutdown = (reason: string) => Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.shutdown(reason))
-/** Completes with the trigger when draining starts (at once if it already has). */
+/**
+ * Completes with the trigger when the shutdown starts: at the signal, before the pre-stop delay (at once if
+ * it already has). Readiness is false from then on; intake is still open.
+ */
+export const awaitShutdown = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.awaitShutdown)
+/**
+ * Completes with the trigger when draining starts, after the pre-stop delay (at once if it already has):
+ * intake is closed from then on, and listeners should stop accepting.
+ */
 export const awaitDraining = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.awaitDraining)
 /** The current phase. */
 export const phase = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.phase)
-/** True while running, false from the first instant of draining: what a readiness probe should answer. */
+/** True while running, false from the signal on (pre-stop delay included): what a readiness probe should answer. */
 export const isReady = Effect.flatMap(Lifecycle, (lifecycle) => lifecycle.isReady)
 /**
  * Runs `effect` in the calling fiber as work the drain waits for, under `label`. Fails with `ShuttingDown`

@@ -33,6 +33,26 @@ describe("worker-pool example", () => {
     expect(run.output()).toMatch(/handed back unfinished: jobs-\d+ \(handedBack\)/)
   })
 
+  it("with KEEL_PRE_STOP_DELAY, jobs keep being produced and run through the delay, then the drain", async () => {
+    const run = startTypeScript(entry, ["--jobs", "0", "--min-ms", "20", "--max-ms", "40", "--failure-rate", "0"], {
+      KEEL_PRE_STOP_DELAY: "1500 millis"
+    })
+    await run.waitForOutput(busy, 30_000)
+    run.signal("SIGINT")
+    const signalledAt = run.output().length
+    await run.waitForOutput(/shutting down \(SIGINT\): not ready; serving on for the pre-stop delay of 1s 500ms/, 10_000)
+    const drainingAt = (await run.waitForOutput(/draining \(SIGINT\): intake closed/, 10_000)).index!
+    const doneIn = (text: string) =>
+      [...text.matchAll(/progress: queued \d+ \| in flight \d+ \| done (\d+)/g)].map((match) => Number(match[1]))
+    // The progress lines printed during the delay show jobs still completing at the usual pace (~100/s).
+    const doneBefore = doneIn(run.output().slice(0, signalledAt)).at(-1) ?? 0
+    const doneDuring = doneIn(run.output().slice(signalledAt, drainingAt))
+    expect(doneDuring.length).toBeGreaterThanOrEqual(1)
+    expect(Math.max(...doneDuring) - doneBefore).toBeGreaterThan(20)
+    expect(await run.waitForExit(30_000)).toEqual({ code: 0, signal: null })
+    expect(run.output()).toMatch(/shutdown clean: trigger SIGINT.*phases: preStop 1\d\d\d ms/)
+  })
+
   it("a second SIGINT during the drain stops waiting and exits 130", async () => {
     const run = startTypeScript(entry, ["--jobs", "0", "--min-ms", "20000", "--max-ms", "30000", "--failure-rate", "0"])
     await run.waitForOutput(busy, 30_000)

@@ -177,6 +177,7 @@ describe("Lifecycle.run", () => {
       expect(yield* lifecycle.signal("SIGTERM")).toBe("started")
       expect(yield* lifecycle.phase).toBe("preStop")
       expect(yield* lifecycle.isReady).toBe(false)
+      expect(yield* Lifecycle.awaitShutdown).toEqual({ _tag: "Signal", signal: "SIGTERM" })
       yield* TestClock.adjust("3 seconds")
       // Everything still works: intake is open and tracked work is accepted.
       yield* lifecycle.ensureAccepting

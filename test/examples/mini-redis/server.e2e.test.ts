@@ -21,8 +21,8 @@ interface Server {
   readonly port: number
 }
 
-const start = async (): Promise<Server> => {
-  const run = startTypeScript(entry, ["--port", "0"])
+const start = async (env: Record<string, string> = {}): Promise<Server> => {
+  const run = startTypeScript(entry, ["--port", "0"], env)
   const [, port] = await run.waitForOutput(/mini-redis 7\.0\.0 listening on 127\.0\.0\.1:(\d+)/, 30_000)
   return { run, port: Number(port) }
 }
@@ -348,6 +348,26 @@ describe("mini-redis on SIGTERM", () => {
     expect(replies.length).toBeLessThanOrEqual(1000)
     expect(replies).toEqual(Array.from({ length: replies.length }, (_, index) => index + 1))
     expect(server.run.output()).toMatch(/shutdown clean: trigger SIGTERM/)
+  })
+  it("serves its clients, connected and new, through the pre-stop delay, then drains and exits 0", async () => {
+    const server = await start({ KEEL_PRE_STOP_DELAY: "2 seconds" })
+    const { client: connected } = await connectRedis(server.port)
+    expect(await connected.set("k", "before")).toBe("OK")
+    const signalled = Date.now()
+    server.run.signal("SIGTERM")
+    await server.run.waitForOutput(/shutting down \(SIGTERM\): not ready; serving on for the pre-stop delay of 2s/, 5_000)
+    // Within the delay: the connected client is answered, and a new client is accepted and answered.
+    expect(await connected.set("k", "during")).toBe("OK")
+    expect(await cliOutput(server.port, "GET", "k")).toBe("during\n")
+    expect(Date.now() - signalled).toBeLessThan(2_000)
+    expect(server.run.output()).not.toMatch(/draining \(SIGTERM\)/)
+    // Then the drain: the connection closes between two commands, the listener refuses, the process exits 0.
+    await server.run.waitForOutput(/draining \(SIGTERM\): intake closed/, 5_000)
+    expect(await server.run.waitForExit(10_000)).toEqual({ code: 0, signal: null })
+    expect(Date.now() - signalled).toBeGreaterThanOrEqual(2_000)
+    expect((await cli(server.port, "PING")).code).not.toBe(0)
+    expect(server.run.output()).toMatch(/shutdown clean: trigger SIGTERM.*phases: preStop 2\d\d\d ms/)
+    connected.disconnect()
   })
 })
 
