@@ -1,40 +1,44 @@
 /**
  * HTTP throughput of real server processes on 127.0.0.1, each started as `node --import tsx <file>` on a free
- * port (port 0, read back from what it prints); this process only generates the load.
+ * port (port 0, read back from what it prints); this process only generates the load, with `wrk -t1 -c50
+ * --latency` for every server and route (a Lua script makes its requests `POST /jobs` with a no-op job).
  *
- *   (a) `GET /healthz` on the job server (examples/job-server/main.ts), through its whole middleware stack
- *       (request metrics, per-client rate limit, load shedding, concurrency limit, timeout); RATE_LIMIT is set
- *       so high that no run reaches it;
- *   (b) the baseline: a bare `node:http` server answering `ok` (fixtures/raw-http.ts);
- *   (c) a minimal @effect/platform app, `HttpRouter` + `HttpServer.serve` on `NodeHttpServer.layer`
- *       (fixtures/platform-http.ts): what the platform itself costs.
- *   (d) accepted `POST /jobs` per second, no-op jobs, on a second job server whose queue and store are large
- *       enough never to fill: only a 202 counts as accepted, every other status (a 503 QueueFull among them)
- *       and every connection error is counted apart.
+ *   GET /healthz: the job server (examples/job-server/main.ts) through its whole middleware stack (request
+ *     metrics, per-client rate limit, load shedding, concurrency limit, timeout; RATE_LIMIT set so high that no
+ *     run reaches it), beside a bare `node:http` server (fixtures/raw-http.ts), a minimal @effect/platform app
+ *     (fixtures/platform-http.ts: what the platform itself costs) and Fastify (fixtures/fastify-jobs.ts).
+ *   POST /jobs, embedded: accepted jobs per second on a job server whose queue and store never fill, beside
+ *     what a user would write instead, Fastify + p-queue with the same routes and semantics
+ *     (fixtures/fastify-jobs.ts: schema-validated body, a record in a bounded Map, a p-queue of the same
+ *     concurrency running the job and updating its record, 202 with Location).
+ *   POST /jobs, Redis: the job server with JOB_QUEUE=redis beside Fastify + BullMQ's `Queue.add`
+ *     (fixtures/fastify-bullmq.ts, with a BullMQ Worker of the same concurrency), on one redis-server.
  *
- * (a)-(c) are loaded by `wrk -t1 -c50 --latency` (requests/s, p50 and p99); (d) by autocannon, in this process,
- * which counts responses by status. After a 1 s warm-up of each, the loads alternate for BENCH_HTTP_ROUNDS
- * rounds (default 3) of BENCH_HTTP_SECONDS each (default 5); medians are reported.
- * Target: job server ≥ 0.5× raw node:http on `GET /healthz`; platform / raw is printed for scale.
+ * Only a 2xx counts as accepted; every other status (a 503 QueueFull among them) and every socket error is
+ * counted apart. After a 1 s warm-up of each, the loads alternate for BENCH_HTTP_ROUNDS rounds (default 3) of
+ * BENCH_HTTP_SECONDS each (default 5); medians are reported with the ratios Keel / the alternative.
+ * Targets: GET /healthz ≥ 0.5× raw node:http and ≥ 1.0× Fastify; POST /jobs ≥ 0.6× Fastify + p-queue with a p99
+ * at most 3× its p99; on Redis ≥ 1.0× Fastify + BullMQ.
  *
  * BENCH_HTTP_PROFILE=1 adds (not part of `npm run bench`) one run of the job server under `node --cpu-prof`
- * with the `GET /healthz` load, stopped by SIGTERM so that it writes its profile, then prints the 25 functions
- * with the most self time during the load; BENCH_HTTP_PROFILE=only runs the profile alone.
+ * with the `GET /healthz` load (BENCH_HTTP_PROFILE_ROUTE=post: the embedded `POST /jobs` load), stopped by
+ * SIGTERM so that it writes its profile, then prints the 25 functions with the most self time during the load;
+ * BENCH_HTTP_PROFILE=only runs the profile alone.
  *
  * Every server is stopped at the end with SIGTERM, then SIGKILL 10 s later if it is still there; how each one
  * exited, and how long after the SIGTERM, is printed. The job servers run with DRAIN_TIMEOUT=5s, which bounds
  * their drain below that grace.
  */
-import autocannon from "autocannon"
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises"
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises"
 import { SourceMap } from "node:module"
 import type { SourceMapPayload } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { benchPath, describeExit, finish, median, perSecond, ratio, section, spawnTs, stopServer, verdict } from "./lib.js"
 import type { Row } from "./lib.js"
+import { type RedisServer, startRedisServer } from "./redis.js"
 
 const seconds = Number(process.env["BENCH_HTTP_SECONDS"] ?? 5)
 const rounds = Number(process.env["BENCH_HTTP_ROUNDS"] ?? 3)
@@ -42,6 +46,7 @@ const profileMode = process.env["BENCH_HTTP_PROFILE"]
 const connections = 50
 const warmUpSeconds = 1
 const targetRatio = 0.5
+const targets = { healthzOverFastify: 1.0, postOverFastify: 0.6, postP99OverFastify: 3, redisPostOverBullmq: 1.0 }
 const readyTimeoutMs = 30_000
 const projectRoot = benchPath("..")
 
@@ -106,6 +111,9 @@ const listeningLine = /listening on http:\/\/[^\s:]+:(\d+)/
 const portLine = /^port (\d+)$/m
 
 const raw: ServerSpec = { name: "raw node:http", file: "bench/fixtures/raw-http.ts", portLine }
+/** Queues and stores that never fill in a round, and the same 4 workers, for every job server and its alternative. */
+const roomy = { QUEUE_CAPACITY: "1000000", STORE_CAPACITY: "10000000", WORKERS: "4" }
+const fastify: ServerSpec = { name: "Fastify + p-queue", file: "bench/fixtures/fastify-jobs.ts", env: roomy, portLine }
 const platform: ServerSpec = { name: "platform HttpRouter", file: "bench/fixtures/platform-http.ts", portLine }
 /**
  * The listening line is logged at Info, so LOG_LEVEL stays at its default; the server logs nothing per request.
@@ -120,23 +128,29 @@ const jobServer: ServerSpec = {
 const jobIntake: ServerSpec = {
   name: "job server (POST /jobs)",
   file: "examples/job-server/main.ts",
-  env: {
-    PORT: "0",
-    HOST: "127.0.0.1",
-    RATE_LIMIT: "100000000",
-    DRAIN_TIMEOUT: "5 seconds",
-    QUEUE_CAPACITY: "100000",
-    STORE_CAPACITY: "1000000",
-    WORKERS: "4"
-  },
+  env: { PORT: "0", HOST: "127.0.0.1", RATE_LIMIT: "100000000", DRAIN_TIMEOUT: "5 seconds", ...roomy },
   portLine: listeningLine
 }
+const jobIntakeOnRedis = (redisUrl: string): ServerSpec => ({
+  name: "job server on Redis",
+  file: "examples/job-server/main.ts",
+  env: { ...jobIntake.env, JOB_QUEUE: "redis", REDIS_URL: redisUrl, QUEUE_NAME: "bench-keel" },
+  portLine: listeningLine
+})
+const fastifyOnBullmq = (redisUrl: string): ServerSpec => ({
+  name: "Fastify + BullMQ",
+  file: "bench/fixtures/fastify-bullmq.ts",
+  env: { REDIS_URL: redisUrl, QUEUE_NAME: "bench-bullmq", WORKERS: "4" },
+  portLine
+})
 
 // ---------------------------------------------------------------------------------------------------------------
 // Loads
 
 interface WrkResult {
   readonly requestsPerSecond: number
+  /** Answered 2xx/3xx per second: requests less the failed ones, over the run's duration. */
+  readonly okPerSecond: number
   readonly p50Ms: number
   readonly p99Ms: number
   /** Non-2xx/3xx responses plus socket errors (connect, read, write, timeout). */
@@ -146,10 +160,16 @@ interface WrkResult {
 const toMs = (value: string, unit: string): number =>
   Number(value) * ({ us: 0.001, ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as Record<string, number>)[unit]!
 
-/** `wrk -t1 -c50 -d<s>s --latency <url>`, parsed; killed if it overstays its duration by 30 s. */
-const runWrk = (url: string, durationSeconds: number): Promise<WrkResult> =>
+/** wrk's script for `POST /jobs` with a no-op job, written once to a temporary file. */
+const postScript = `wrk.method = "POST"
+wrk.body = '{"kind":"noop","payload":{}}'
+wrk.headers["Content-Type"] = "application/json"
+`
+
+/** `wrk -t1 -c50 -d<s>s --latency [-s script] <url>`, parsed; killed if it overstays its duration by 30 s. */
+const runWrk = (url: string, durationSeconds: number, script?: string): Promise<WrkResult> =>
   new Promise((resolve, reject) => {
-    const args = ["-t1", `-c${connections}`, `-d${durationSeconds}s`, "--latency", url]
+    const args = ["-t1", `-c${connections}`, `-d${durationSeconds}s`, "--latency", ...(script === undefined ? [] : ["-s", script]), url]
     const child = spawn("wrk", args, { stdio: ["ignore", "pipe", "pipe"] })
     let output = ""
     child.stdout.on("data", (chunk) => void (output += chunk))
@@ -162,16 +182,20 @@ const runWrk = (url: string, durationSeconds: number): Promise<WrkResult> =>
     child.on("close", (code) => {
       clearTimeout(timer)
       const rate = /Requests\/sec:\s+([\d.]+)/.exec(output)
+      const total = /(\d+) requests in ([\d.]+)(us|ms|s|m|h)/.exec(output)
       const p50 = /^\s+50%\s+([\d.]+)(us|ms|s|m|h)\s*$/m.exec(output)
       const p99 = /^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$/m.exec(output)
-      if (code !== 0 || rate === null || p50 === null || p99 === null) {
+      if (code !== 0 || rate === null || total === null || p50 === null || p99 === null) {
         return reject(new Error(`wrk ${args.join(" ")} exited with code ${code}:\n${output}`))
       }
       const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0)
       const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output)
       const socketErrors = socket === null ? 0 : socket.slice(1).reduce((sum, count) => sum + Number(count), 0)
+      const requests = Number(total[1])
+      const durationMs = toMs(total[2]!, total[3]!)
       resolve({
         requestsPerSecond: Number(rate[1]),
+        okPerSecond: (Math.max(0, requests - non2xx) / durationMs) * 1000,
         p50Ms: toMs(p50[1]!, p50[2]!),
         p99Ms: toMs(p99[1]!, p99[2]!),
         failed: non2xx + socketErrors
@@ -179,134 +203,138 @@ const runWrk = (url: string, durationSeconds: number): Promise<WrkResult> =>
     })
   })
 
-interface PostResult {
-  readonly acceptedPerSecond: number
-  readonly p99Ms: number
-  /** Responses other than 202, by status. */
-  readonly others: ReadonlyMap<string, number>
-  readonly errors: number
-}
-
-const jobBody = JSON.stringify({ kind: "noop", payload: {} })
-
-/** autocannon's `POST /jobs` with a no-op job for `durationSeconds`, responses counted by status. */
-const runPost = async (base: string, durationSeconds: number): Promise<PostResult> => {
-  const result = await autocannon({
-    url: `${base}/jobs`,
-    method: "POST",
-    body: jobBody,
-    headers: { "content-type": "application/json" },
-    connections,
-    duration: durationSeconds,
-    timeout: 10
-  })
-  const others = new Map<string, number>()
-  let accepted = 0
-  for (const [status, { count = 0 }] of Object.entries(result.statusCodeStats ?? {})) {
-    if (status === "202") accepted += count
-    else if (count > 0) others.set(status, count)
-  }
-  return { acceptedPerSecond: accepted / result.duration, p99Ms: result.latency.p99, others, errors: result.errors }
-}
-
-const describeOthers = (others: ReadonlyMap<string, number>, errors: number): string => {
-  const parts = [...others].map(([status, count]) => `${count} × ${status}`)
-  if (errors > 0) parts.push(`${errors} connection errors`)
-  return parts.length === 0 ? "none" : parts.join(", ")
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // The measurement
 
+/** One load (a route on a server) measured in every round. */
+interface Load {
+  readonly server: Server
+  readonly path: string
+  readonly script?: string
+  readonly results: Array<WrkResult>
+}
+
+const describeResult = (result: WrkResult) =>
+  `${perSecond(result.okPerSecond)} (p50 ${latency(result.p50Ms)}, p99 ${latency(result.p99Ms)}` +
+  (result.failed > 0 ? `, ${result.failed} failed` : "") + ")"
+
 const measure = async (): Promise<ReadonlyArray<Row>> => {
   section(
-    `http: GET /healthz (wrk -t1 -c${connections}) and POST /jobs (autocannon, ${connections} connections), ` +
-      `${rounds} rounds of ${seconds} s after a ${warmUpSeconds} s warm-up`
+    `http: GET /healthz and POST /jobs (wrk -t1 -c${connections}), ${rounds} rounds of ${seconds} s after a ` +
+      `${warmUpSeconds} s warm-up`
   )
+  const directory = await mkdtemp(join(tmpdir(), "keel-http-bench-"))
   const servers: Array<Server> = []
+  let redis: RedisServer | undefined
   try {
-    for (const spec of [raw, platform, jobServer, jobIntake]) servers.push(await startServer(spec))
-    const [rawServer, platformServer, jobServerProcess, intakeServer] = servers as [Server, Server, Server, Server]
-    const getters = [rawServer, platformServer, jobServerProcess]
+    const script = join(directory, "post-jobs.lua")
+    await writeFile(script, postScript)
+    redis = await startRedisServer(directory, (child) => {
+      running.add(child)
+      child.once("exit", () => running.delete(child))
+    })
+    const specs = [raw, platform, fastify, jobServer, jobIntake, fastifyOnBullmq(redis.url), jobIntakeOnRedis(redis.url)]
+    for (const spec of specs) servers.push(await startServer(spec))
+    const [rawServer, platformServer, fastifyServer, jobServerProcess, intakeServer, bullmqServer, redisIntakeServer] =
+      servers as [Server, Server, Server, Server, Server, Server, Server]
+    const load = (server: Server, path: string, post = false): Load =>
+      post ? { server, path, script, results: [] } : { server, path, results: [] }
+    const health = [rawServer, platformServer, fastifyServer, jobServerProcess].map((server) => load(server, "/healthz"))
+    const posts = [load(fastifyServer, "/jobs", true), load(intakeServer, "/jobs", true)]
+    const redisPosts = [load(bullmqServer, "/jobs", true), load(redisIntakeServer, "/jobs", true)]
+    const loads = [...health, ...posts, ...redisPosts]
+    const label = (entry: Load) => `${entry.script === undefined ? "GET" : "POST"} ${entry.path} ${entry.server.name}`
 
-    for (const server of getters) {
-      const warm = await runWrk(`${server.base}/healthz`, warmUpSeconds)
-      console.log(`warm-up ${server.name}: ${perSecond(warm.requestsPerSecond)}`)
+    for (const entry of loads) {
+      const warm = await runWrk(`${entry.server.base}${entry.path}`, warmUpSeconds, entry.script)
+      console.log(`warm-up ${label(entry)}: ${perSecond(warm.okPerSecond)}`)
     }
-    const warmPost = await runPost(intakeServer.base, warmUpSeconds)
-    console.log(`warm-up POST /jobs: ${perSecond(warmPost.acceptedPerSecond)} accepted`)
-
-    const gets = new Map(getters.map((server) => [server.name, [] as Array<WrkResult>]))
-    const posts: Array<PostResult> = []
     for (let round = 1; round <= rounds; round++) {
       const line: Array<string> = []
-      for (const server of getters) {
-        const result = await runWrk(`${server.base}/healthz`, seconds)
-        gets.get(server.name)!.push(result)
-        line.push(
-          `${server.name} ${perSecond(result.requestsPerSecond)} (p50 ${latency(result.p50Ms)}, p99 ${latency(result.p99Ms)}` +
-            (result.failed > 0 ? `, ${result.failed} failed` : "") + ")"
-        )
+      for (const entry of loads) {
+        const result = await runWrk(`${entry.server.base}${entry.path}`, seconds, entry.script)
+        entry.results.push(result)
+        line.push(`${label(entry)} ${describeResult(result)}`)
       }
-      const post = await runPost(intakeServer.base, seconds)
-      posts.push(post)
-      line.push(
-        `POST /jobs ${perSecond(post.acceptedPerSecond)} accepted (p99 ${latency(post.p99Ms)}, ` +
-          `not accepted: ${describeOthers(post.others, post.errors)})`
-      )
-      console.log(`round ${round}: ${line.join(", ")}`)
+      console.log(`round ${round}:\n  ${line.join("\n  ")}`)
     }
 
-    const medianOf = (server: Server, pick: (result: WrkResult) => number) => median(gets.get(server.name)!.map(pick))
-    const rate = (server: Server) => medianOf(server, (result) => result.requestsPerSecond)
-    const p99 = (server: Server) => medianOf(server, (result) => result.p99Ms)
-    const failed = getters.reduce(
-      (sum, server) => sum + gets.get(server.name)!.reduce((total, result) => total + result.failed, 0),
-      0
-    )
-    const jobOverRaw = rate(jobServerProcess) / rate(rawServer)
-    const platformOverRaw = rate(platformServer) / rate(rawServer)
-    const postOthers = new Map<string, number>()
-    for (const post of posts) for (const [status, count] of post.others) postOthers.set(status, (postOthers.get(status) ?? 0) + count)
-    const postErrors = posts.reduce((sum, post) => sum + post.errors, 0)
-    const notAccepted = [...postOthers.values()].reduce((sum, count) => sum + count, postErrors)
-    const acceptedRate = median(posts.map((post) => post.acceptedPerSecond))
-    const postP99 = median(posts.map((post) => post.p99Ms))
+    const rate = (entry: Load) => median(entry.results.map((result) => result.okPerSecond))
+    const p99 = (entry: Load) => median(entry.results.map((result) => result.p99Ms))
+    const failedIn = (entries: ReadonlyArray<Load>) =>
+      entries.reduce((sum, entry) => sum + entry.results.reduce((total, result) => total + result.failed, 0), 0)
+    const [rawLoad, platformLoad, fastifyLoad, jobLoad] = health as [Load, Load, Load, Load]
+    const [fastifyPost, keelPost] = posts as [Load, Load]
+    const [bullmqPost, keelRedisPost] = redisPosts as [Load, Load]
+    const jobOverRaw = rate(jobLoad) / rate(rawLoad)
+    const jobOverFastify = rate(jobLoad) / rate(fastifyLoad)
+    const platformOverRaw = rate(platformLoad) / rate(rawLoad)
+    const postOverFastify = rate(keelPost) / rate(fastifyPost)
+    const postP99OverFastify = p99(keelPost) / p99(fastifyPost)
+    const redisPostOverBullmq = rate(keelRedisPost) / rate(bullmqPost)
+    const medians = (entries: ReadonlyArray<Load>) =>
+      entries.map((entry) => `${entry.server.name} ${perSecond(rate(entry))} (p99 ${latency(p99(entry))})`).join(", ")
 
-    console.log(
-      `GET /healthz, medians: ` +
-        getters.map((server) => `${server.name} ${perSecond(rate(server))} (p99 ${latency(p99(server))})`).join(", ") +
-        (failed > 0 ? `; ${failed} non-2xx responses or socket errors in all` : "")
-    )
+    console.log(`GET /healthz, medians: ${medians(health)}`)
     console.log(
       `job server / raw: ${ratio(jobOverRaw)} (target ≥ ${targetRatio}×: ${verdict(jobOverRaw >= targetRatio)}); ` +
-        `platform / raw: ${ratio(platformOverRaw)}`
+        `job server / Fastify: ${ratio(jobOverFastify)} (target ≥ ${targets.healthzOverFastify}×: ` +
+        `${verdict(jobOverFastify >= targets.healthzOverFastify)}); platform / raw: ${ratio(platformOverRaw)}`
     )
-    console.log(
-      `POST /jobs, medians: ${perSecond(acceptedRate)} accepted (202), p99 ${latency(postP99)}; ` +
-        `not accepted in all rounds: ${describeOthers(postOthers, postErrors)}`
-    )
+    console.log(`POST /jobs accepted, medians: ${medians(posts)}; job server / Fastify + p-queue: ${ratio(postOverFastify)}`)
+    console.log(`POST /jobs on Redis accepted, medians: ${medians(redisPosts)}; job server / Fastify + BullMQ: ${ratio(redisPostOverBullmq)}`)
 
     const get = "http, GET /healthz"
     const post = "http, POST /jobs"
+    const onRedis = "http, POST /jobs, Redis"
+    const healthFailed = failedIn(health)
+    const postFailed = failedIn([...posts, ...redisPosts])
     return [
-      ...getters.map((server) => ({ benchmark: get, metric: `${server.name}, median`, value: perSecond(rate(server)), target: "" })),
+      ...health.map((entry) => ({ benchmark: get, metric: `${entry.server.name}, median`, value: perSecond(rate(entry)), target: "" })),
       { benchmark: get, metric: "job server / raw", value: ratio(jobOverRaw), target: `≥ ${targetRatio}×`, met: jobOverRaw >= targetRatio },
-      { benchmark: get, metric: "platform / raw", value: ratio(platformOverRaw), target: "" },
       {
         benchmark: get,
-        metric: "p99 raw / platform / job server",
-        value: getters.map((server) => latency(p99(server))).join(" / "),
-        target: ""
+        metric: "job server / Fastify",
+        value: ratio(jobOverFastify),
+        target: `≥ ${targets.healthzOverFastify}×`,
+        met: jobOverFastify >= targets.healthzOverFastify
       },
-      { benchmark: get, metric: "non-2xx + socket errors", value: String(failed), target: "0", met: failed === 0 },
-      { benchmark: post, metric: "accepted (202), median", value: perSecond(acceptedRate), target: "" },
-      { benchmark: post, metric: "p99, median", value: latency(postP99), target: "" },
-      { benchmark: post, metric: "not accepted, total", value: String(notAccepted), target: "0", met: notAccepted === 0 }
+      { benchmark: get, metric: "platform / raw", value: ratio(platformOverRaw), target: "" },
+      { benchmark: get, metric: "p99 raw / platform / Fastify / job server", value: health.map((entry) => latency(p99(entry))).join(" / "), target: "" },
+      { benchmark: get, metric: "non-2xx + socket errors", value: String(healthFailed), target: "0", met: healthFailed === 0 },
+      ...posts.map((entry) => ({ benchmark: post, metric: `${entry.server.name}, accepted, median`, value: perSecond(rate(entry)), target: "" })),
+      {
+        benchmark: post,
+        metric: "job server / Fastify + p-queue",
+        value: ratio(postOverFastify),
+        target: `≥ ${targets.postOverFastify}×`,
+        met: postOverFastify >= targets.postOverFastify
+      },
+      {
+        benchmark: post,
+        metric: "p99 job server / Fastify + p-queue",
+        value: `${latency(p99(keelPost))} / ${latency(p99(fastifyPost))} = ${ratio(postP99OverFastify)}`,
+        target: `≤ ${targets.postP99OverFastify}×`,
+        met: postP99OverFastify <= targets.postP99OverFastify
+      },
+      ...redisPosts.map((entry) => ({ benchmark: onRedis, metric: `${entry.server.name}, accepted, median`, value: perSecond(rate(entry)), target: "" })),
+      {
+        benchmark: onRedis,
+        metric: "job server / Fastify + BullMQ",
+        value: ratio(redisPostOverBullmq),
+        target: `≥ ${targets.redisPostOverBullmq}×`,
+        met: redisPostOverBullmq >= targets.redisPostOverBullmq
+      },
+      { benchmark: post, metric: "not accepted (non-2xx + socket errors)", value: String(postFailed), target: "0", met: postFailed === 0 }
     ]
   } finally {
     const exits = await Promise.all(servers.map((server) => stopServer(server.name, server.child)))
     console.log(`exits: ${exits.map((exit, index) => `${servers[index]!.name} ${describeExit(exit)}`).join(", ")}`)
+    if (redis !== undefined) {
+      redis.admin.disconnect()
+      await stopServer("redis-server", redis.child)
+    }
+    await rm(directory, { recursive: true, force: true })
   }
 }
 
@@ -404,12 +432,17 @@ const selfTimes = (profile: CpuProfile, maps: ReadonlyMap<string, SourceMap>, fr
 const monotonicMicros = () => Number(process.hrtime.bigint() / 1000n)
 
 const profileJobServer = async (top = 25): Promise<void> => {
-  section(`http profile: job server under node --cpu-prof, GET /healthz (wrk -t1 -c${connections}) for ${seconds} s`)
+  const posting = process.env["BENCH_HTTP_PROFILE_ROUTE"] === "post"
+  const route = posting ? "POST /jobs" : "GET /healthz"
+  section(`http profile: job server under node --cpu-prof, ${route} (wrk -t1 -c${connections}) for ${seconds} s`)
   const directory = await mkdtemp(join(tmpdir(), "keel-http-profile-"))
   try {
     const mapsFile = join(directory, "source-maps.json")
+    const script = join(directory, "post-jobs.lua")
+    await writeFile(script, postScript)
+    const spec = posting ? jobIntake : jobServer
     const server = await startServer(
-      { ...jobServer, env: { ...jobServer.env, KEEL_BENCH_SOURCE_MAPS: mapsFile } },
+      { ...spec, env: { ...spec.env, KEEL_BENCH_SOURCE_MAPS: mapsFile } },
       [
         "--cpu-prof",
         `--cpu-prof-dir=${directory}`,
@@ -421,7 +454,7 @@ const profileJobServer = async (top = 25): Promise<void> => {
     let to = 0
     try {
       from = monotonicMicros()
-      const load = await runWrk(`${server.base}/healthz`, seconds)
+      const load = posting ? await runWrk(`${server.base}/jobs`, seconds, script) : await runWrk(`${server.base}/healthz`, seconds)
       to = monotonicMicros()
       console.log(`${perSecond(load.requestsPerSecond)}, p50 ${latency(load.p50Ms)}, p99 ${latency(load.p99Ms)} (under the profiler)`)
     } finally {

@@ -40,7 +40,6 @@ import { Duration, Effect, Exit, Scope } from "effect"
 import { Queue as BullQueue } from "bullmq"
 import { Redis } from "ioredis"
 import { RedisJobQueue } from "keel/redis"
-import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { readFileSync, rmSync } from "node:fs"
 import { mkdtemp, rm } from "node:fs/promises"
@@ -51,19 +50,18 @@ import {
   benchPath,
   describeExit,
   finish,
-  freePort,
   max,
   median,
   ms,
   perSecond,
   ratio,
-  requireProgram,
   section,
   spawnTs,
   stopServer,
   verdict
 } from "./lib.js"
 import type { Row } from "./lib.js"
+import { type RedisServer, startRedisServer } from "./redis.js"
 
 const jobs = Number(process.env["BENCH_QUEUE_JOBS"] ?? 30_000)
 const burstJobs = Number(process.env["BENCH_QUEUE_BURST_JOBS"] ?? 6_000)
@@ -84,10 +82,8 @@ const holdBeforeKillMs = 1_000
 const takeoverCapMs = 70_000
 const pollMs = 10
 const readyTimeoutMs = 30_000
-const redisReadyTimeoutMs = 10_000
 /** A throughput run slower than 200 jobs/s, plus a minute, is abandoned. */
 const throughputTimeoutMs = (count: number) => 60_000 + count * 5
-const host = "127.0.0.1"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Processes
@@ -111,46 +107,6 @@ const track = (child: ChildProcess) => {
 }
 
 
-
-interface RedisServer {
-  readonly child: ChildProcess
-  readonly url: string
-  readonly version: string
-  /** A connection of this process, for FLUSHALL between measurements. */
-  readonly admin: Redis
-}
-
-/** redis-server on a free port, persistence off, files in `directory`; resolves once it answers PING. */
-const startRedisServer = async (directory: string): Promise<RedisServer> => {
-  const port = await freePort()
-  const args = ["--port", String(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no"]
-  const child = spawn(requireProgram("redis-server", "redis-server"), args, { stdio: ["ignore", "pipe", "pipe"] })
-  track(child)
-  let output = ""
-  const keep = (chunk: Buffer) => void (output = (output + chunk.toString()).slice(-20_000))
-  child.stdout!.on("data", keep)
-  child.stderr!.on("data", keep)
-  let failure: string | undefined
-  child.on("error", (error) => void (failure ??= error.message))
-  child.on("exit", (code, signal) => void (failure ??= `exited (code ${code}, signal ${signal}) before answering PING`))
-  const url = `redis://${host}:${port}`
-  const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  admin.on("error", () => {})
-  const deadline = performance.now() + redisReadyTimeoutMs
-  while (failure === undefined && performance.now() < deadline) {
-    const pong = await admin.connect().then(() => admin.ping(), () => null)
-    if (pong === "PONG") {
-      const info = await admin.info("server")
-      return { child, url, admin, version: /redis_version:(\S+)/.exec(info)?.[1] ?? "(version unknown)" }
-    }
-    admin.disconnect()
-    await sleep(100)
-  }
-  child.kill("SIGKILL")
-  throw new Error(
-    `redis-server ${args.join(" ")}: ${failure ?? `no PONG within ${redisReadyTimeoutMs} ms`}\n--- its output ---\n${output}`
-  )
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // The two systems: a producer in this process, and the worker fixture
@@ -478,7 +434,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
   redisDirectory = directory
   let redis: RedisServer | undefined
   try {
-    redis = await startRedisServer(directory)
+    redis = await startRedisServer(directory, track)
     section(
       `job queue: Keel (keel/redis, WorkerPool.consume) vs BullMQ ${bullmqVersion}, redis-server ${redis.version} on ` +
         `${redis.url}, ${workerCount} worker processes each, concurrency ${concurrency} per worker`

