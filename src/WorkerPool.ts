@@ -35,9 +35,11 @@ import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
 import type * as Schedule from "effect/Schedule"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
+import { failAfter } from "./internal/callTimeout.js"
 import { describeTrigger } from "./internal/lifecycle.js"
 import { Lifecycle } from "./Lifecycle.js"
 import * as MetricSeries from "./internal/MetricSeries.js"
+import { retryAfterFailure } from "./internal/retryAfterFailure.js"
 import * as Validation from "./internal/Validation.js"
 import * as Waiters from "./internal/Waiters.js"
 
@@ -502,13 +504,13 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
     }
   }
 
+  // The attempt runs in a fiber of its own and races a timer only if it suspends (see callTimeout): Effect's
+  // timeoutFail forked twice and armed a timer for every attempt, ten times the cost of a no-op job.
+  const withTimeout = attemptTimeout === undefined
+    ? undefined
+    : failAfter(attemptTimeout, () => new Timeout({ after: attemptTimeout }))
   const runAttempt = (job: Job<A>, attempt: number, delivery: number) =>
-    attemptTimeout === undefined
-      ? callHandler(job, attempt, delivery)
-      : Effect.timeoutFail(callHandler(job, attempt, delivery), {
-        duration: attemptTimeout,
-        onTimeout: () => new Timeout({ after: attemptTimeout })
-      })
+    withTimeout === undefined ? callHandler(job, attempt, delivery) : withTimeout(callHandler(job, attempt, delivery))
 
   // Attempts of the job each worker slot is running (read when the job settles).
   const attemptsBySlot = new Array<number>(options.workers).fill(0)
@@ -526,7 +528,7 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
       }
       return runAttempt(job, attempts, delivery)
     })
-    return Effect.retry(attempt, retry)
+    return retryAfterFailure(attempt, retry)
   }
 
   const outcomeOf = (
