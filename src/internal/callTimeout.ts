@@ -1,23 +1,27 @@
 /**
- * Bounding one call in time: the mechanism of the `timeout` and `deadline` middleware.
+ * Bounding one call in time: the mechanism of the `timeout` and `deadline` middleware and of a worker
+ * pool's attempt timeout.
  *
  * Effect's `timeoutFail` races two forked fibers and arms a timer on every call; here the call starts at once
  * in a fiber of its own, and a call that has already ended when it first yields (a cache hit, a validation
  * failure) needs no timer and does not even suspend its caller. A call whose effect is already its result
- * (`Effect.succeed(answer)`: a health check, a constant) needs no fiber either. Only a call still running
- * races the clock.
+ * (`Effect.succeed(answer)`: a health check, a constant) needs no fiber either. A call still running waits
+ * for its fiber's end while its deadline sits in the shared deadline queue (one timer for all calls).
  *
  * The call runs in a fiber of its own, as across any service boundary: FiberRef changes it makes (other
  * than through `Effect.locally`, which undoes them anyway) stay with it and are not merged back into the
  * caller. Merging them, as `Fiber.join` does, would cost more than the rest of the middleware together.
  */
-import type * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
+import * as DeadlineQueue from "./deadlineQueue.js"
 
 // The call's fiber is interruptible whatever the caller's region, and is not counted in Effect's fiber
 // metrics (effect_fiber_*): it is the call itself, not a task of the caller's.
@@ -25,8 +29,9 @@ const callFlags = RuntimeFlags.disable(Runtime.defaultRuntime.runtimeFlags, Runt
 
 /**
  * Runs `effect` (not already its result: callers answer those themselves) for `caller`, interrupting it
- * after `limit` (waiting for its finalizers) and failing with `onTimeout()`. The effect runs in a fiber
- * started on the spot with the caller's context and fiber refs; interrupting the caller interrupts it.
+ * after `limit` on the caller's Clock (waiting for its finalizers) and failing with `onTimeout()`. The effect
+ * runs in a fiber started on the spot with the caller's context and fiber refs; interrupting the caller
+ * interrupts it.
  */
 export const runFor = <A, E, R, E2>(
   caller: Fiber.RuntimeFiber<unknown, unknown>,
@@ -42,16 +47,23 @@ export const runFor = <A, E, R, E2>(
   const call = Runtime.runFork(runtime)(effect)
   const ended = call.unsafePoll()
   if (ended !== null) return ended
-  // Both sides interruptible, so the loser stops at once even when the caller runs uninterruptibly.
-  return Effect.raceFirst(
-    Effect.interruptible(Fiber.await(call)),
-    Effect.interruptible(Effect.as(Effect.sleep(limit), null))
-  ).pipe(
-    Effect.flatMap((exit): Effect.Effect<A, E | E2> =>
-      exit === null ? Effect.zipRight(Fiber.interrupt(call), Effect.fail(onTimeout())) : exit
-    ),
-    Effect.onInterrupt(() => Fiber.interrupt(call))
-  )
+  const clock = Context.get(caller.getFiberRef(DefaultServices.currentServices), Clock.Clock)
+  return Effect.async<A, E | E2>((resume) => {
+    let timedOut = false
+    const deadline = DeadlineQueue.schedule(clock, Duration.toMillis(limit), () => {
+      timedOut = true
+      call.unsafeInterruptAsFork(caller.id())
+    })
+    call.addObserver((exit) => {
+      DeadlineQueue.cancel(deadline)
+      resume(timedOut ? Effect.fail(onTimeout()) : exit)
+    })
+    // The caller interrupted: the call is interrupted too, and its finalizers awaited.
+    return Effect.suspend(() => {
+      DeadlineQueue.cancel(deadline)
+      return Fiber.interrupt(call)
+    })
+  })
 }
 
 /**
