@@ -23,6 +23,7 @@ import type * as Path from "@effect/platform/Path"
 import type * as Socket from "@effect/platform/Socket"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Inspectable from "effect/Inspectable"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
@@ -40,7 +41,11 @@ const nodeMultipart = Effect.promise(() => import("@effect/platform-node/NodeMul
 export class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.HttpServerRequest {
   readonly [HttpServerRequest.TypeId]: HttpServerRequest.TypeId = HttpServerRequest.TypeId
   readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
-  private cachedBody: Effect.Effect<Buffer, HttpServerError.RequestError> | undefined
+  /** The body once read (its Exit), or the readers waiting while it is read; undefined before the first read. */
+  private bodyState:
+    | Exit.Exit<Buffer, HttpServerError.RequestError>
+    | Array<(exit: Exit.Exit<Buffer, HttpServerError.RequestError>) => void>
+    | undefined
   private cachedCookies: Record<string, string> | undefined
 
   readonly source: Http.IncomingMessage
@@ -155,8 +160,22 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
     })
   }
 
+  /**
+   * The body, read once however many times it is asked for. A hand-kept memo rather than `Effect.cached`,
+   * which makes a Ref and a Deferred for every request.
+   */
   private body(): Effect.Effect<Buffer, HttpServerError.RequestError> {
-    return this.cachedBody ??= Effect.runSync(Effect.cached(this.readBody()))
+    const state = this.bodyState
+    if (state !== undefined && !Array.isArray(state)) return state
+    if (state !== undefined) return Effect.async((resume) => void state.push(resume))
+    const waiting: Array<(exit: Exit.Exit<Buffer, HttpServerError.RequestError>) => void> = []
+    this.bodyState = waiting
+    return Effect.onExit(this.readBody(), (exit) =>
+      Effect.sync(() => {
+        // An interrupted read is not the body's answer: the next reader reads again.
+        this.bodyState = Exit.isInterrupted(exit) ? undefined : exit
+        for (const resume of waiting) resume(exit)
+      }))
   }
 
   get text(): Effect.Effect<string, HttpServerError.RequestError> {
