@@ -105,6 +105,8 @@ export class DrainingHttpServer
 {}
 
 const defaultMaxBodySize = 1024 * 1024
+/** Bodies declared this small, and within `maxBodySize`, are read before the app runs. */
+const preReadLimit = 64 * 1024
 
 /**
  * Starts the server in the current Scope. Requires `Lifecycle`: its draining stops intake (after the
@@ -126,6 +128,7 @@ export const make = (options: Options = {}): Effect.Effect<
     const clock = yield* Clock.clockWith(Effect.succeed)
     const name = options.name ?? "http"
     const maxBodySize = options.maxBodySize ?? defaultMaxBodySize
+    const preReadMaxBytes = Math.min(preReadLimit, maxBodySize)
     const server = Http.createServer({
       keepAliveTimeout: Duration.toMillis(options.keepAliveTimeout ?? Duration.seconds(5)),
       requestTimeout: Duration.toMillis(options.requestTimeout ?? Duration.seconds(60))
@@ -293,13 +296,7 @@ export const make = (options: Options = {}): Effect.Effect<
          * ended (a streamed body, or the response to a failure, is written by a fiber of its own). The request
          * counts as in flight until its answer is written.
          */
-        const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
-          const request = new ServerRequest.NodeServerRequest(
-            nodeRequest,
-            nodeResponse,
-            maxBodySize,
-            clock.unsafeCurrentTimeMillis()
-          )
+        const run = (request: ServerRequest.NodeServerRequest) => {
           const requestRuntime = requestRuntimeOf(request)
           runningInline++
           const fiber = Runtime.runFork(requestRuntime, handled, RequestFiber.startAtOnce)
@@ -323,9 +320,31 @@ export const make = (options: Options = {}): Effect.Effect<
               else current = answerInFiber(request, exit, requestRuntime)
             })
           }
+          const nodeResponse = request.response
           nodeResponse.once("close", () => {
             if (!nodeResponse.writableEnded) current.unsafeInterruptAsFork(HttpServerError.clientAbortFiberId)
           })
+        }
+        /**
+         * A small declared body (most JSON requests) is read before the app runs, as Fastify does: it has
+         * usually arrived with the head, and an app that then reads it without suspending is answered in
+         * the synchronous path above, with no fiber for its timeout and no watch on its connection. The
+         * request is in flight (the drain waits for it) while its body arrives.
+         */
+        const handler = (nodeRequest: Http.IncomingMessage, nodeResponse: Http.ServerResponse) => {
+          const request = new ServerRequest.NodeServerRequest(
+            nodeRequest,
+            nodeResponse,
+            maxBodySize,
+            clock.unsafeCurrentTimeMillis()
+          )
+          const declared = Number(nodeRequest.headers["content-length"] ?? 0)
+          if (!(declared > 0 && declared <= preReadMaxBytes)) return run(request)
+          active.add(request)
+          request.preRead(() => {
+            active.delete(request)
+            run(request)
+          }, () => finished(request))
         }
         server.on("request", handler)
         // The handler stays until the server has drained: a request on a kept-alive connection is answered.

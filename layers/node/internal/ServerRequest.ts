@@ -30,6 +30,15 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { TooLarge } from "keel"
 import type * as Http from "node:http"
+import { Readable } from "node:stream"
+
+/** A request body's read: its Exit once read, the readers waiting while it is read, undefined before. */
+interface BodyRead {
+  state:
+    | Exit.Exit<Buffer, HttpServerError.RequestError>
+    | Array<(exit: Exit.Exit<Buffer, HttpServerError.RequestError>) => void>
+    | undefined
+}
 
 /**
  * Multipart parsing (multipasta and the platform's Node adapters, ten modules) is loaded when a request first
@@ -41,11 +50,8 @@ const nodeMultipart = Effect.promise(() => import("@effect/platform-node/NodeMul
 export class NodeServerRequest extends Inspectable.Class implements HttpServerRequest.HttpServerRequest {
   readonly [HttpServerRequest.TypeId]: HttpServerRequest.TypeId = HttpServerRequest.TypeId
   readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
-  /** The body once read (its Exit), or the readers waiting while it is read; undefined before the first read. */
-  private bodyState:
-    | Exit.Exit<Buffer, HttpServerError.RequestError>
-    | Array<(exit: Exit.Exit<Buffer, HttpServerError.RequestError>) => void>
-    | undefined
+  /** The body's read, shared by the copies `modify` makes: Node's stream can be read only once. */
+  private readonly bodyRead: BodyRead
   private cachedCookies: Record<string, string> | undefined
 
   readonly source: Http.IncomingMessage
@@ -65,7 +71,8 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
     startedAt: number,
     url: string = source.url ?? "/",
     headersOverride?: Headers.Headers,
-    remoteAddressOverride?: string
+    remoteAddressOverride?: string,
+    bodyRead: BodyRead = { state: undefined }
   ) {
     super()
     this.source = source
@@ -75,6 +82,7 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
     this.url = url
     this.headersOverride = headersOverride
     this.remoteAddressOverride = remoteAddressOverride
+    this.bodyRead = bodyRead
   }
 
   get originalUrl(): string {
@@ -119,45 +127,64 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
   bodyRefused = false
 
   /**
-   * The whole body, at most `maxBodySize` bytes: a declared length over it is refused before reading, an
-   * undeclared one as soon as the bytes read pass it.
+   * Reads the whole body, at most `maxBodySize` bytes, and calls `done` once with it or with why it could not
+   * be read: a declared length over the limit is refused before reading, an undeclared one as soon as the
+   * bytes read pass it. Returns a function that stops listening (`done` is then never called).
    */
-  private readBody(): Effect.Effect<Buffer, HttpServerError.RequestError> {
-    if (Number(this.source.headers["content-length"] ?? 0) > this.maxBodySize) {
-      return Effect.suspend(() => {
-        this.source.resume()
-        return Effect.fail(this.tooLarge())
-      })
+  private readBodyThen(done: (exit: Exit.Exit<Buffer, HttpServerError.RequestError>) => void): () => void {
+    const source = this.source
+    if (Number(source.headers["content-length"] ?? 0) > this.maxBodySize) {
+      source.resume()
+      done(Exit.fail(this.tooLarge()))
+      return () => {}
     }
-    return Effect.async<Buffer, HttpServerError.RequestError>((resume) => {
-      const source = this.source
-      const chunks: Array<Buffer> = []
-      let size = 0
-      const stopListening = () => {
-        source.off("data", onData)
-        source.off("end", onEnd)
-        source.off("error", onError)
-      }
-      const onData = (chunk: Buffer) => {
-        size += chunk.length
-        if (size <= this.maxBodySize) return void chunks.push(chunk)
-        stopListening()
-        source.resume()
-        resume(Effect.fail(this.tooLarge()))
-      }
-      const onEnd = () => {
-        stopListening()
-        resume(Effect.succeed(Buffer.concat(chunks, size)))
-      }
-      const onError = (error: Error) => {
-        stopListening()
-        resume(Effect.fail(this.readError(error)))
-      }
-      source.on("data", onData)
-      source.on("end", onEnd)
-      source.on("error", onError)
-      return Effect.sync(stopListening)
+    const chunks: Array<Buffer> = []
+    let size = 0
+    const stopListening = () => {
+      source.off("data", onData)
+      source.off("end", onEnd)
+      source.off("error", onError)
+    }
+    const onData = (chunk: Buffer) => {
+      size += chunk.length
+      if (size <= this.maxBodySize) return void chunks.push(chunk)
+      stopListening()
+      source.resume()
+      done(Exit.fail(this.tooLarge()))
+    }
+    const onEnd = () => {
+      stopListening()
+      done(Exit.succeed(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)))
+    }
+    const onError = (error: Error) => {
+      stopListening()
+      done(Exit.fail(this.readError(error)))
+    }
+    source.on("data", onData)
+    source.on("end", onEnd)
+    source.on("error", onError)
+    return stopListening
+  }
+
+  /**
+   * Reads the body before the app runs, for a body that is small and declared (`content-length`): it has
+   * usually arrived with the head, so the app then reads it without suspending. Calls `ready` once the body
+   * (or why it could not be read) is there for the app, `gone` instead if the client goes away first.
+   */
+  preRead(ready: () => void, gone: () => void): void {
+    this.bodyRead.state = []
+    const stop = this.readBodyThen((exit) => {
+      this.source.off("close", onClose)
+      // A read that failed because the client went away (a reset mid-body) has no one to answer.
+      if (Exit.isFailure(exit) && this.source.socket.destroyed) return gone()
+      this.bodyRead.state = exit
+      ready()
     })
+    const onClose = () => {
+      stop()
+      gone()
+    }
+    this.source.once("close", onClose)
   }
 
   /**
@@ -165,17 +192,23 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
    * which makes a Ref and a Deferred for every request.
    */
   private body(): Effect.Effect<Buffer, HttpServerError.RequestError> {
-    const state = this.bodyState
+    const state = this.bodyRead.state
     if (state !== undefined && !Array.isArray(state)) return state
     if (state !== undefined) return Effect.async((resume) => void state.push(resume))
     const waiting: Array<(exit: Exit.Exit<Buffer, HttpServerError.RequestError>) => void> = []
-    this.bodyState = waiting
-    return Effect.onExit(this.readBody(), (exit) =>
-      Effect.sync(() => {
-        // An interrupted read is not the body's answer: the next reader reads again.
-        this.bodyState = Exit.isInterrupted(exit) ? undefined : exit
-        for (const resume of waiting) resume(exit)
-      }))
+    this.bodyRead.state = waiting
+    return Effect.async<Buffer, HttpServerError.RequestError>((resume) => {
+      const stop = this.readBodyThen((exit) => {
+        this.bodyRead.state = exit
+        for (const waiter of waiting) waiter(exit)
+        resume(exit)
+      })
+      // An interrupted read is not the body's answer: the next reader reads again.
+      return Effect.sync(() => {
+        stop()
+        this.bodyRead.state = undefined
+      })
+    })
   }
 
   get text(): Effect.Effect<string, HttpServerError.RequestError> {
@@ -198,8 +231,14 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
     return Effect.map(this.body(), (bytes) => bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer)
   }
 
+  /** The body as a stream: Node's own, or the bytes already read into memory (by `preRead` or a reader). */
+  private bodySource(): Readable {
+    const state = this.bodyRead.state
+    return state !== undefined && !Array.isArray(state) && Exit.isSuccess(state) ? Readable.from([state.value]) : this.source
+  }
+
   get stream(): Stream.Stream<Uint8Array, HttpServerError.RequestError> {
-    return NodeStream.fromReadable<HttpServerError.RequestError, Uint8Array>(() => this.source, (error) => this.readError(error))
+    return NodeStream.fromReadable<HttpServerError.RequestError, Uint8Array>(() => this.bodySource(), (error) => this.readError(error))
   }
 
   get multipart(): Effect.Effect<
@@ -207,11 +246,11 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
     Multipart.MultipartError,
     Scope.Scope | FileSystem.FileSystem | Path.Path
   > {
-    return Effect.flatMap(nodeMultipart, (multipart) => multipart.persisted(this.source, this.source.headers))
+    return Effect.flatMap(nodeMultipart, (multipart) => multipart.persisted(this.bodySource(), this.source.headers))
   }
 
   get multipartStream(): Stream.Stream<Multipart.Part, Multipart.MultipartError> {
-    return Stream.unwrap(Effect.map(nodeMultipart, (multipart) => multipart.stream(this.source, this.source.headers)))
+    return Stream.unwrap(Effect.map(nodeMultipart, (multipart) => multipart.stream(this.bodySource(), this.source.headers)))
   }
 
   get upgrade(): Effect.Effect<Socket.Socket, HttpServerError.RequestError> {
@@ -228,7 +267,8 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
       this.startedAt,
       options.url ?? this.url,
       options.headers ?? this.headersOverride,
-      options.remoteAddress ?? this.remoteAddressOverride
+      options.remoteAddress ?? this.remoteAddressOverride,
+      this.bodyRead
     )
   }
 

@@ -6,11 +6,12 @@
 import { HttpServer, HttpServerError, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Equal, FiberRef, HashSet, Layer, Logger, LogLevel, Stream } from "effect"
+import { Context, Deferred, Effect, Equal, FiberRef, HashSet, Layer, Logger, LogLevel, Option, Stream } from "effect"
 import type { FiberId } from "effect"
 import { Lifecycle } from "keel"
 import { DrainingHttpServer } from "keel/node"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import { eventually } from "../../support/eventually.js"
 
 /** Serves `app` on the draining server for the rest of the scope. */
@@ -278,6 +279,60 @@ describe("DrainingHttpServer", () => {
       const after = yield* eventually(server.stats, (stats) => stats.inFlight === 0)
       expect(after.inFlight).toBe(0)
       expect(after.served).toBe(1)
+    }))
+
+  it.scopedLive("a small declared body is read before the app runs: a slow one is in flight meanwhile, then answered without the app suspending", () =>
+    Effect.gen(function*() {
+      const ranWith = yield* Deferred.make<string>()
+      const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
+        Effect.flatMap(req.text, (text) =>
+          Effect.as(Deferred.succeed(ranWith, text), HttpServerResponse.text(`got ${text}`))))
+      const { server, url } = yield* serve(app)
+      const { port } = new URL(url)
+      const answer = yield* Effect.async<string>((resume) => {
+        const socket = Net.connect(Number(port), "127.0.0.1")
+        let received = ""
+        socket.on("data", (chunk) => (received += chunk.toString()))
+        socket.on("end", () => resume(Effect.succeed(received)))
+        socket.write("POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello")
+        setTimeout(() => socket.write("world"), 300)
+      }).pipe(Effect.fork)
+      // The head has arrived, half the body has not: the request is in flight and the app has not run.
+      const waiting = yield* eventually(server.stats, (stats) => stats.inFlight === 1)
+      expect(waiting.served).toBe(0)
+      expect(Option.isNone(yield* Deferred.poll(ranWith))).toBe(true)
+      expect(yield* answer.await.pipe(Effect.flatten)).toMatch(/^HTTP\/1\.1 200 OK[\s\S]*\r\n\r\ngot helloworld$/)
+      expect(yield* Deferred.await(ranWith)).toBe("helloworld")
+      expect(yield* eventually(server.stats, (stats) => stats.inFlight === 0)).toMatchObject({ served: 1 })
+    }))
+
+  it.scopedLive("a client that leaves before its declared body arrives is no longer in flight, and the app never runs", () =>
+    Effect.gen(function*() {
+      const ran = yield* Deferred.make<void>()
+      const { server, url } = yield* serve(Effect.as(Deferred.succeed(ran, undefined), HttpServerResponse.text("ok")))
+      const socket = Net.connect(Number(new URL(url).port), "127.0.0.1")
+      socket.on("error", () => {})
+      socket.write("POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+      yield* eventually(server.stats, (stats) => stats.inFlight === 1)
+      socket.destroy()
+      const after = yield* eventually(server.stats, (stats) => stats.inFlight === 0 && stats.connections === 0)
+      expect(after.served).toBe(1)
+      expect(Option.isNone(yield* Deferred.poll(ran))).toBe(true)
+    }))
+
+  it.scopedLive("a request copied by modify reads the same body, as text and as a stream", () =>
+    Effect.gen(function*() {
+      const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
+        Effect.gen(function*() {
+          const copy = req.modify({ url: "/renamed" })
+          const text = yield* req.text
+          const streamed = yield* Stream.runCollect(Stream.decodeText(copy.stream)).pipe(Effect.map((chunks) => [...chunks].join("")))
+          const again = yield* copy.text
+          return HttpServerResponse.unsafeJson({ text, streamed, again, url: copy.url })
+        }))
+      const { url } = yield* serve(app)
+      const response = yield* request(`${url}/original`, { method: "POST", body: "the body" })
+      expect(JSON.parse(response.body)).toEqual({ text: "the body", streamed: "the body", again: "the body", url: "/renamed" })
     }))
 
   it.scopedLive("a multipart body is parsed, its parser loaded on first use: fields and a file, part by part", () =>
