@@ -32,10 +32,12 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
+import * as Scheduler from "effect/Scheduler"
 import * as Scope from "effect/Scope"
 import type * as Schedule from "effect/Schedule"
 import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { failAfter } from "./internal/callTimeout.js"
+import * as LiveClock from "./internal/liveClock.js"
 import { describeTrigger } from "./internal/lifecycle.js"
 import { Lifecycle } from "./Lifecycle.js"
 import * as MetricSeries from "./internal/MetricSeries.js"
@@ -435,6 +437,9 @@ export interface Consumer<A> {
  * What both kinds of pool share: the workers' bookkeeping, attempts with timeout and retry, the one place an
  * outcome is decided (`settle`), the deadline and the drain report.
  */
+/** How workers resume on the live Clock: in the event loop's check phase, after its turn's I/O (see `startWorker`). */
+const checkPhaseScheduler = Scheduler.make((task) => void setImmediate(task))
+
 const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycle["Type"]) => {
   const name = options.name ?? "worker-pool"
   const attemptTimeout = options.timeout === undefined ? undefined : Duration.decode(options.timeout)
@@ -601,9 +606,20 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
       return shutdown
     })
 
-  /** Starts a worker in the Scope, named for logs and for the shutdown report's list of what is alive. */
+  /**
+   * Starts a worker in the Scope, named for logs and for the shutdown report's list of what is alive. On
+   * the live Clock it resumes in the event loop's check phase (`setImmediate`) rather than in a microtask:
+   * jobs submitted within one turn of the loop (the requests of one read from the network) are then taken
+   * one after another without a wake-up each, and a busy pool leaves the network its turn. Under TestClock
+   * it keeps Effect's scheduler, so that tests drive it with yields and virtual time as any other fiber.
+   */
   const startWorker = (slot: number, worker: (slot: number) => Effect.Effect<void, never, R>) =>
-    Effect.forkScoped(Effect.annotateLogs(worker(slot), { pool: name, worker: String(slot + 1) }))
+    Effect.clockWith((clock) =>
+      Effect.forkScoped(Effect.annotateLogs(
+        LiveClock.isLive(clock) ? Effect.withScheduler(worker(slot), checkPhaseScheduler) : worker(slot),
+        { pool: name, worker: String(slot + 1) }
+      ))
+    )
 
   const startWorkers = (worker: (slot: number) => Effect.Effect<void, never, R>) =>
     Effect.forEach(Array.from({ length: options.workers }, (_, slot) => slot), (slot) => startWorker(slot, worker))

@@ -18,6 +18,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
+import * as LiveClock from "./liveClock.js"
 
 /** A deadline: `fire` runs once at `at` (the Clock's milliseconds) unless it was cancelled first. */
 export interface Entry {
@@ -39,7 +40,6 @@ interface DeadlineQueue {
   disarm: (() => void) | undefined
 }
 
-const liveClock = Effect.runSync(Effect.clock)
 const queues = new WeakMap<Clock.Clock, DeadlineQueue>()
 // The wake-up fiber on a virtual Clock is machinery, not work: left out of Effect's fiber metrics.
 const wakeUpRuntime = Runtime.make({
@@ -87,7 +87,7 @@ const arm = (queue: DeadlineQueue, at: number) => {
   queue.armedAt = at
   // A timer past 2^31 - 1 ms would fire at once: a farther deadline is reached in several wake-ups.
   const delay = Math.min(2 ** 31 - 1, Math.max(0, at - queue.clock.unsafeCurrentTimeMillis()))
-  if (queue.clock === liveClock) {
+  if (LiveClock.isLive(queue.clock)) {
     const timer = setTimeout(() => wake(queue), delay)
     queue.disarm = () => clearTimeout(timer)
   } else {
