@@ -30,7 +30,32 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { TooLarge } from "keel"
 import type * as Http from "node:http"
+import type * as Net from "node:net"
 import { Readable } from "node:stream"
+
+/** How long a connection whose body was refused is read on (and discarded) after the answer, at most. */
+const lingerMs = 2_000
+
+/**
+ * A body refused as too large is answered before the client has sent all of it, with `Connection: close`.
+ * Closing the socket outright once the answer is written (Node's `destroySoon`) would make the kernel reset
+ * the connection on the client's next bytes, and a client still writing loses the answer with an EPIPE or
+ * ECONNRESET. So, as Apache's and nginx's lingering close do, our side is closed and the client's bytes are
+ * read and dropped until it closes its own side, or `lingerMs` have passed.
+ */
+const lingerOnClose = (socket: Net.Socket) => {
+  socket.destroySoon = () => {
+    socket.end()
+    socket.resume()
+    const timer = setTimeout(() => socket.destroy(), lingerMs)
+    timer.unref()
+    socket.once("end", () => {
+      clearTimeout(timer)
+      socket.destroy()
+    })
+    socket.once("close", () => clearTimeout(timer))
+  }
+}
 
 /** A request body's read: its Exit once read, the readers waiting while it is read, undefined before. */
 interface BodyRead {
@@ -112,6 +137,7 @@ export class NodeServerRequest extends Inspectable.Class implements HttpServerRe
 
   private tooLarge(): HttpServerError.RequestError {
     this.bodyRefused = true
+    lingerOnClose(this.source.socket)
     return new HttpServerError.RequestError({
       request: this,
       reason: "Decode",
