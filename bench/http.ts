@@ -214,6 +214,17 @@ interface Load {
   readonly results: Array<WrkResult>
 }
 
+/** A summary row judged against its target: `value` meets it when `met`. */
+const judged = (benchmark: string, metric: string, value: string, target: string, met: boolean): Row =>
+  ({ benchmark, metric, value, target, met })
+
+/** Writes wrk's `POST /jobs` script into `directory`; returns its path. */
+const writePostScript = async (directory: string) => {
+  const script = join(directory, "post-jobs.lua")
+  await writeFile(script, postScript)
+  return script
+}
+
 const describeResult = (result: WrkResult) =>
   `${perSecond(result.okPerSecond)} (p50 ${latency(result.p50Ms)}, p99 ${latency(result.p99Ms)}` +
   (result.failed > 0 ? `, ${result.failed} failed` : "") + ")"
@@ -227,8 +238,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
   const servers: Array<Server> = []
   let redis: RedisServer | undefined
   try {
-    const script = join(directory, "post-jobs.lua")
-    await writeFile(script, postScript)
+    const script = await writePostScript(directory)
     redis = await startRedisServer(directory, (child) => {
       running.add(child)
       child.once("exit", () => running.delete(child))
@@ -292,39 +302,21 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
     return [
       ...health.map((entry) => ({ benchmark: get, metric: `${entry.server.name}, median`, value: perSecond(rate(entry)), target: "" })),
       { benchmark: get, metric: "job server / raw", value: ratio(jobOverRaw), target: `≥ ${targetRatio}×`, met: jobOverRaw >= targetRatio },
-      {
-        benchmark: get,
-        metric: "job server / Fastify",
-        value: ratio(jobOverFastify),
-        target: `≥ ${targets.healthzOverFastify}×`,
-        met: jobOverFastify >= targets.healthzOverFastify
-      },
+      judged(get, "job server / Fastify", ratio(jobOverFastify), `≥ ${targets.healthzOverFastify}×`, jobOverFastify >= targets.healthzOverFastify),
       { benchmark: get, metric: "platform / raw", value: ratio(platformOverRaw), target: "" },
       { benchmark: get, metric: "p99 raw / platform / Fastify / job server", value: health.map((entry) => latency(p99(entry))).join(" / "), target: "" },
       { benchmark: get, metric: "non-2xx + socket errors", value: String(healthFailed), target: "0", met: healthFailed === 0 },
       ...posts.map((entry) => ({ benchmark: post, metric: `${entry.server.name}, accepted, median`, value: perSecond(rate(entry)), target: "" })),
-      {
-        benchmark: post,
-        metric: "job server / Fastify + p-queue",
-        value: ratio(postOverFastify),
-        target: `≥ ${targets.postOverFastify}×`,
-        met: postOverFastify >= targets.postOverFastify
-      },
-      {
-        benchmark: post,
-        metric: "p99 job server / Fastify + p-queue",
-        value: `${latency(p99(keelPost))} / ${latency(p99(fastifyPost))} = ${ratio(postP99OverFastify)}`,
-        target: `≤ ${targets.postP99OverFastify}×`,
-        met: postP99OverFastify <= targets.postP99OverFastify
-      },
+      judged(post, "job server / Fastify + p-queue", ratio(postOverFastify), `≥ ${targets.postOverFastify}×`, postOverFastify >= targets.postOverFastify),
+      judged(
+        post,
+        "p99 job server / Fastify + p-queue",
+        `${latency(p99(keelPost))} / ${latency(p99(fastifyPost))} = ${ratio(postP99OverFastify)}`,
+        `≤ ${targets.postP99OverFastify}×`,
+        postP99OverFastify <= targets.postP99OverFastify
+      ),
       ...redisPosts.map((entry) => ({ benchmark: onRedis, metric: `${entry.server.name}, accepted, median`, value: perSecond(rate(entry)), target: "" })),
-      {
-        benchmark: onRedis,
-        metric: "job server / Fastify + BullMQ",
-        value: ratio(redisPostOverBullmq),
-        target: `≥ ${targets.redisPostOverBullmq}×`,
-        met: redisPostOverBullmq >= targets.redisPostOverBullmq
-      },
+      judged(onRedis, "job server / Fastify + BullMQ", ratio(redisPostOverBullmq), `≥ ${targets.redisPostOverBullmq}×`, redisPostOverBullmq >= targets.redisPostOverBullmq),
       { benchmark: post, metric: "not accepted (non-2xx + socket errors)", value: String(postFailed), target: "0", met: postFailed === 0 }
     ]
   } finally {
@@ -438,8 +430,7 @@ const profileJobServer = async (top = 25): Promise<void> => {
   const directory = await mkdtemp(join(tmpdir(), "keel-http-profile-"))
   try {
     const mapsFile = join(directory, "source-maps.json")
-    const script = join(directory, "post-jobs.lua")
-    await writeFile(script, postScript)
+    const script = await writePostScript(directory)
     const spec = posting ? jobIntake : jobServer
     const server = await startServer(
       { ...spec, env: { ...spec.env, KEEL_BENCH_SOURCE_MAPS: mapsFile } },

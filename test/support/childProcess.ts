@@ -36,6 +36,18 @@ export interface RunningProcess {
   readonly signal: (signal: NodeJS.Signals) => void
 }
 
+/**
+ * Stops a program a test started: SIGTERM, then SIGKILL if it has not exited 3 s later; resolves once
+ * `exited` (its exit event) has. Does nothing to one that has exited already.
+ */
+export const terminate = async (child: ChildProcess, exited: Promise<unknown>): Promise<void> => {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  child.kill("SIGTERM")
+  const killer = setTimeout(() => child.kill("SIGKILL"), 3_000)
+  await exited
+  clearTimeout(killer)
+}
+
 const started = new Set<ChildProcess>()
 
 export const killLeftovers = () => {

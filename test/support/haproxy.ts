@@ -5,6 +5,7 @@
  * reads it. Every wait is bounded; `stop` ends it.
  */
 import { type ChildProcess, spawn } from "node:child_process"
+import { terminate } from "./childProcess.js"
 
 export interface Haproxy {
   readonly process: ChildProcess
@@ -57,14 +58,7 @@ export const startHaproxy = async (
     throw new Error(`HAProxy: ${backend}/${server} not ${status} within ${timeoutMs} ms (last ${String(last)})`)
   }
 
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM")
-      const killer = setTimeout(() => child.kill("SIGKILL"), 3_000)
-      await exited
-      clearTimeout(killer)
-    }
-  }
+  const stop = () => terminate(child, exited)
 
   const deadline = Date.now() + 10_000
   for (;;) {

@@ -5,6 +5,7 @@
  * port and directory. Every wait is bounded.
  */
 import { type ChildProcess, spawn } from "node:child_process"
+import { terminate } from "./childProcess.js"
 import { mkdtempSync, rmSync } from "node:fs"
 import * as Net from "node:net"
 import { tmpdir } from "node:os"
@@ -73,14 +74,7 @@ export const startRedis = async (options: RedisServerOptions = {}): Promise<Redi
     ], { stdio: "ignore" })
     exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
   }
-  const halt = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM")
-      const killer = setTimeout(() => child.kill("SIGKILL"), 3_000)
-      await exited
-      clearTimeout(killer)
-    }
-  }
+  const halt = () => terminate(child, exited)
   const stop = async () => {
     await halt()
     rmSync(dir, { recursive: true, force: true })
