@@ -46,6 +46,7 @@ import type { Redis } from "ioredis"
 import { Backoff } from "keel"
 import { JobStore } from "keel/services"
 import { randomUUID } from "node:crypto"
+import { retryAfterFailure } from "#keel/internal/retryAfterFailure"
 import { call, callTimeout, describeError, evalScript, isClient, open, quit, script } from "./Connection.js"
 import * as Validation from "#keel/internal/Validation"
 
@@ -183,13 +184,13 @@ const once = <A>(what: string, send: () => Promise<A>) => call(what, send, { tim
 
 /** A Redis request, tried up to `attempts` times (Backoff between tries), then `StoreUnavailable`. */
 const request = <A>(what: string, send: () => Promise<A>): Effect.Effect<A, JobStore.StoreUnavailable> =>
-  once(what, send).pipe(
-    Effect.retry(retryPolicy),
+  retryAfterFailure(once(what, send), retryPolicy).pipe(
     Effect.mapError((error) => unavailable(`${error.reason} (${attempts} attempts)`))
   )
 
 /** The store's own connection, closed with the Scope (within Connection's bound). */
-const connect = (url: string) => Effect.acquireRelease(Effect.sync(() => open(url)), (connection) => quit(connection))
+const connect = (url: string) =>
+  Effect.acquireRelease(Effect.sync(() => open(url, { enableAutoPipelining: true })), (connection) => quit(connection))
 
 /**
  * A store on Redis, living as long as the current Scope, which closes the connection it opened (within 500 ms;
