@@ -48,8 +48,10 @@ const view = (record: JobStore.JobRecord) => {
 const retryLater = (error: { readonly _tag: string; readonly message: string }) =>
   Effect.succeed(errorResponse(503, error._tag, error.message, { "retry-after": "1" }))
 
+const readJobRequest = Body.json(JobRequest)
+
 const submitJob = Effect.gen(function*() {
-  const request = yield* Body.json(JobRequest)
+  const request = yield* readJobRequest
   const store = yield* JobStore.JobStore
   const jobs = yield* Jobs
   const id = crypto.randomUUID()
@@ -98,8 +100,10 @@ const downstreamState = Effect.gen(function*() {
   return json({ ...settings, breaker: breaker._tag })
 })
 
+const readDownstreamPatch = Body.json(DownstreamPatch)
+
 const configureDownstream = Effect.gen(function*() {
-  const patch = yield* Body.json(DownstreamPatch)
+  const patch = yield* readDownstreamPatch
   const downstream = yield* Downstream
   yield* downstream.configure(patch)
   return yield* downstreamState

@@ -38,7 +38,8 @@ const describeIssues = (error: ParseResult.ParseError): string =>
  * properties the Schema does not declare. Fails with `TooLarge` when the body is over the server's limit
  * (`maxBodySize` of `keel/node`'s `HttpServer`), and with `Invalid` when it cannot be read, is not JSON or
  * does not match (the reason lists each issue as `path: message`); `withMiddleware` answers them with 413
- * and 400.
+ * and 400. The returned Effect can be run for every request: make it once (outside the handler), so that
+ * the Schema's decoder is made once too.
  *
  * @typeParam A - The decoded value.
  * @typeParam I - The Schema's encoded side, what the JSON must look like.
@@ -62,12 +63,12 @@ const describeIssues = (error: ParseResult.ParseError): string =>
  */
 export const json = <A, I, R>(
   schema: Schema.Schema<A, I, R>
-): Effect.Effect<A, Invalid | TooLarge, R | HttpServerRequest.HttpServerRequest> =>
-  readText.pipe(
+): Effect.Effect<A, Invalid | TooLarge, R | HttpServerRequest.HttpServerRequest> => {
+  // The decoder is made once per `json(schema)`, not per request.
+  const decode = Schema.decodeUnknown(schema, { errors: "all", onExcessProperty: "error" })
+  const invalid = (error: ParseResult.ParseError) => new Invalid({ reason: describeIssues(error) })
+  return readText.pipe(
     Effect.flatMap(parseJson),
-    Effect.flatMap((value) =>
-      Schema.decodeUnknown(schema, { errors: "all", onExcessProperty: "error" })(value).pipe(
-        Effect.mapError((error) => new Invalid({ reason: describeIssues(error) }))
-      )
-    )
+    Effect.flatMap((value) => Effect.mapError(decode(value), invalid))
   )
+}
