@@ -11,9 +11,12 @@
  *   could not start before d, or with `Timeout` at d if an attempt is still running then; never after d.
  * - Nested: with two retry layers under one deadline, the same bounds hold, and no attempt starts at or
  *   after the deadline even when nothing above enforces it (`within` only).
+ * - Nested budgets: however deep retry layers nest, and whatever budgets the inner ones have (none, none at
+ *   all to spare, or plenty), a call tree over a failing dependency retries exactly as the outermost budget
+ *   alone allows: each call from outside deposits once, and every retry at every depth withdraws from it.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Option, Random, TestClock } from "effect"
+import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Option, Random, Schedule, TestClock } from "effect"
 import * as Backoff from "../../../src/Backoff.js"
 import { Middleware, Timeout, Unavailable } from "keel"
 import { PropertyRuns } from "keel/testing"
@@ -265,5 +268,74 @@ describe("retry under a deadline, properties", () => {
         expect(unenforced.attempts.every((attempt) => !attempt.interrupted)).toBe(true)
       })),
     PropertyRuns.fastCheck(20_260_503)
+  )
+})
+
+describe("nested retry layers, properties", () => {
+  const layerBudgetArbitrary = fc.record({
+    ratio: fc.constantFrom(0, 0.1, 0.25, 0.5, 1),
+    minPerSecond: fc.constantFrom(0, 0.5, 1)
+  })
+
+  it.effect.prop(
+    "however deep retries nest and whatever budgets the inner layers have, a call tree retries exactly as the outermost budget allows",
+    {
+      outer: fc.record({ budget: layerBudgetArbitrary, retries: fc.integer({ min: 1, max: 4 }) }),
+      inner: fc.array(
+        fc.record({
+          budget: fc.oneof(fc.constant(false as const), layerBudgetArbitrary),
+          retries: fc.integer({ min: 1, max: 4 })
+        }),
+        { maxLength: 3 }
+      ),
+      bursts: fc.array(fc.record({ gap: fc.integer({ min: 0, max: 500 }), calls: fc.integer({ min: 1, max: 12 }) }), {
+        minLength: 1,
+        maxLength: 5
+      })
+    },
+    ({ bursts, inner, outer }) =>
+      Effect.scoped(Effect.gen(function*() {
+        // Calls span at most 2.5 s of a 10 s window: every deposit and every retry stays in it.
+        const window = Duration.seconds(10)
+        const layerOptions = [outer, ...inner]
+        const layers = yield* Effect.forEach(layerOptions, ({ budget, retries }) =>
+          retry({
+            backoff: Schedule.recurs(retries),
+            budget: budget === false ? false : { ...budget, window },
+            name: "retry-prop-nested"
+          }))
+        let attempts = 0
+        const dependency = (_: number) =>
+          Effect.suspend(() => {
+            attempts++
+            return Effect.fail(new Unavailable({ reason: `attempt ${attempts}` }))
+          })
+        const call = stack(...layers)(dependency)
+
+        // The model: one budget, the outermost's, with one deposit a call. A call's retries stop when the
+        // budget refuses (every layer above is then refused too) or when every schedule has run out.
+        const reserve = outer.budget.minPerSecond * Duration.toMillis(window) / 1000
+        const retriesACallCanMake = layerOptions.reduce((product, layer) => product * (layer.retries + 1), 1) - 1
+        let deposits = 0
+        let retriesSoFar = 0
+        for (const burst of bursts) {
+          yield* TestClock.adjust(Duration.millis(burst.gap))
+          for (let index = 0; index < burst.calls; index++) {
+            const attemptsBefore = attempts
+            yield* Effect.exit(call(deposits))
+            deposits++
+            let expectedRetries = 0
+            while (
+              expectedRetries < retriesACallCanMake && retriesSoFar + 1 <= reserve + outer.budget.ratio * deposits
+            ) {
+              expectedRetries++
+              retriesSoFar++
+            }
+            expect(attempts - attemptsBefore, `call ${deposits}`).toBe(1 + expectedRetries)
+          }
+        }
+        expect(attempts - deposits).toBeLessThanOrEqual(reserve + outer.budget.ratio * deposits)
+      })),
+    PropertyRuns.fastCheck(20_260_504)
   )
 })

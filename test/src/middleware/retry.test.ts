@@ -1,7 +1,8 @@
 /**
  * The retry middleware, case by case: which failures are retried and when (the Backoff policy and its
- * predicate), what the budget allows and refuses, how a caller's deadline and a `timeout` above or below
- * bound a retry sequence, and that interrupting a call at any point leaves the budget as it was.
+ * predicate), what the budget allows and refuses, that nested layers draw from the outermost call's budget
+ * and only for that call, how a caller's deadline and a `timeout` above or below bound a retry sequence, and
+ * that interrupting a call at any point leaves the budget as it was.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, Metric, Option, Schedule, TestClock } from "effect"
@@ -247,7 +248,7 @@ describe("retry: budget", () => {
       expect(state.startedAt).toHaveLength(40)
     }))
 
-  it.scoped("stacked retrying layers with budgets add at most their ratio of load each, instead of multiplying it", () =>
+  it.scoped("stacked retrying layers share the outermost call's budget: 100 calls add 20 retries in all, not 20 a layer", () =>
     Effect.gen(function*() {
       const budget = { ratio: 0.2, minPerSecond: 0, window: "10 seconds" } as const
       const threeAttempts = Schedule.recurs(2)
@@ -259,14 +260,160 @@ describe("retry: budget", () => {
 
       const { service, state } = scripted({ failures: Number.POSITIVE_INFINITY, failure: unavailable })
       yield* Effect.forEach(calls, (request) => immediately(stack(outer, inner)(service)(request)))
-      // Outer: 100 calls + at most 20 retries; inner: those 120 calls + at most 24 retries.
-      expect(state.startedAt.length).toBeLessThanOrEqual(144)
-      expect(state.startedAt.length).toBeGreaterThan(130)
+      // Each call deposits once, into the outer budget, and the retries of both layers withdraw from it.
+      expect(state.startedAt).toHaveLength(100 + 0.2 * 100)
+      const retriesCounted = (yield* counted(retryMetrics("retry-test-outer").retries)) +
+        (yield* counted(retryMetrics("retry-test-inner").retries))
+      expect(retriesCounted).toBe(20)
 
       const storm = scripted({ failures: Number.POSITIVE_INFINITY, failure: unavailable })
       yield* Effect.forEach(calls, (request) =>
         immediately(stack(unbudgetedOuter, unbudgetedInner)(storm.service)(request)))
       expect(storm.state.startedAt).toHaveLength(900)
+    }))
+})
+
+describe("retry: one budget for nested layers", () => {
+  const window = "10 seconds"
+  const layerBudgets = {
+    outer: { ratio: 0.1, minPerSecond: 1, window },
+    middle: { ratio: 0.5, minPerSecond: 5, window },
+    inner: { ratio: 1, minPerSecond: 10, window }
+  } as const
+  type LayerName = keyof typeof layerBudgets
+  const layerNames: ReadonlyArray<LayerName> = ["outer", "middle", "inner"]
+
+  /** The retries a budget allows in one window: minPerSecond · windowSeconds + ratio · calls. */
+  const allowance = (budget: RetryBudgetOptions, calls: number) =>
+    budget.minPerSecond * Duration.toSeconds(budget.window) + budget.ratio * calls
+
+  /** Six attempts a layer and no delay: three nested layers would make 6³ = 216 attempts a call. */
+  const aggressive = Schedule.recurs(5)
+
+  const layersNamed = (prefix: string) =>
+    Effect.all({
+      outer: retry({ backoff: aggressive, budget: layerBudgets.outer, name: `${prefix}-outer` }),
+      middle: retry({ backoff: aggressive, budget: layerBudgets.middle, name: `${prefix}-middle` }),
+      inner: retry({ backoff: aggressive, budget: layerBudgets.inner, name: `${prefix}-inner` })
+    })
+
+  const calls = 200
+
+  /**
+   * Makes `calls` calls through `layer`, ten every 200 ms (4 s: all in one window), over a dependency that
+   * always fails at once, and returns the retries the dependency saw.
+   */
+  const retriesThrough = <EAdd>(layer: Middleware.Middleware<EAdd>) =>
+    Effect.gen(function*() {
+      const { service, state } = scripted({ failures: Number.POSITIVE_INFINITY, failure: unavailable })
+      const call = layer(service)
+      for (let index = 0; index < calls; index++) {
+        if (index > 0 && index % 10 === 0) yield* TestClock.adjust("200 millis")
+        yield* Effect.exit(call(`call-${index}`))
+      }
+      return state.startedAt.length - calls
+    })
+
+  it.scoped("three nested layers over a failing dependency retry within the outermost budget; side by side each keeps its own", () =>
+    Effect.gen(function*() {
+      const nested = yield* layersNamed("retry-test-nested")
+      const nestedRetries = yield* retriesThrough(stack(nested.outer, nested.middle, nested.inner))
+      // 10 + 0.1 · 200 = 30: the whole outer allowance (the schedules never ran out), and not one retry more.
+      expect(nestedRetries).toBeLessThanOrEqual(allowance(layerBudgets.outer, calls))
+      expect(nestedRetries).toBeGreaterThan(allowance(layerBudgets.outer, calls) - 1)
+      let retriesCounted = 0
+      for (const layer of layerNames) {
+        const metrics = retryMetrics(`retry-test-nested-${layer}`)
+        retriesCounted += yield* counted(metrics.retries)
+        // Every call ended refused, and each layer, wanting to retry in turn, counted the refusal.
+        expect(yield* counted(metrics.budgetExhausted), layer).toBe(calls)
+      }
+      expect(retriesCounted).toBe(nestedRetries)
+
+      // The same layers, each over the dependency on its own, one after another: each budget governs its calls.
+      const sideBySide = yield* layersNamed("retry-test-side-by-side")
+      for (const layer of layerNames) {
+        const retries = yield* retriesThrough(sideBySide[layer])
+        expect(retries, layer).toBeLessThanOrEqual(allowance(layerBudgets[layer], calls))
+        expect(retries, layer).toBeGreaterThan(allowance(layerBudgets[layer], calls) - 1)
+      }
+    }))
+
+  /** No retry is ever allowed under this budget. */
+  const closedBudget = { ratio: 0, minPerSecond: 0, window } as const
+  /** Room for 100 retries: a call through it alone, with three attempts a call, makes all three. */
+  const roomyBudget = { ratio: 0, minPerSecond: 10, window } as const
+
+  /** The attempts one call through `layer` makes over a service that always fails at once. */
+  const attemptsThrough = <EAdd>(layer: Middleware.Middleware<EAdd>) =>
+    Effect.gen(function*() {
+      const { service, state } = scripted({ failures: Number.POSITIVE_INFINITY, failure: unavailable })
+      yield* Effect.exit(layer(service)("probe"))
+      return state.startedAt.length
+    })
+
+  it.scoped("the budget governs only the call that installed it: not calls after it, beside it, or after its interruption", () =>
+    Effect.gen(function*() {
+      const closed = yield* retry({ backoff: Schedule.recurs(3), budget: closedBudget, name: "retry-test-closed" })
+      const probe = yield* retry({ backoff: Schedule.recurs(2), budget: roomyBudget, name: "retry-test-probe" })
+      const beneathClosed = stack(closed, probe)
+
+      expect(yield* attemptsThrough(beneathClosed)).toBe(1)
+      expect(yield* counted(retryMetrics("retry-test-probe").budgetExhausted)).toBe(1)
+      expect(yield* counted(retryMetrics("retry-test-closed").budgetExhausted)).toBe(1)
+      // After a call that failed, and after one that succeeded, the probe's own budget governs again.
+      expect(yield* attemptsThrough(probe)).toBe(3)
+      expect(yield* beneathClosed((request: string) => Effect.succeed(request))("healthy")).toBe("healthy")
+      expect(yield* attemptsThrough(probe)).toBe(3)
+
+      // Beside a call still in progress (its first attempt takes 100 ms).
+      const slow = scripted({ failures: Number.POSITIVE_INFINITY, failure: unavailable, latency: 100 })
+      const inProgress = yield* Effect.fork(beneathClosed(slow.service)("slow"))
+      yield* TestClock.adjust("50 millis")
+      expect(slow.state.running).toBe(1)
+      expect(yield* attemptsThrough(probe)).toBe(3)
+      yield* TestClock.adjust("50 millis")
+      expect(yield* ended(inProgress)).toEqual(Exit.fail(new Unavailable({ reason: "attempt 1" })))
+
+      // In the same fiber, after the call was interrupted mid-attempt (the fiber goes on, uninterruptible).
+      let attemptsAfterInterruption = 0
+      const interrupted = scripted({ failures: Number.POSITIVE_INFINITY, failure: unavailable, latency: 100 })
+      const survivor = yield* Effect.fork(Effect.uninterruptibleMask((restore) =>
+        Effect.zipRight(
+          Effect.exit(restore(beneathClosed(interrupted.service)("interrupted"))),
+          Effect.map(attemptsThrough(probe), (attempts) => attemptsAfterInterruption = attempts)
+        )
+      ))
+      yield* TestClock.adjust("50 millis")
+      yield* Fiber.interrupt(survivor)
+      expect(interrupted.state.running).toBe(0)
+      expect(attemptsAfterInterruption).toBe(3)
+    }))
+
+  it.scoped("fibers a call forks, a timeout's among them, draw from the call's budget", () =>
+    Effect.gen(function*() {
+      const closed = yield* retry({ backoff: Schedule.recurs(3), budget: closedBudget })
+      const probe = yield* retry({ backoff: Schedule.recurs(2), budget: roomyBudget })
+      const forking: Middleware.Middleware = (service) => (request) =>
+        Effect.flatMap(Effect.fork(service(request)), Fiber.join)
+
+      expect(yield* attemptsThrough(stack(closed, forking, probe))).toBe(1)
+      expect(yield* attemptsThrough(stack(closed, yield* timeout({ after: "1 second" }), probe))).toBe(1)
+      expect(yield* attemptsThrough(stack(forking, probe))).toBe(3)
+    }))
+
+  it.scoped("a layer with budget false withdraws from an enclosing budget; above a budgeted layer it leaves each attempt to it", () =>
+    Effect.gen(function*() {
+      const name = "retry-test-unbudgeted"
+      const unbudgeted = yield* retry({ backoff: Schedule.recurs(2), budget: false, name })
+      const closed = yield* retry({ backoff: Schedule.recurs(3), budget: closedBudget })
+      expect(yield* attemptsThrough(stack(closed, unbudgeted))).toBe(1)
+      expect(yield* counted(retryMetrics(name).budgetExhausted)).toBe(1)
+
+      // Two retries in the window under `scarce`. Above it, `unbudgeted` makes three calls of `scarce`: the
+      // first spends the two retries, the others are refused theirs; `unbudgeted`'s own retries are not charged.
+      const scarce = yield* retry({ backoff: Schedule.recurs(5), budget: { ratio: 0, minPerSecond: 0.2, window } })
+      expect(yield* attemptsThrough(stack(unbudgeted, scarce))).toBe(3 + 2)
     }))
 })
 
