@@ -15,6 +15,7 @@ describe("public API report", () => {
       "keel/http",
       "keel/memory",
       "keel/redis",
+      "keel/otel",
       "keel/services",
       "keel/testing"
     ])

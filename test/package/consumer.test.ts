@@ -1,20 +1,23 @@
 /**
  * Keel as a user's project sees it: the packed tarball installed with its peers into a project outside the
  * repository (see `packedKeel`). A plain `node` program with no loader imports the built JavaScript and is
- * stopped with a real SIGTERM; `tsc --strict` checks a file that uses every entry point, every `@example`
- * of the API reference and every README snippet, under both of TypeScript's module resolutions a project
- * picks from; the tarball holds only what `files` names.
+ * stopped with a real SIGTERM; another exports its spans to an OTLP/HTTP receiver, and without the optional
+ * OpenTelemetry peers keel/otel still loads and stays off; `tsc --strict` checks a file that uses every
+ * entry point, every `@example` of the API reference and every README snippet, under both of TypeScript's
+ * module resolutions a project picks from; the tarball holds only what `files` names.
  */
 import { execFileSync } from "node:child_process"
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
+import * as Effect from "effect/Effect"
 import { afterEach, beforeAll, describe, expect, it } from "vitest"
 import { killLeftovers, repositoryRoot, startNode } from "../support/childProcess.js"
 import { documentedExamples } from "../support/docExamples.js"
+import * as OtlpReceiver from "../support/otlpReceiver.js"
 import { type PackedKeel, packedKeel } from "../support/packedKeel.js"
 import { readmeSnippets } from "../support/readmeSnippets.js"
 
-const entryPoints = ["keel", "keel/node", "keel/http", "keel/memory", "keel/redis", "keel/services", "keel/testing"]
+const entryPoints = ["keel", "keel/node", "keel/http", "keel/memory", "keel/redis", "keel/otel", "keel/services", "keel/testing"]
 
 let packed: PackedKeel
 
@@ -49,6 +52,38 @@ const program = Effect.gen(function*() {
 runMain(program, { drainTimeout: "5 seconds", logger: "logfmt" })
 `
 
+// A traced run under runMain: tracing turned on by the environment, one span with a log line inside it.
+const tracedProgram = `
+import { Effect } from "effect"
+import { runMain } from "keel/node"
+import { Otel } from "keel/otel"
+
+const program = Effect.log("charged").pipe(
+  Effect.withSpan("charge", { attributes: { "payment.cents": 1250 } }),
+  Effect.provide(Otel.fromEnv({ serviceName: "payments" }))
+)
+
+runMain(program, { logger: "json" })
+`
+
+// keel/otel where the OpenTelemetry packages are not installed: off, it runs; on, it names what is missing.
+const tracingWithoutPeers = `
+import { Cause, Effect, Exit } from "effect"
+import { Otel } from "keel/otel"
+
+console.log(await Effect.runPromise(Effect.provide(Effect.succeed("untraced run"), Otel.fromEnv())))
+const on = Otel.layer({ serviceName: "payments", tracesEndpoint: "http://127.0.0.1:4318/v1/traces" })
+const exit = await Effect.runPromiseExit(Effect.provide(Effect.void, on))
+console.log(Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "tracing on")
+`
+
+const writeProgram = (project: string, name: string, source: string): string => {
+  const directory = join(project, `run-${process.pid}`)
+  mkdirSync(directory, { recursive: true })
+  writeFileSync(join(directory, name), source)
+  return directory
+}
+
 describe("the packed package in a user's project", () => {
   it("the tarball holds dist/, the README, the license and package.json, and nothing else", () => {
     const { files, size, unpackedSize } = packed.tarball
@@ -71,10 +106,7 @@ describe("the packed package in a user's project", () => {
   it("a plain node program imports keel, keel/node and keel/memory, drains on SIGTERM and exits 0", async () => {
     // keel/node and keel/memory run without ioredis, which only keel/redis needs.
     expect(existsSync(join(packed.project, "node_modules", "ioredis"))).toBe(false)
-    const directory = join(packed.project, `run-${process.pid}`)
-    mkdirSync(directory, { recursive: true })
-    writeFileSync(join(directory, "main.mjs"), drainingProgram)
-    const run = startNode(directory, "main.mjs")
+    const run = startNode(writeProgram(packed.project, "main.mjs", drainingProgram), "main.mjs")
     await run.waitForOutput(/running 4/, 20_000)
     run.signal("SIGTERM")
     const exited = await run.waitForExit(20_000)
@@ -83,6 +115,28 @@ describe("the packed package in a user's project", () => {
     const output = run.output()
     for (let job = 1; job <= 4; job++) expect(output).toContain(`sent ${job}`)
     expect(output).toMatch(/shutdown clean: trigger SIGTERM, 4 finished, 0 forced, 0 unfinished/)
+  })
+
+  it("a plain node program traced by keel/otel exports its span, and its log line carries the span's ids", async () => {
+    await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const receiver = yield* OtlpReceiver.start()
+      const directory = writeProgram(packed.typesProject, "traced.mjs", tracedProgram)
+      const run = startNode(directory, "traced.mjs", { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint })
+      const exited = yield* Effect.promise(() => run.waitForExit(20_000))
+      expect(exited, run.output()).toEqual({ code: 0, signal: null })
+      const [charge] = yield* receiver.spans
+      expect(charge, run.output()).toMatchObject({ service: "payments", name: "charge", attributes: { "payment.cents": 1250 } })
+      const line = run.output().split("\n").find((line) => line.includes(`"charged"`))
+      expect(JSON.parse(line!).annotations).toEqual({ trace_id: charge!.traceId, span_id: charge!.spanId })
+    })))
+  })
+
+  it("keel/otel without the OpenTelemetry packages runs untraced, and tracing on names the missing package", async () => {
+    expect(existsSync(join(packed.project, "node_modules", "@effect", "opentelemetry"))).toBe(false)
+    const run = startNode(writeProgram(packed.project, "untraced.mjs", tracingWithoutPeers), "untraced.mjs")
+    const exited = await run.waitForExit(20_000)
+    expect(exited, run.output()).toEqual({ code: 0, signal: null })
+    expect(run.output()).toMatch(/untraced run\n[\s\S]*Cannot find package '@effect\/opentelemetry'/)
   })
 
   it("keel/redis without ioredis installed fails to load, naming ioredis", () => {

@@ -34,17 +34,30 @@ export interface Tarball {
 
 export interface PackedKeel {
   readonly tarball: Tarball
-  /** A project with the tarball and the peers every entry point but `keel/redis` needs (not ioredis). */
+  /** A project with the tarball and the peers every entry point needs, without the optional ones. */
   readonly project: string
-  /** The same, plus what a TypeScript user of `keel/redis` and `keel/node` adds: ioredis and @types/node. */
+  /**
+   * The same, plus the optional peers (ioredis for `keel/redis`, the OpenTelemetry packages for tracing with
+   * `keel/otel`) and what a TypeScript user of `keel/node` adds: @types/node.
+   */
   readonly typesProject: string
 }
 
-/** What a user installs beside Keel for every entry point but `keel/redis`. */
+/** What a user installs beside Keel for every entry point. */
 const runtimePeers = ["effect", "@effect/platform", "@effect/platform-node"]
 
-/** What a TypeScript user adds for `keel/redis` (its optional peer) and for Node's types. */
-const typesExtras = ["ioredis", "@types/node"]
+/** The optional peers, and Node's types for TypeScript users. */
+const optionalPeersAndNodeTypes = [
+  "ioredis",
+  "@effect/opentelemetry",
+  "@opentelemetry/api",
+  "@opentelemetry/exporter-trace-otlp-http",
+  "@opentelemetry/resources",
+  "@opentelemetry/sdk-trace-base",
+  "@opentelemetry/sdk-trace-node",
+  "@opentelemetry/semantic-conventions",
+  "@types/node"
+]
 
 const installedVersion = (name: string): string =>
   JSON.parse(readFileSync(join(repositoryRoot, "node_modules", name, "package.json"), "utf8")).version
@@ -76,7 +89,7 @@ const filesUnder = (directory: string): Array<string> =>
     return entry.isDirectory() ? filesUnder(path) : [path]
   })
 
-/** A hash of everything the packed package is made from. */
+/** A hash of everything the packed package and its projects are made from. */
 const contentKey = (): string => {
   const hash = createHash("sha256")
   const inputs = [
@@ -88,6 +101,7 @@ const contentKey = (): string => {
     hash.update(relative(repositoryRoot, file))
     hash.update(readFileSync(file))
   }
+  hash.update(JSON.stringify([runtimePeers, optionalPeersAndNodeTypes]))
   return hash.digest("hex").slice(0, 16)
 }
 
@@ -107,7 +121,7 @@ const make = (directory: string): PackedKeel => {
   const project = newProject(join(directory, "project"))
   npmInstall(project, [tarball.path, ...runtimePeers.map(pinned)])
   const typesProject = newProject(join(directory, "types"))
-  npmInstall(typesProject, [tarball.path, ...[...runtimePeers, ...typesExtras].map(pinned)])
+  npmInstall(typesProject, [tarball.path, ...[...runtimePeers, ...optionalPeersAndNodeTypes].map(pinned)])
   return { tarball, project, typesProject }
 }
 
