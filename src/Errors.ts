@@ -128,6 +128,31 @@ export class Timeout extends Data.TaggedError("Timeout")<{
   }
 }
 
+/**
+ * A job's deadline passed: the deadline it was offered under (a request's `Middleware.deadline`, or the
+ * `deadline` option of `submit` / `offer`) ran out before the job started, or while it ran (it was then
+ * interrupted). Not worth retrying: whoever waited for the job has stopped waiting.
+ */
+export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
+  /** The id of the job. */
+  readonly id: string
+  /** Whether the deadline passed before the job started (`before-start`) or while it ran (`while-running`). */
+  readonly when: "before-start" | "while-running"
+  /** How long past the deadline the job was when it was stopped. */
+  readonly late: Duration.Duration
+}> implements Rejection {
+  /** 504 Gateway Timeout. */
+  get [HttpAnswerKey](): HttpAnswer {
+    return { status: 504 }
+  }
+
+  /** `job <id>: deadline passed before it started (<late> late)` or `… while it ran …`. */
+  override get message() {
+    const when = this.when === "before-start" ? "before it started" : "while it ran"
+    return `job ${this.id}: deadline passed ${when} (${Duration.format(this.late)} late)`
+  }
+}
+
 /** A dependency cannot serve now; worth retrying, not before `retryAfter` when it is given. */
 export class Unavailable extends Data.TaggedError("Unavailable")<{
   /** What cannot serve and why, in words. */

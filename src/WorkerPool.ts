@@ -35,8 +35,10 @@ import * as Runtime from "effect/Runtime"
 import * as Scheduler from "effect/Scheduler"
 import * as Scope from "effect/Scope"
 import type * as Schedule from "effect/Schedule"
-import { Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
+import { DeadlineExceeded, Evicted, QueueFull, render, ShuttingDown, Timeout } from "./Errors.js"
 import { failAfter } from "./internal/callTimeout.js"
+import { currentDeadline } from "./internal/deadline.js"
+import { isTracing } from "./internal/tracing.js"
 import * as LiveClock from "./internal/liveClock.js"
 import { describeTrigger } from "./internal/lifecycle.js"
 import { Lifecycle } from "./Lifecycle.js"
@@ -44,6 +46,7 @@ import * as MetricSeries from "./internal/MetricSeries.js"
 import { retryAfterFailure } from "./internal/retryAfterFailure.js"
 import * as Validation from "./internal/Validation.js"
 import * as Waiters from "./internal/Waiters.js"
+import * as Propagation from "./Propagation.js"
 
 /**
  * How a full queue treats a new job (`Options.strategy`): `suspend` makes `submit` wait for room;
@@ -73,6 +76,12 @@ export interface Job<A> {
   readonly payload: A
   /** Clock time (ms) when the job was accepted. */
   readonly enqueuedAt: number
+  /**
+   * What the job carries from where it was submitted (or offered to the shared queue): the span it was
+   * submitted in, when tracing was on, and its deadline. Its run continues that span's trace, and is not
+   * started after the deadline (it fails with `DeadlineExceeded`) nor let run past it.
+   */
+  readonly carried?: Propagation.Carried
 }
 
 /** What a handler knows about the job it runs. */
@@ -330,6 +339,12 @@ export interface WorkerPool<A> {
 export interface SubmitOptions {
   /** Caller-chosen id; default `<pool name>-<sequence>`. The pool does not check that ids are unique. */
   readonly id?: string
+  /**
+   * The job must have ended within this long from now: it is not started after that (it fails with
+   * `DeadlineExceeded`) and is interrupted when the time runs out. A job submitted under a deadline
+   * (`Middleware.deadline`) carries that one; the sooner of the two wins. Default: the submitter's, if any.
+   */
+  readonly deadline?: Duration.DurationInput
 }
 
 const poolMetrics = {
@@ -400,6 +415,10 @@ const logHandBack = <A>(jobs: ReadonlyArray<Unfinished<A>>) =>
 const succeeded = Effect.succeed(true)
 
 const interruptedBy = (cause: Cause.Cause<unknown>) => Cause.isInterruptedOnly(cause) && !Cause.isEmpty(cause)
+
+/** How one attempt ended, as its span's `keel.job.outcome` says it. */
+const attemptOutcome = (exit: Exit.Exit<unknown, unknown>) =>
+  Exit.isSuccess(exit) ? "completed" : interruptedBy(exit.cause) ? "interrupted" : "failed"
 
 /** Dies with `IllegalArgumentException` unless each of `values` is an integer ≥ 1. */
 const validate = (what: string, values: Record<string, number>) =>
@@ -514,13 +533,65 @@ const makeCore = <A, E, R>(options: ConsumeOptions<A, E, R>, lifecycle: Lifecycl
   const withTimeout = attemptTimeout === undefined
     ? undefined
     : failAfter(attemptTimeout, () => new Timeout({ after: attemptTimeout }))
-  const runAttempt = (job: Job<A>, attempt: number, delivery: number) =>
+  const attemptOf = (job: Job<A>, attempt: number, delivery: number) =>
     withTimeout === undefined ? callHandler(job, attempt, delivery) : withTimeout(callHandler(job, attempt, delivery))
+
+  // With tracing on, each attempt is a consumer span `process <pool>` that continues the trace the job was
+  // submitted in (and links to that span), else starts one of its own; with tracing off, nothing is made.
+  const processSpan = `process ${name}`
+  const runAttempt = (job: Job<A>, attempt: number, delivery: number): Effect.Effect<unknown, E | Timeout, R> =>
+    Effect.withFiberRuntime((fiber) => {
+      if (!isTracing(fiber)) return attemptOf(job, attempt, delivery)
+      const submittedIn = Propagation.parentSpan(job.carried)
+      return Effect.withSpan(
+        Effect.onExit(attemptOf(job, attempt, delivery), (exit) =>
+          Effect.annotateCurrentSpan("keel.job.outcome", attemptOutcome(exit))),
+        processSpan,
+        {
+          kind: "consumer",
+          ...(submittedIn === undefined ? { root: true } : { parent: submittedIn, links: [{ _tag: "SpanLink", span: submittedIn, attributes: {} }] }),
+          attributes: {
+            "messaging.system": "keel",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": name,
+            "messaging.message.id": job.id,
+            "keel.job.attempt": attempt,
+            "keel.job.delivery": delivery
+          }
+        }
+      )
+    })
 
   // Attempts of the job each worker slot is running (read when the job settles).
   const attemptsBySlot = new Array<number>(options.workers).fill(0)
 
+  /**
+   * A job's attempts, within its deadline when it carries one: not started once the deadline has passed, and
+   * interrupted when it runs out, both ending the job with `DeadlineExceeded` (never retried: the deadline
+   * covers the retries too). Within, the deadline is the calls' own, so middleware the handler uses see it.
+   */
   const runAttempts = (job: Job<A>, slot: number, delivery: number): Effect.Effect<unknown, unknown, R> => {
+    const deadline = job.carried?.deadline
+    if (deadline === undefined) return attemptsWithin(job, slot, delivery)
+    return Effect.clockWith((clock) => {
+      const left = deadline - clock.unsafeCurrentTimeMillis()
+      if (left <= 0) {
+        attemptsBySlot[slot] = 0
+        return Effect.fail(new DeadlineExceeded({ id: job.id, when: "before-start", late: Duration.millis(-left) }))
+      }
+      const exceeded = () =>
+        new DeadlineExceeded({
+          id: job.id,
+          when: "while-running",
+          late: Duration.millis(Math.max(0, clock.unsafeCurrentTimeMillis() - deadline))
+        })
+      return failAfter(Duration.millis(left), exceeded)(
+        Effect.locally(attemptsWithin(job, slot, delivery), currentDeadline, Option.some(deadline))
+      )
+    })
+  }
+
+  const attemptsWithin = (job: Job<A>, slot: number, delivery: number): Effect.Effect<unknown, unknown, R> => {
     attemptsBySlot[slot] = 1
     const retry = options.retry
     if (retry === undefined) return runAttempt(job, 1, delivery)
@@ -702,11 +773,16 @@ export const make = <A, E = never, R = never>(
 
     const depth = () => Math.max(0, Math.min(capacity, Option.getOrElse(queue.unsafeSize(), () => 0)))
 
-    const newJob = (payload: A, submitOptions: SubmitOptions | undefined): Job<A> => ({
-      id: submitOptions?.id ?? `${name}-${++sequence}`,
-      payload,
-      enqueuedAt: clock.unsafeCurrentTimeMillis()
-    })
+    const newJob = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      payload: A,
+      submitOptions: SubmitOptions | undefined
+    ): Job<A> => {
+      const id = submitOptions?.id ?? `${name}-${++sequence}`
+      const enqueuedAt = clock.unsafeCurrentTimeMillis()
+      const carried = Propagation.captureFrom(fiber, submitOptions?.deadline)
+      return carried === undefined ? { id, payload, enqueuedAt } : { id, payload, enqueuedAt, carried }
+    }
 
     const refuse = () => Effect.fail(new ShuttingDown({ reason: closedReason! }))
 
@@ -722,16 +798,16 @@ export const make = <A, E = never, R = never>(
     }
 
     const trySubmit = (payload: A, submitOptions?: SubmitOptions) =>
-      Effect.suspend((): Effect.Effect<string, ShuttingDown | QueueFull> => {
+      Effect.withFiberRuntime((fiber): Effect.Effect<string, ShuttingDown | QueueFull> => {
         if (closedReason !== undefined) return refuse()
-        const job = newJob(payload, submitOptions)
+        const job = newJob(fiber, payload, submitOptions)
         return offerNow(job) ? Effect.succeed(job.id) : Effect.fail(new QueueFull({ capacity }))
       })
 
     const submitSuspending = (payload: A, submitOptions?: SubmitOptions) =>
-      Effect.suspend((): Effect.Effect<string, ShuttingDown> => {
+      Effect.withFiberRuntime((fiber): Effect.Effect<string, ShuttingDown> => {
         if (closedReason !== undefined) return refuse()
-        const job = newJob(payload, submitOptions)
+        const job = newJob(fiber, payload, submitOptions)
         if (offerNow(job)) return Effect.succeed(job.id)
         count.accepted++
         count.suspendedOffers++
@@ -756,9 +832,9 @@ export const make = <A, E = never, R = never>(
       )
 
     const submitEvicting = (payload: A, submitOptions?: SubmitOptions) =>
-      Effect.suspend((): Effect.Effect<string, ShuttingDown> => {
+      Effect.withFiberRuntime((fiber): Effect.Effect<string, ShuttingDown> => {
         if (closedReason !== undefined) return refuse()
-        const job = newJob(payload, submitOptions)
+        const job = newJob(fiber, payload, submitOptions)
         return Effect.as(evictOldestThenOffer(job), job.id)
       })
 

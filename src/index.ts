@@ -8,6 +8,7 @@ export * as Backoff from "./Backoff.js"
 export {
   CircuitOpen,
   contextOf,
+  DeadlineExceeded,
   Evicted,
   type HttpAnswer,
   HttpAnswerKey,
@@ -33,6 +34,7 @@ export {
 export * as Leftovers from "./Leftovers.js"
 export * as Lifecycle from "./Lifecycle.js"
 export * as Middleware from "./middleware/index.js"
+export * as Propagation from "./Propagation.js"
 export * as TaskGroup from "./TaskGroup.js"
 export * as Tracker from "./Tracker.js"
 export * as WorkerPool from "./WorkerPool.js"
