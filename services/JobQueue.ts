@@ -19,10 +19,11 @@ import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as DurationModule from "effect/Duration"
 import type * as Duration from "effect/Duration"
-import type * as Effect from "effect/Effect"
 import * as Validation from "#keel/internal/Validation"
 import type * as Scope from "effect/Scope"
-import { QueueUnavailable, type QueueFull } from "keel"
+import * as Effect from "effect/Effect"
+import { Propagation, QueueUnavailable, type QueueFull } from "keel"
+import { isTracing } from "#keel/internal/tracing"
 
 /** The queue's error for a backend it cannot reach, defined with Keel's other rejections. */
 export { QueueUnavailable }
@@ -39,6 +40,12 @@ export interface OfferOptions {
   readonly id?: string
   /** Ready only after this long; meanwhile the job counts as delayed, toward `capacity`. Default: at once. */
   readonly delay?: Duration.DurationInput
+  /**
+   * The job must have ended within this long from now: a runner does not start it after that (it ends with
+   * `DeadlineExceeded`) and stops it when the time runs out. An offer made under a deadline (`Middleware.deadline`)
+   * carries that one; the sooner of the two wins. Default: the offerer's deadline, if any.
+   */
+  readonly deadline?: Duration.DurationInput
 }
 
 /** One delivery of a job to one worker. */
@@ -54,6 +61,11 @@ export interface Lease {
   readonly delivery: number
   /** Clock millis when the job was first offered. */
   readonly enqueuedAt: number
+  /**
+   * What the job carries from its offer: the offering span (when tracing was on) and its deadline. Absent when
+   * it was offered outside any span and deadline.
+   */
+  readonly carried?: Propagation.Carried
   /** Completes if the lease is lost (expired and delivered again): the job should stop at once. */
   readonly lost: Effect.Effect<void>
   /**
@@ -233,3 +245,28 @@ export const validateOptions = (backend: string, options: QueueOptions): Effect.
     ["maxDeadLetters", maxDeadLetters, Validation.isIntegerFrom(maxDeadLetters, 1), Validation.integerFrom(1)]
   ])
 }
+
+/**
+ * How a backend offers: `offer` receives what the job carries from the calling fiber (its span and deadline,
+ * with `options.deadline`). When tracing is on the offer runs in a producer span `send <queue>`, and the job
+ * carries that span, so that its run shows in the trace as a consequence of the send. A backend of your own
+ * calls it around its offer, as Keel's do.
+ */
+export const offerCarrying = <A, E>(
+  queue: string,
+  options: OfferOptions | undefined,
+  offer: (carried: Propagation.Carried | undefined) => Effect.Effect<A, E>
+): Effect.Effect<A, E> =>
+  Effect.withFiberRuntime((fiber) => {
+    if (!isTracing(fiber)) return offer(Propagation.captureFrom(fiber, options?.deadline))
+    const inSpan = Effect.withFiberRuntime<A, E>((inner) => offer(Propagation.captureFrom(inner, options?.deadline)))
+    return Effect.withSpan(inSpan, `send ${queue}`, {
+      kind: "producer",
+      attributes: {
+        "messaging.system": "keel",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": queue,
+        ...(options?.id === undefined ? {} : { "messaging.message.id": options.id })
+      }
+    })
+  })

@@ -16,13 +16,16 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import { QueueFull } from "keel"
+import { type Propagation, QueueFull } from "keel"
 import { JobQueue } from "keel/services"
 import * as Signal from "#keel/internal/Signal"
 import * as Waiters from "#keel/internal/Waiters"
 
-/** The contract's options: `capacity`, `leaseDuration`, `maxDeliveries`, `maxDeadLetters`. */
-export type Options = JobQueue.QueueOptions
+/** The contract's options (`capacity`, `leaseDuration`, `maxDeliveries`, `maxDeadLetters`), and a name. */
+export interface Options extends JobQueue.QueueOptions {
+  /** Names the queue in its spans (`send <name>`). Default `jobs`. */
+  readonly name?: string
+}
 
 type State =
   | { readonly _tag: "Ready" }
@@ -41,6 +44,7 @@ interface Job {
   readonly id: string
   readonly payload: JobQueue.Json
   readonly enqueuedAt: number
+  readonly carried: Propagation.Carried | undefined
   /** Deliveries so far. */
   deliveries: number
   state: State
@@ -123,15 +127,18 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         changed.wake()
       })
 
+    const queueName = options.name ?? "jobs"
     const offerNow = (payload: JobQueue.Json, offerOptions: JobQueue.OfferOptions | undefined) =>
-      Effect.gen(function*() {
-        const id = offerOptions?.id ?? `job-${nextId++}`
-        if (jobs.has(id)) return id
-        const job: Job = { id, payload, enqueuedAt: clock.unsafeCurrentTimeMillis(), deliveries: 0, state: { _tag: "Ready" } }
-        jobs.set(id, job)
-        yield* delay(job, Duration.decode(offerOptions?.delay ?? Duration.zero))
-        return id
-      })
+      JobQueue.offerCarrying(queueName, offerOptions, (carried) =>
+        Effect.gen(function*() {
+          const id = offerOptions?.id ?? `job-${nextId++}`
+          if (jobs.has(id)) return id
+          const enqueuedAt = clock.unsafeCurrentTimeMillis()
+          const job: Job = { id, payload, enqueuedAt, carried, deliveries: 0, state: { _tag: "Ready" } }
+          jobs.set(id, job)
+          yield* delay(job, Duration.decode(offerOptions?.delay ?? Duration.zero))
+          return id
+        }))
 
     const hasRoom = () => ready.length + delayed < options.capacity
     const holds = (offerOptions: JobQueue.OfferOptions | undefined) => offerOptions?.id !== undefined && jobs.has(offerOptions.id)
@@ -188,6 +195,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         payload: job.payload,
         delivery: job.deliveries,
         enqueuedAt: job.enqueuedAt,
+        ...(job.carried === undefined ? {} : { carried: job.carried }),
         lost: lost.await,
         onLost: lost.listen
       }

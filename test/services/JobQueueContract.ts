@@ -19,6 +19,7 @@ import { Ledger, PropertyRuns } from "keel/testing"
 import type { Depth, Json, JobQueueService, Lease, QueueOptions } from "../../services/JobQueue.js"
 import { JobQueue, LeaseLost } from "../../services/JobQueue.js"
 import { QueueFull } from "../../src/Errors.js"
+import { recordingTracer } from "../support/recordingTracer.js"
 
 export interface ContractOptions {
   readonly capacity: number
@@ -141,6 +142,35 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         yield* Fiber.interrupt(next)
         expect(yield* queue.depth).toEqual(emptyDepth)
       })))
+
+    test("an offer carries its deadline and, with tracing on, its send span to the lease; a bare offer carries nothing", () => {
+      const recording = recordingTracer()
+      return Effect.scoped(Effect.gen(function*() {
+        const queue = yield* make()
+        yield* queue.offer("bare", { id: "bare" })
+        const before = yield* Clock.currentTimeMillis
+        yield* queue.offer("timed", { id: "timed", deadline: "5 seconds" })
+        const after = yield* Clock.currentTimeMillis
+        yield* queue.offer("traced", { id: "traced" }).pipe(
+          Effect.withSpan("POST /jobs"),
+          Effect.withTracer(recording.tracer)
+        )
+        const leases = [yield* takeNow(queue), yield* takeNow(queue), yield* takeNow(queue)]
+        const [bare, timed, traced] = ["bare", "timed", "traced"].map((id) => leases.find((lease) => lease.id === id)!)
+        expect(bare!.carried).toBeUndefined()
+        expect(timed!.carried?.trace).toBeUndefined()
+        expect(timed!.carried?.deadline).toBeGreaterThanOrEqual(before + 5_000)
+        expect(timed!.carried?.deadline).toBeLessThanOrEqual(after + 5_000)
+        const [request] = recording.named("POST /jobs")
+        const sends = recording.spans.filter((span) => span.name.startsWith("send "))
+        expect(sends).toHaveLength(1)
+        expect(sends[0]!.kind).toBe("producer")
+        expect(Option.map(sends[0]!.parent, (parent) => parent.spanId)).toEqual(Option.some(request!.spanId))
+        expect(traced!.carried).toEqual({
+          trace: { traceId: request!.traceId, spanId: sends[0]!.spanId, sampled: true }
+        })
+      }))
+    })
 
     test("payloads of every JSON shape come back equal, and offers without an id get distinct fresh ids", () =>
       Effect.scoped(Effect.gen(function*() {

@@ -11,6 +11,7 @@ import { Data, Deferred, Duration, Effect, Fiber, Schedule, TestClock } from "ef
 import { Lifecycle, WorkerPool } from "keel"
 import type { JobQueue } from "keel/services"
 import * as MemoryJobQueue from "../../layers/memory/JobQueue.js"
+import { recordingTracer } from "../support/recordingTracer.js"
 
 class Refused extends Data.TaggedError("Refused")<{ readonly attempt: number }> {}
 
@@ -198,4 +199,43 @@ describe("WorkerPool.consume", () => {
       const exit = yield* Effect.exit(Effect.scoped(WorkerPool.consume(queue, { workers: 0, handler: () => Effect.void })))
       expect(exit._tag).toBe("Failure")
     }).pipe(Effect.scoped, withLifecycle))
+})
+
+describe("WorkerPool.consume: what a job carries from its offer", () => {
+  it.scoped("a job offered with a deadline that passed before a worker took it is dead-lettered unstarted", () =>
+    Effect.gen(function*() {
+      const queue = yield* queueOf()
+      const { onOutcome, outcomes } = outcomeLog()
+      const started: Array<string> = []
+      yield* queue.offer("slow", { id: "slow" })
+      yield* queue.offer("hurried", { id: "hurried", deadline: "2 seconds" })
+      yield* queue.offer("patient", { id: "patient", deadline: "1 minute" })
+      yield* WorkerPool.consume(queue, {
+        workers: 1,
+        handler: (payload) => Effect.zipRight(Effect.sync(() => started.push(String(payload))), Effect.sleep("3 seconds")),
+        onOutcome
+      })
+      yield* TestClock.adjust("10 seconds")
+      expect(started).toEqual(["slow", "patient"])
+      expect(outcomes).toEqual(["slow:completed", "hurried:failed", "patient:completed"])
+      const [letter] = yield* queue.deadLetters
+      expect(letter?.id).toBe("hurried")
+      expect(letter?.reason).toContain("deadline passed before it started")
+    }).pipe(withLifecycle))
+
+  it.scoped("with tracing on, a job's run continues the trace of the span that offered it", () => {
+    const recording = recordingTracer()
+    return Effect.gen(function*() {
+      const queue = yield* MemoryJobQueue.make({ name: "mail", capacity: 10, leaseDuration: "30 seconds", maxDeliveries: 3 })
+      yield* WorkerPool.consume(queue, { name: "mailers", workers: 1, handler: () => Effect.void })
+      yield* queue.offer("hello", { id: "mail-1" }).pipe(Effect.withSpan("POST /mail"))
+      yield* TestClock.adjust("1 second")
+      const [request] = recording.named("POST /mail")
+      const [send] = recording.named("send mail")
+      const [run] = recording.named("process mailers")
+      expect([send!.traceId, run!.traceId]).toEqual([request!.traceId, request!.traceId])
+      expect(run!.links.map((link) => link.span.spanId)).toEqual([send!.spanId])
+      expect(run!.attributes.get("keel.job.delivery")).toBe(1)
+    }).pipe(Effect.withTracer(recording.tracer), withLifecycle)
+  })
 })

@@ -17,7 +17,7 @@ import * as Effect from "effect/Effect"
 import type { JobQueue } from "keel/services"
 import { type Calls, unavailable, withRetries } from "./calls.js"
 import { warnDropped } from "./deadLetters.js"
-import { grant } from "./lease.js"
+import { grant, leaseFields } from "./lease.js"
 import { maxBatch, type Settings } from "./settings.js"
 import { changeSince, type State } from "./state.js"
 
@@ -59,8 +59,8 @@ export const fetcher = (
   /** The leases a take script's reply grants, now held (and watched) by this queue. */
   const leasesOf = (reply: ReadonlyArray<unknown>) => {
     const leases: Array<JobQueue.Lease> = []
-    for (let index = 2; index + 4 < reply.length; index += 5) {
-      leases.push(grant(state, consumer, reply.slice(index, index + 5)))
+    for (let index = 2; index + leaseFields - 1 < reply.length; index += leaseFields) {
+      leases.push(grant(state, consumer, reply.slice(index, index + leaseFields)))
     }
     return leases
   }

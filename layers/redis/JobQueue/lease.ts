@@ -5,6 +5,7 @@
  * attempts) with its consumer: every delivery changes it, so settling a lease someone else has taken over (even
  * the same consumer) is refused in Redis.
  */
+import { Propagation } from "keel"
 import { JobQueue } from "keel/services"
 import * as Signal from "#keel/internal/Signal"
 import { bump, type Held, type State } from "./state.js"
@@ -12,18 +13,23 @@ import { bump, type Held, type State } from "./state.js"
 /** The `Held` record of every lease granted in this process and not yet collected. */
 export const held = new WeakMap<JobQueue.Lease, Held>()
 
+/** How many fields the take script replies per lease: id, entry, attempts, payload, enqueuedAt, carried. */
+export const leaseFields = 6
+
 /**
- * A lease the take script granted (id, entry, attempts, payload, enqueuedAt) to `consumer`, now held and
- * watched here.
+ * A lease the take script granted (id, entry, attempts, payload, enqueuedAt, carried) to `consumer`, now held
+ * and watched here.
  */
 export const grant = (state: State, consumer: string, fields: ReadonlyArray<unknown>): JobQueue.Lease => {
-  const [id, entry, attempts, payload, enqueuedAt] = fields as ReadonlyArray<string>
+  const [id, entry, attempts, payload, enqueuedAt, carriedText] = fields as ReadonlyArray<string>
   const lost = Signal.make()
+  const carried = Propagation.decode(carriedText)
   const lease: JobQueue.Lease = {
     id: id!,
     payload: JSON.parse(payload!) as JobQueue.Json,
     delivery: Number(attempts),
     enqueuedAt: Number(enqueuedAt),
+    ...(carried === undefined ? {} : { carried }),
     lost: lost.await,
     onLost: lost.listen
   }

@@ -8,8 +8,8 @@
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import { QueueFull } from "keel"
-import type { JobQueue } from "keel/services"
+import { Propagation, QueueFull } from "keel"
+import { JobQueue } from "keel/services"
 import { randomUUID } from "node:crypto"
 import type { Calls } from "./calls.js"
 import { delayMillisOf, type Settings } from "./settings.js"
@@ -19,33 +19,48 @@ import { bump, changeSince, type State } from "./state.js"
 export const offerRecheck = Duration.millis(50)
 
 /** The service's `offer` and `tryOffer` for the queue with `state` and `settings`; ids it makes are `job-<uuid>`. */
-export const makeOffer = (state: State, { run }: Calls, { capacity, group, keys }: Settings) => {
-  const offerOnce = (id: string, payload: string, delayMillis: number) =>
+export const makeOffer = (state: State, { run }: Calls, { capacity, group, keys, name }: Settings) => {
+  type Prepared = ReturnType<typeof prepare>
+
+  const offerOnce = (job: Prepared) =>
     Effect.flatMap(Clock.currentTimeMillis, (enqueuedAt) =>
-      run("offer", [keys.stream, keys.delayed, keys.job + id], [group, id, payload, enqueuedAt, delayMillis, capacity])
+      run("offer", [keys.stream, keys.delayed, keys.job + job.id], [
+        group,
+        job.id,
+        job.payload,
+        enqueuedAt,
+        job.delayMillis,
+        capacity,
+        job.carried
+      ])
     ).pipe(Effect.tap((status) => status === "added" ? Effect.sync(() => bump(state)) : Effect.void))
 
-  const prepare = (payload: JobQueue.Json, offerOptions: JobQueue.OfferOptions | undefined) => ({
+  const prepare = (
+    payload: JobQueue.Json,
+    offerOptions: JobQueue.OfferOptions | undefined,
+    carried: Propagation.Carried | undefined
+  ) => ({
     id: offerOptions?.id ?? `job-${randomUUID()}`,
     payload: JSON.stringify(payload),
-    delayMillis: delayMillisOf(offerOptions?.delay)
+    delayMillis: delayMillisOf(offerOptions?.delay),
+    carried: Propagation.encode(carried)
   })
 
   const offer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions) =>
-    Effect.suspend(() => {
-      const job = prepare(payload, offerOptions)
+    JobQueue.offerCarrying(name, offerOptions, (carried) => {
+      const job = prepare(payload, offerOptions, carried)
       const loop: Effect.Effect<string, JobQueue.QueueUnavailable> = Effect.suspend(() => {
         const seen = state.version
-        return Effect.flatMap(offerOnce(job.id, job.payload, job.delayMillis), (status) =>
+        return Effect.flatMap(offerOnce(job), (status) =>
           status === "full" ? Effect.zipRight(changeSince(state, seen, offerRecheck), loop) : Effect.succeed(job.id))
       })
       return loop
     })
 
   const tryOffer = (payload: JobQueue.Json, offerOptions?: JobQueue.OfferOptions) =>
-    Effect.suspend(() => {
-      const job = prepare(payload, offerOptions)
-      return Effect.flatMap(offerOnce(job.id, job.payload, job.delayMillis), (status) =>
+    JobQueue.offerCarrying(name, offerOptions, (carried) => {
+      const job = prepare(payload, offerOptions, carried)
+      return Effect.flatMap(offerOnce(job), (status) =>
         status === "full"
           ? Effect.fail(new QueueFull({ capacity }))
           : Effect.succeed(job.id))

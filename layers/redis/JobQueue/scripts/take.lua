@@ -7,7 +7,8 @@
 -- consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing increments the hash's `attempts` in the
 -- same step, so the attempt is exact and a stale lease's token no longer matches. Entries without a matching hash
 -- (never written by this queue) are acknowledged and dropped. Returns { dropped dead letters, 1 if the walk
--- stopped before the end of the PEL (else 0), then id, entry, attempts, payload, enqueuedAt of each lease }.
+-- stopped before the end of the PEL (else 0), then id, entry, attempts, payload, enqueuedAt, carried of each
+-- lease }.
 -- Runs after the prelude.
 
 local stream, dead = KEYS[1], KEYS[2]
@@ -24,9 +25,10 @@ local function lease(entry, id)
   local job = jobPrefix .. id
   local attempts = redis.call('HINCRBY', job, 'attempts', 1)
   redis.call('HSET', job, 'state', 'leased', 'consumer', consumer)
-  local fields = redis.call('HMGET', job, 'payload', 'enqueuedAt')
+  local fields = redis.call('HMGET', job, 'payload', 'enqueuedAt', 'carried')
   local n = #reply
   reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4], reply[n + 5] = id, entry, tostring(attempts), fields[1], fields[2]
+  reply[n + 6] = fields[3] or ''
   leased = leased + 1
 end
 if ARGV[8] == '1' then
