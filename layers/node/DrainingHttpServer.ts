@@ -16,12 +16,13 @@
  * unchanged. Bodies are read with a limit (`maxBodySize`): past it, reading fails with a
  * `RequestError` whose cause is `TooLarge`; the rest is discarded unread and the connection closed after
  * the answer. Each request runs lean, as one fiber started synchronously: an app that answers without
- * suspending is answered within the same tick, no tracing span is opened per request, and request fibers
- * are left out of Effect's fiber metrics.
+ * suspending is answered within the same tick, a tracing span is opened per request only when an application
+ * installed a tracer (`RequestSpan`), and request fibers are left out of Effect's fiber metrics.
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import type * as HttpApp from "@effect/platform/HttpApp"
+import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -35,9 +36,11 @@ import * as Runtime from "effect/Runtime"
 import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import { Lifecycle } from "keel"
+import { isTracingIn } from "#keel/internal/tracing"
 import * as Http from "node:http"
 import * as Net from "node:net"
 import * as RequestFiber from "./internal/RequestFiber.js"
+import * as RequestSpan from "./internal/RequestSpan.js"
 import * as ResponseWriter from "./internal/ResponseWriter.js"
 import * as ServerRequest from "./internal/ServerRequest.js"
 
@@ -57,6 +60,12 @@ export interface Options {
   readonly keepAliveTimeout?: Duration.DurationInput
   /** Longest time to receive a whole request. Default 60 seconds. */
   readonly requestTimeout?: Duration.DurationInput
+  /**
+   * The route pattern a request matches (`/jobs/:id`, never the raw path), for its span's name and
+   * `http.route` when tracing is on; undefined when it matches none. Default: none known, and spans are named
+   * by the method alone, as OpenTelemetry's HTTP conventions ask when no low-cardinality route is known.
+   */
+  readonly route?: (request: HttpServerRequest.HttpServerRequest) => string | undefined
 }
 
 /** A snapshot of the server, read from `DrainingServer.stats`. */
@@ -283,13 +292,15 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const serve = (app: HttpApp.Default<unknown>, middleware?: (app: HttpApp.Default<unknown>) => HttpApp.Default<unknown>) =>
       Effect.gen(function*() {
-        const requestRuntimeOf = RequestFiber.runtimes(yield* Effect.runtime<never>())
-        // The app runs as it is: no tracing span is opened per request (the platform server opens one even
-        // with no tracer installed).
-        const handled = (middleware === undefined ? app : middleware(app)) as Effect.Effect<
+        const serverRuntime = yield* Effect.runtime<never>()
+        const requestRuntimeOf = RequestFiber.runtimes(serverRuntime)
+        // With tracing off the app runs as it is: the platform server opens a span per request even with no
+        // tracer installed. With a tracer, each request is a server span that continues its caller's trace.
+        const answering = (middleware === undefined ? app : middleware(app)) as Effect.Effect<
           HttpServerResponse.HttpServerResponse,
           unknown
         >
+        const handled = isTracingIn(serverRuntime) ? RequestSpan.traced(answering, address, options.route) : answering
         /**
          * Runs a request as one fiber started synchronously: an app that answers without suspending is
          * answered within the same tick, its buffered body written by this handler itself once the fiber has

@@ -14,7 +14,9 @@ import * as Effect from "effect/Effect"
 import * as Clock from "effect/Clock"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
+import * as FiberRefs from "effect/FiberRefs"
 import * as Option from "effect/Option"
+import type * as Runtime from "effect/Runtime"
 import * as Tracer from "effect/Tracer"
 
 /** The tracer Effect runs with when no application installed one: its spans go nowhere. */
@@ -24,6 +26,13 @@ const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 export const activeTracer = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracer.Tracer | undefined => {
   const tracer = Context.get(fiber.currentDefaultServices, Tracer.Tracer)
   return tracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled) ? undefined : tracer
+}
+
+/** Whether spans opened by fibers of `runtime` are exported somewhere, as `activeTracer` decides for a fiber. */
+export const isTracingIn = (runtime: Runtime.Runtime<never>): boolean => {
+  const services = FiberRefs.getOrDefault(runtime.fiberRefs, DefaultServices.currentServices)
+  return Context.get(services, Tracer.Tracer) !== nativeTracer &&
+    FiberRefs.getOrDefault(runtime.fiberRefs, FiberRef.currentTracerEnabled)
 }
 
 /** Whether spans opened in `fiber` are exported somewhere. */
