@@ -132,6 +132,15 @@ const patternOf = (path: string): string =>
     ? "/jobs/:id"
     : path
 
+const routePatterns = new Set(routes.map((route) => route.path))
+
+/** The route a request matches (`/jobs/:id`), for its span; undefined for a path no route has. */
+export const routeOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const query = request.url.indexOf("?")
+  const route = patternOf(query < 0 ? request.url : request.url.slice(0, query))
+  return routePatterns.has(route) ? route : undefined
+}
+
 /** Who a client is for the per-client rate limit: its `x-client-id` header, else its address. */
 const clientOf = (request: HttpServerRequest.HttpServerRequest) =>
   request.headers["x-client-id"] ?? Option.getOrUndefined(request.remoteAddress) ?? "unknown"

@@ -22,14 +22,18 @@ const rate = (name: string, fallback: number) =>
 const duration = (name: string, fallback: Duration.DurationInput) =>
   Config.duration(name).pipe(Config.withDefault(Duration.decode(fallback)))
 
-export const settings = Config.all({
+const fields = Config.all({
   /** 0 picks a free port (the address is logged). */
   port: Config.integer("PORT").pipe(
     Config.withDefault(3000),
     Config.validate({ message: "PORT must be 0..65535", validation: (value) => value >= 0 && value <= 65535 })
   ),
   host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1")),
-  workers: positiveInt("WORKERS", 4),
+  /** 0 (with JOB_QUEUE=redis): this process takes requests only, and other processes on the queue run the jobs. */
+  workers: Config.integer("WORKERS").pipe(
+    Config.withDefault(4),
+    Config.validate({ message: "WORKERS must be an integer ≥ 0", validation: (value) => value >= 0 })
+  ),
   /** `memory`: the embedded queue and store (no service needed); `redis`: shared by every process on REDIS_URL. */
   jobQueue: Config.literal("memory", "redis")("JOB_QUEUE").pipe(Config.withDefault("memory" as const)),
   redisUrl: Config.string("REDIS_URL").pipe(Config.withDefault("redis://127.0.0.1:6379")),
@@ -57,5 +61,12 @@ export const settings = Config.all({
   seed: Config.option(Config.integer("SEED")),
   logLevel: Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info))
 })
+
+export const settings = fields.pipe(
+  Config.validate({
+    message: "WORKERS=0 needs JOB_QUEUE=redis: the embedded queue has no other process to run its jobs",
+    validation: (config) => config.workers > 0 || config.jobQueue === "redis"
+  })
+)
 
 export type Settings = Config.Config.Success<typeof settings>

@@ -171,7 +171,8 @@ export const layer = (settings: Settings) =>
 const decodeRequest = Schema.decodeUnknown(JobRequest)
 
 /**
- * The shared runner: workers consuming the JobQueue that every job-server process on it shares. A job is
+ * The shared runner: workers consuming the JobQueue that every job-server process on it shares (none with
+ * WORKERS=0: the process then only takes requests, and others run the jobs). A job is
  * offered to the queue (refused with QueueFull at its capacity, ShuttingDown once this process drains) and
  * may run in any process; a payload that is not a job request (written by something else) is dead-lettered.
  */
@@ -181,10 +182,12 @@ export const sharedLayer = (settings: Settings) =>
     Effect.gen(function*() {
       const store = yield* JobStore.JobStore
       const queue = yield* JobQueue.JobQueue
-      yield* WorkerPool.consume<JobQueue.Json, JobError, Downstream>(
-        queue,
-        runnerOptions(settings, store, true, (payload) => Effect.orDie(decodeRequest(payload)))
-      )
+      if (settings.workers > 0) {
+        yield* WorkerPool.consume<JobQueue.Json, JobError, Downstream>(
+          queue,
+          runnerOptions(settings, store, true, (payload) => Effect.orDie(decodeRequest(payload)))
+        )
+      }
       const lifecycle = yield* Lifecycle.Lifecycle
       // Jobs are accepted through the pre-stop delay, as the embedded pool accepts them; once the drain
       // starts this process offers nothing more to the shared queue.

@@ -16,6 +16,7 @@ import * as Logger from "effect/Logger"
 import * as Random from "effect/Random"
 import { MemoryJobStore } from "keel/memory"
 import { DrainingHttpServer, runMain } from "keel/node"
+import { Otel } from "keel/otel"
 import * as App from "./app.js"
 import { type Settings, settings } from "./config.js"
 import * as Downstream from "./downstream.js"
@@ -63,12 +64,17 @@ const program = Effect.gen(function*() {
     Layer.provide(DrainingHttpServer.layer({
       port: config.port,
       host: config.host,
-      maxBodySize: config.maxBodyBytes
+      maxBodySize: config.maxBodyBytes,
+      route: App.routeOf
     })),
     Layer.provide(services)
   )
   const seeded = config.seed._tag === "Some" ? Layer.setRandom(Random.make(config.seed.value)) : Layer.empty
-  yield* Layer.launch(Layer.provide(server, seeded)).pipe(Logger.withMinimumLogLevel(config.logLevel))
+  // Traces leave over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise nothing is traced.
+  yield* Layer.launch(Layer.provide(server, seeded)).pipe(
+    Effect.provide(Otel.fromEnv({ serviceName: "job-server" })),
+    Logger.withMinimumLogLevel(config.logLevel)
+  )
 })
 
 const lifecycleOptions = Effect.map(settings, (config) => ({
