@@ -22,6 +22,7 @@ import * as Fiber from "effect/Fiber"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as DeadlineQueue from "./deadlineQueue.js"
+import { event } from "./tracing.js"
 
 // The call's fiber is interruptible whatever the caller's region, and is not counted in Effect's fiber
 // metrics (effect_fiber_*): it is the call itself, not a task of the caller's.
@@ -52,6 +53,7 @@ export const runFor = <A, E, R, E2>(
     let timedOut = false
     const deadline = DeadlineQueue.schedule(clock, Duration.toMillis(limit), () => {
       timedOut = true
+      event(caller, "keel.timeout", { "keel.timeout_ms": Duration.toMillis(limit) })
       call.unsafeInterruptAsFork(caller.id())
     })
     call.addObserver((exit) => {

@@ -64,6 +64,13 @@ export const event = (
   span.event(name, Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeNanos(), attributes)
 }
 
+/** `event` as an Effect, for a decision taken where no fiber is at hand: nothing when tracing is off. */
+export const recordEvent = (name: string, attributes: Record<string, unknown>): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    event(fiber, name, attributes)
+    return Effect.void
+  })
+
 /**
  * `effect` in a span `name` (made by `options`, read only when tracing is on) when tracing is on in the fiber
  * that runs it; `effect` itself otherwise.

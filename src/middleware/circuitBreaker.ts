@@ -37,6 +37,7 @@ import type * as Scope from "effect/Scope"
 import { CircuitOpen } from "../Errors.js"
 import * as MetricSeries from "../internal/MetricSeries.js"
 import * as Instruments from "../internal/middlewareInstruments.js"
+import { recordEvent } from "../internal/tracing.js"
 import * as Validation from "../internal/Validation.js"
 import type { Middleware, Service } from "./Middleware.js"
 
@@ -413,7 +414,15 @@ export const circuitBreaker = <E = unknown>(
     const reject = (state: CircuitOpen["state"], reason: CircuitRejection, retryAfter: Duration.Duration) => {
       totals.rejected++
       Instruments.rejections.unsafeUpdate(1, rejectionTags[reason])
-      return Effect.fail(new CircuitOpen({ breaker: name, state, retryAfter }))
+      return Effect.zipRight(
+        recordEvent("keel.circuit_breaker.rejected", {
+          "keel.breaker": name,
+          "keel.breaker.state": state,
+          "keel.rejection.reason": reason,
+          "keel.retry_after_ms": Duration.toMillis(retryAfter)
+        }),
+        Effect.fail(new CircuitOpen({ breaker: name, state, retryAfter }))
+      )
     }
 
     const admit = Effect.suspend((): Effect.Effect<Ticket, CircuitOpen> => {

@@ -22,6 +22,7 @@ import type * as Scope from "effect/Scope"
 import { Overloaded } from "../Errors.js"
 import * as MetricSeries from "../internal/MetricSeries.js"
 import * as Instruments from "../internal/middlewareInstruments.js"
+import { event } from "../internal/tracing.js"
 import * as Validation from "../internal/Validation.js"
 import { takeShedding, withShedding } from "../internal/shedding.js"
 import type { Middleware, Service } from "./Middleware.js"
@@ -143,8 +144,12 @@ export const concurrencyLimit = (
     const holdingPermit = <A, E, R>(call: Effect.Effect<A, E, R>) =>
       Effect.matchCauseEffect(call, releaseOnExit) as Effect.Effect<A, E, R>
 
-    const refuse = (reason: ConcurrencyLimitRejection) => {
+    const refuse = (fiber: Fiber.RuntimeFiber<unknown, unknown>, reason: ConcurrencyLimitRejection) => {
       Instruments.rejections.unsafeUpdate(1, rejectionTags[reason])
+      event(fiber, reason === "shed" ? "keel.load_shed" : "keel.concurrency_limit.rejected", {
+        "keel.limit": options.name ?? "concurrency-limit",
+        "keel.rejection.reason": reason
+      })
       return Effect.fail(
         new Overloaded({
           reason: reason === "shed" ? "concurrency limit reached" : "concurrency limit: waiting queue full"
@@ -169,8 +174,8 @@ export const concurrencyLimit = (
           reportInFlight()
           return holding
         }
-        if (shed) return refuse("shed")
-        if (waiters.size >= maxWaiting) return refuse("queue-full")
+        if (shed) return refuse(fiber, "shed")
+        if (waiters.size >= maxWaiting) return refuse(fiber, "queue-full")
         const turn = Deferred.unsafeMake<void>(fiber.id())
         waiters.add(turn)
         reportWaiting()

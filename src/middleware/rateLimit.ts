@@ -40,6 +40,7 @@ import { RateLimited } from "../Errors.js"
 import { currentDeadline } from "../internal/deadline.js"
 import * as MetricSeries from "../internal/MetricSeries.js"
 import * as Instruments from "../internal/middlewareInstruments.js"
+import { event } from "../internal/tracing.js"
 import * as Validation from "../internal/Validation.js"
 import { takeShedding, withShedding } from "../internal/shedding.js"
 import type { Middleware, Service } from "./Middleware.js"
@@ -404,6 +405,10 @@ export const rateLimit = <Req = unknown>(
             return service(request)
           case "Refused":
             Instruments.rejections.unsafeUpdate(1, rejectionTags[decision.reason])
+            event(fiber, "keel.rate_limited", {
+              "keel.rejection.reason": decision.reason,
+              "keel.retry_after_ms": decision.retryAfterMillis
+            })
             return Effect.fail(new RateLimited({ retryAfter: Duration.millis(decision.retryAfterMillis) }))
           case "Reserved": {
             const { log, reservation } = decision

@@ -54,6 +54,7 @@ import type * as Scope from "effect/Scope"
 import * as Backoff from "../Backoff.js"
 import { remainingFor } from "../internal/deadline.js"
 import * as MetricSeries from "../internal/MetricSeries.js"
+import { event } from "../internal/tracing.js"
 import * as Validation from "../internal/Validation.js"
 import type { Middleware, Service } from "./Middleware.js"
 
@@ -203,13 +204,18 @@ export const retry = <E = unknown>(
             const delayMillis = Math.max(0, ScheduleIntervals.start(decision.intervals) - now)
             const left = remainingFor(fiber)
             if (Option.isSome(left) && delayMillis >= Duration.toMillis(left.value)) {
+              event(fiber, "keel.retry.deadline_exhausted", { "keel.retry.delay_ms": delayMillis })
               return stop(cause, retryCounters.deadlineExhausted)
             }
             const budget = fiber.getFiberRef(governingBudget)
             // Refused now is likely refused after the delay too (unless calls arrive or old retries leave the
             // window meanwhile): the caller learns it without waiting. Only the withdrawal at the attempt
             // itself counts, so a call interrupted while it waits has spent nothing.
-            if (budget !== undefined && !budget.allows(now)) return stop(cause, retryCounters.budgetExhausted)
+            if (budget !== undefined && !budget.allows(now)) {
+              event(fiber, "keel.retry.budget_exhausted", {})
+              return stop(cause, retryCounters.budgetExhausted)
+            }
+            event(fiber, "keel.retry.scheduled", { "keel.retry.delay_ms": delayMillis })
             const retryNow = Effect.suspend(() => {
               if (budget !== undefined && !budget.withdraw(clock.unsafeCurrentTimeMillis())) {
                 return stop(cause, retryCounters.budgetExhausted)
