@@ -39,6 +39,7 @@ const promised: Record<string, Expectation> = {
   "http-server": { prints: /statuses 200 400 413[\s\S]*shutdown clean: trigger shutdown requested: demo over/ },
   "job-queue": { prints: /deliveries 1 then 2; ready 0, leased 0, delayed 0, dead 0/ },
   "consume": { prints: /3 mailed, each delivered once; queue ready 0, leased 0/ },
+  "tracing": { prints: /welcome mail to ada@example\.com[\s\S]*POST \/signup and process mailer in one trace/ },
   "property-test": {
     prints:
       /bug found, shrunk to: call 0 fails with error 0\n.*LedgerViolation: ledger violated: 1 settled more than once \(p1 ×2\)\nfixed: 100 scenarios, every payment has exactly one outcome/
@@ -48,11 +49,18 @@ const promised: Record<string, Expectation> = {
 const snippets = readmeSnippets()
 let directory: string
 
+let directoryWithOptionalPeers: string
+
 beforeAll(async () => {
-  const { project } = await packedKeel()
+  const { project, typesProject } = await packedKeel()
   directory = join(project, `readme-${process.pid}`)
+  directoryWithOptionalPeers = join(typesProject, `readme-${process.pid}`)
   mkdirSync(directory, { recursive: true })
+  mkdirSync(directoryWithOptionalPeers, { recursive: true })
 }, 300_000)
+
+/** A snippet that imports an entry point with optional peers runs where a user installed them too. */
+const needsOptionalPeers = (source: string) => /from "keel\/(otel|redis)"/.test(source)
 
 afterEach(killLeftovers)
 
@@ -63,10 +71,11 @@ describe("README snippets, against the packed package", () => {
 
   it.each(snippets)("$name runs, exits 0 and prints what it says", async ({ name, source }) => {
     const { prints, drive } = promised[name]!
-    const file = join(directory, `${name}.ts`)
+    const home = needsOptionalPeers(source) ? directoryWithOptionalPeers : directory
+    const file = join(home, `${name}.ts`)
     writeFileSync(file, source)
     const port = await freePort()
-    const run = startTypeScriptIn(directory, file, { PORT: String(port) })
+    const run = startTypeScriptIn(home, file, { PORT: String(port) })
     if (drive !== undefined) await drive(run, port)
     const exited = await run.waitForExit(30_000)
     expect(exited, run.output()).toEqual({ code: 0, signal: null })
