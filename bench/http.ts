@@ -11,6 +11,8 @@
  *     what a user would write instead, Fastify + p-queue with the same routes and semantics
  *     (fixtures/fastify-jobs.ts: schema-validated body, a record in a bounded Map, a p-queue of the same
  *     concurrency running the job and updating its record, 202 with Location).
+ *   POST /jobs, traced: the same job server with tracing on (OTEL_EXPORTER_OTLP_ENDPOINT, every request sampled),
+ *     its spans exported over OTLP/HTTP to a sink process (fixtures/otlp-sink.ts): what tracing costs.
  *   POST /jobs, Redis: the job server with JOB_QUEUE=redis beside Fastify + BullMQ's `Queue.add`
  *     (fixtures/fastify-bullmq.ts, with a BullMQ Worker of the same concurrency), on one redis-server.
  *
@@ -137,6 +139,14 @@ const jobIntakeOnRedis = (redisUrl: string): ServerSpec => ({
   env: { ...jobIntake.env, JOB_QUEUE: "redis", REDIS_URL: redisUrl, QUEUE_NAME: "bench-keel" },
   portLine: listeningLine
 })
+const otlpSink: ServerSpec = { name: "OTLP sink", file: "bench/fixtures/otlp-sink.ts", portLine }
+/** The embedded job server with tracing on, every request sampled, its spans exported to `sink`. */
+const jobIntakeTraced = (sink: string): ServerSpec => ({
+  name: "job server traced",
+  file: "examples/job-server/main.ts",
+  env: { ...jobIntake.env, OTEL_EXPORTER_OTLP_ENDPOINT: sink, OTEL_TRACES_SAMPLER: "always_on", OTEL_SERVICE_NAME: "bench" },
+  portLine: listeningLine
+})
 const fastifyOnBullmq = (redisUrl: string): ServerSpec => ({
   name: "Fastify + BullMQ",
   file: "bench/fixtures/fastify-bullmq.ts",
@@ -243,14 +253,25 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
       running.add(child)
       child.once("exit", () => running.delete(child))
     })
-    const specs = [raw, platform, fastify, jobServer, jobIntake, fastifyOnBullmq(redis.url), jobIntakeOnRedis(redis.url)]
+    const sink = await startServer(otlpSink)
+    servers.push(sink)
+    const specs = [
+      raw,
+      platform,
+      fastify,
+      jobServer,
+      jobIntake,
+      fastifyOnBullmq(redis.url),
+      jobIntakeOnRedis(redis.url),
+      jobIntakeTraced(sink.base)
+    ]
     for (const spec of specs) servers.push(await startServer(spec))
-    const [rawServer, platformServer, fastifyServer, jobServerProcess, intakeServer, bullmqServer, redisIntakeServer] =
-      servers as [Server, Server, Server, Server, Server, Server, Server]
+    const [, rawServer, platformServer, fastifyServer, jobServerProcess, intakeServer, bullmqServer, redisIntakeServer, tracedServer] =
+      servers as [Server, Server, Server, Server, Server, Server, Server, Server, Server]
     const load = (server: Server, path: string, post = false): Load =>
       post ? { server, path, script, results: [] } : { server, path, results: [] }
     const health = [rawServer, platformServer, fastifyServer, jobServerProcess].map((server) => load(server, "/healthz"))
-    const posts = [load(fastifyServer, "/jobs", true), load(intakeServer, "/jobs", true)]
+    const posts = [load(fastifyServer, "/jobs", true), load(intakeServer, "/jobs", true), load(tracedServer, "/jobs", true)]
     const redisPosts = [load(bullmqServer, "/jobs", true), load(redisIntakeServer, "/jobs", true)]
     const loads = [...health, ...posts, ...redisPosts]
     const label = (entry: Load) => `${entry.script === undefined ? "GET" : "POST"} ${entry.path} ${entry.server.name}`
@@ -274,7 +295,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
     const failedIn = (entries: ReadonlyArray<Load>) =>
       entries.reduce((sum, entry) => sum + entry.results.reduce((total, result) => total + result.failed, 0), 0)
     const [rawLoad, platformLoad, fastifyLoad, jobLoad] = health as [Load, Load, Load, Load]
-    const [fastifyPost, keelPost] = posts as [Load, Load]
+    const [fastifyPost, keelPost, tracedPost] = posts as [Load, Load, Load]
     const [bullmqPost, keelRedisPost] = redisPosts as [Load, Load]
     const jobOverRaw = rate(jobLoad) / rate(rawLoad)
     const jobOverFastify = rate(jobLoad) / rate(fastifyLoad)
@@ -282,6 +303,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
     const postOverFastify = rate(keelPost) / rate(fastifyPost)
     const postP99OverFastify = p99(keelPost) / p99(fastifyPost)
     const redisPostOverBullmq = rate(keelRedisPost) / rate(bullmqPost)
+    const tracedOverUntraced = rate(tracedPost) / rate(keelPost)
     const medians = (entries: ReadonlyArray<Load>) =>
       entries.map((entry) => `${entry.server.name} ${perSecond(rate(entry))} (p99 ${latency(p99(entry))})`).join(", ")
 
@@ -293,6 +315,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
     )
     console.log(`POST /jobs accepted, medians: ${medians(posts)}; job server / Fastify + p-queue: ${ratio(postOverFastify)}`)
     console.log(`POST /jobs on Redis accepted, medians: ${medians(redisPosts)}; job server / Fastify + BullMQ: ${ratio(redisPostOverBullmq)}`)
+    console.log(`POST /jobs with tracing on (every request sampled, exported over OTLP/HTTP) / off: ${ratio(tracedOverUntraced)}`)
 
     const get = "http, GET /healthz"
     const post = "http, POST /jobs"
@@ -315,6 +338,7 @@ const measure = async (): Promise<ReadonlyArray<Row>> => {
         `≤ ${targets.postP99OverFastify}×`,
         postP99OverFastify <= targets.postP99OverFastify
       ),
+      { benchmark: post, metric: "job server traced / untraced (every request sampled)", value: ratio(tracedOverUntraced), target: "" },
       ...redisPosts.map((entry) => ({ benchmark: onRedis, metric: `${entry.server.name}, accepted, median`, value: perSecond(rate(entry)), target: "" })),
       judged(onRedis, "job server / Fastify + BullMQ", ratio(redisPostOverBullmq), `≥ ${targets.redisPostOverBullmq}×`, redisPostOverBullmq >= targets.redisPostOverBullmq),
       { benchmark: post, metric: "not accepted (non-2xx + socket errors)", value: String(postFailed), target: "0", met: postFailed === 0 }
