@@ -772,6 +772,9 @@ export const make = <A, E = never, R = never>(
     let sequence = 0
 
     const depth = () => Math.max(0, Math.min(capacity, Option.getOrElse(queue.unsafeSize(), () => 0)))
+    // Called after every step that changes `depth`: an offer (after an eviction too), a take (which may admit a
+    // suspended offer), the drain's takeAll.
+    const recordDepth = () => poolMetrics.depth.unsafeUpdate(depth(), tags)
 
     const newJob = (
       fiber: Fiber.RuntimeFiber<unknown, unknown>,
@@ -790,7 +793,7 @@ export const make = <A, E = never, R = never>(
     const offerNow = (job: Job<A>): boolean => {
       count.accepted++
       if (queue.unsafeOffer(job)) {
-        poolMetrics.depth.unsafeUpdate(depth(), tags)
+        recordDepth()
         return true
       }
       count.accepted--
@@ -845,10 +848,10 @@ export const make = <A, E = never, R = never>(
     const worker = (slot: number) => {
       const finish = (job: Job<A>, exit: Exit.Exit<unknown, unknown>) => {
         core.markRunning(slot, undefined)
-        poolMetrics.depth.unsafeUpdate(depth(), tags)
         return settle(core.outcomeOf(job, exit, slot))
       }
       const runNext = Effect.flatMap(takeJob, (job) => {
+        recordDepth()
         core.markRunning(slot, job)
         return Effect.matchCauseEffect(Effect.interruptible(core.runAttempts(job, slot, 1)), {
           onSuccess: (result) => finish(job, Exit.succeed(result)),
@@ -867,7 +870,7 @@ export const make = <A, E = never, R = never>(
 
     // Takes every queued job (moving suspended producers' jobs in as room appears) and settles it unfinished.
     const takeAllQueued = (reason: Unfinished<A>["reason"]): Effect.Effect<void> =>
-      Effect.flatMap(Queue.takeAll(queue), (jobs) =>
+      Effect.flatMap(Effect.zipLeft(Queue.takeAll(queue), Effect.sync(recordDepth)), (jobs) =>
         jobs.length === 0 ? Effect.void : Effect.forEach(jobs, (job) =>
           settle({ _tag: "Unfinished", unfinished: { job, reason, attempts: 0 } }), { discard: true }).pipe(
             Effect.zipRight(takeAllQueued(reason))

@@ -166,6 +166,46 @@ describe("WorkerPool jobs", () => {
       const exported = (yield* Metric.snapshot).filter((pair) => pair.metricKey.name.startsWith("keel_pool_"))
       expect(exported.length).toBeGreaterThanOrEqual(7)
     }).pipe(withLifecycle))
+
+  it.scoped("the depth gauge equals stats.depth whenever the pool is still: after submits, takes, completions, a drain", () =>
+    Effect.gen(function*() {
+      const pool = yield* WorkerPool.make<string>({
+        name: "depth-gauge",
+        capacity: 2,
+        workers: 1,
+        onShutdown: "handBack",
+        handBack: () => Effect.void,
+        handler: () => Effect.sleep("1 second")
+      })
+      const gauge = WorkerPool.metrics("depth-gauge").depth
+      // Compared once the pool has drained: a failed expectation inside would leave the drain waiting on TestClock.
+      const gauges: Array<number> = []
+      const depths: Array<number> = []
+      const gaugeMatchesStats = Effect.gen(function*() {
+        depths.push((yield* pool.stats).depth)
+        gauges.push((yield* Metric.value(gauge)).value)
+      })
+      yield* Effect.forEach(["a", "b", "c"], (payload) => pool.submit(payload)) // a taken, b and c queued
+      const suspended = yield* Effect.fork(pool.submit("d")) // admitted when the worker takes b
+      yield* TestClock.adjust(0)
+      yield* gaugeMatchesStats
+      for (let second = 0; second < 4; second++) { // a, b, c, d complete one a second; each completion a take
+        yield* TestClock.adjust("1 second")
+        yield* gaugeMatchesStats
+      }
+      yield* Fiber.join(suspended)
+      yield* Effect.forEach(["e", "f", "g"], (payload) => pool.submit(payload)) // e taken, f and g queued
+      yield* TestClock.adjust(0)
+      yield* gaugeMatchesStats
+      const drain = yield* Effect.fork(pool.shutdown) // f and g handed back at once, e finishes
+      yield* TestClock.adjust(0)
+      yield* gaugeMatchesStats
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(drain)
+      yield* gaugeMatchesStats
+      expect(gauges).toEqual(depths)
+      expect(depths).toEqual([2, 2, 1, 0, 0, 2, 0, 0])
+    }).pipe(withLifecycle))
 })
 
 describe("WorkerPool shutdown", () => {
