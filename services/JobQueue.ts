@@ -13,12 +13,16 @@
  * `offer` is idempotent by id: offering an id the queue still holds (ready, delayed, leased or dead) returns
  * it and adds nothing. It suspends while `capacity` jobs are ready or delayed (backpressure); `tryOffer`
  * fails with `QueueFull` instead. Payloads are JSON values, so any backend can store them as they are.
- * Each backend documents what survives what (a process, a restart, a machine).
+ * Each backend documents what survives what (a process, a restart, a machine). Every backend exports the same
+ * metrics (`metrics(name)`): its jobs by state, and the lease events an operator watches for (takeovers of
+ * expired leases, failed renewals, dead letters).
  */
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as DurationModule from "effect/Duration"
 import type * as Duration from "effect/Duration"
+import * as Metric from "effect/Metric"
+import * as MetricSeries from "#keel/internal/MetricSeries"
 import * as Validation from "#keel/internal/Validation"
 import type * as Scope from "effect/Scope"
 import * as Effect from "effect/Effect"
@@ -270,3 +274,112 @@ export const offerCarrying = <A, E>(
       }
     })
   })
+
+const queueMetrics = {
+  jobs: Metric.gauge("keel_queue_jobs", { description: "jobs the queue holds, by state" }),
+  takeovers: Metric.counter("keel_queue_lease_takeovers_total", {
+    description: "expired leases taken back from their holder",
+    incremental: true
+  }),
+  renewalsFailed: Metric.counter("keel_queue_lease_renewals_failed_total", {
+    description: "lease renewals that failed",
+    incremental: true
+  }),
+  deadLettered: Metric.counter("keel_queue_dead_lettered_total", {
+    description: "jobs dead-lettered",
+    incremental: true
+  })
+}
+
+/** One value per state `Depth` counts, each named as the `state` label of `keel_queue_jobs` names it. */
+const byState = <A>(of: (state: keyof Depth) => A): { readonly [State in keyof Depth]: A } => ({
+  ready: of("ready"),
+  leased: of("leased"),
+  delayed: of("delayed"),
+  dead: of("dead")
+})
+
+/** The metric series of one queue, as `metrics` returns them. */
+export interface Metrics {
+  /**
+   * Gauges `keel_queue_jobs{state="ready"|"leased"|"delayed"|"dead"}`: the jobs in each state, as `depth`
+   * counts them. Exact at every moment for an in-process backend; a distributed one says how fresh they are.
+   */
+  readonly jobs: { readonly [State in keyof Depth]: Metric.Metric.Gauge<number> }
+  /**
+   * Counter `keel_queue_lease_takeovers_total`: leases that expired unrenewed and were taken back from their
+   * holder, so that the job is delivered again (or dead-lettered, past `maxDeliveries`).
+   */
+  readonly takeovers: Metric.Metric.Counter<number>
+  /**
+   * Counter `keel_queue_lease_renewals_failed_total`: `renew` calls that failed (`LeaseLost` or
+   * `QueueUnavailable`).
+   */
+  readonly renewalsFailed: Metric.Metric.Counter<number>
+  /**
+   * Counter `keel_queue_dead_lettered_total`: jobs moved to the dead letters, by `deadLetter`, by `nack` on the
+   * last delivery, or when their lease expired on it.
+   */
+  readonly deadLettered: Metric.Metric.Counter<number>
+}
+
+/**
+ * The metrics of the queue named `queue` (tagged `queue=<name>`), to read them or to export them. Keel's backends
+ * update them as they go (`metricsRecorder`); the counters count what this process did or observed, so that
+ * summed over the processes sharing a queue they count the queue's events. Two queues of one name in one
+ * process share their series.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Metric } from "effect"
+ * import { JobQueue } from "keel/services"
+ *
+ * const readyEmails = Metric.value(JobQueue.metrics("emails").jobs.ready)
+ * const report = Effect.flatMap(readyEmails, (state) => Effect.log(`emails waiting: ${state.value}`))
+ * ```
+ */
+export const metrics = (queue: string): Metrics => {
+  const series = MetricSeries.series("queue", queue)
+  return {
+    jobs: byState((state) => series.of(queueMetrics.jobs, { state })),
+    takeovers: series.of(queueMetrics.takeovers),
+    renewalsFailed: series.of(queueMetrics.renewalsFailed),
+    deadLettered: series.of(queueMetrics.deadLettered)
+  }
+}
+
+/** How a backend updates the series of one queue (see `Metrics`); `metricsRecorder` makes it. */
+export interface MetricsRecorder {
+  /** Sets the `keel_queue_jobs` gauges to `depth`. */
+  readonly recordDepth: (depth: Depth) => void
+  /** Counts `count` expired leases taken back from their holders. */
+  readonly countTakeovers: (count: number) => void
+  /** Counts one `renew` that failed. */
+  readonly countFailedRenewal: () => void
+  /** Counts `count` jobs moved to the dead letters. */
+  readonly countDeadLettered: (count: number) => void
+}
+
+/**
+ * The recorder of the queue named `queue`'s metrics, made once per queue: its counters exist (at 0 if new) from
+ * now on, so that a scrape shows them before anything happened; its gauges from the first `recordDepth`. A
+ * backend of your own calls it from its `make`, as Keel's do, and so exports the same series.
+ */
+export const metricsRecorder = (queue: string): MetricsRecorder => {
+  const series = MetricSeries.series("queue", queue)
+  const stateLabels = byState((state) => series.labelsWith({ state }))
+  const { labels } = series
+  const { deadLettered, jobs, renewalsFailed, takeovers } = queueMetrics
+  for (const counter of [takeovers, renewalsFailed, deadLettered]) counter.unsafeUpdate(0, labels)
+  return {
+    recordDepth: (depth) => {
+      jobs.unsafeUpdate(depth.ready, stateLabels.ready)
+      jobs.unsafeUpdate(depth.leased, stateLabels.leased)
+      jobs.unsafeUpdate(depth.delayed, stateLabels.delayed)
+      jobs.unsafeUpdate(depth.dead, stateLabels.dead)
+    },
+    countTakeovers: (count) => takeovers.unsafeUpdate(count, labels),
+    countFailedRenewal: () => renewalsFailed.unsafeUpdate(1, labels),
+    countDeadLettered: (count) => deadLettered.unsafeUpdate(count, labels)
+  }
+}

@@ -8,7 +8,9 @@
  * fiber sleeping in the queue's Scope, so TestClock drives them, and closing the Scope stops them all.
  * Bounds: ready plus delayed jobs at most `capacity` (offers wait past it); dead letters at most
  * `maxDeadLetters` (past it the oldest is dropped, with a warning logged); leased jobs are bounded by the
- * takers.
+ * takers. Metrics (`JobQueue.metrics(name)`): the depth gauges are set wherever a job changes state, so they
+ * equal `depth` at every moment; an expiry counts a takeover, a `renew` of a lease no longer current a failed
+ * renewal.
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -21,9 +23,9 @@ import { JobQueue } from "keel/services"
 import * as Signal from "#keel/internal/Signal"
 import * as Waiters from "#keel/internal/Waiters"
 
-/** The contract's options (`capacity`, `leaseDuration`, `maxDeliveries`, `maxDeadLetters`), and a name. */
+/** The contract's options (`capacity`, `leaseDuration`, `maxDeliveries`, `maxDeadLetters`) and a name. */
 export interface Options extends JobQueue.QueueOptions {
-  /** Names the queue in its spans (`send <name>`). Default `jobs`. */
+  /** Names the queue in its metrics (`JobQueue.metrics(name)`) and its spans (`send <name>`). Default `job-queue`. */
   readonly name?: string
 }
 
@@ -70,6 +72,16 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     let leased = 0
     let nextId = 1
     const changed = Waiters.make()
+    const queueName = options.name ?? "job-queue"
+    const metrics = JobQueue.metricsRecorder(queueName)
+    const currentDepth = (): JobQueue.Depth => ({ ready: ready.length, leased, delayed, dead: dead.length })
+    const recordDepth = () => metrics.recordDepth(currentDepth())
+    // After every change of a job's state: the gauges follow, and whoever waits for a change looks again.
+    const stateChanged = () => {
+      recordDepth()
+      changed.wake()
+    }
+    recordDepth()
 
     const runInScope = (effect: Effect.Effect<void>) => Effect.forkIn(Effect.interruptible(effect), scope)
 
@@ -78,7 +90,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const makeReady = (job: Job) => {
       job.state = { _tag: "Ready" }
       ready.push(job.id)
-      changed.wake()
+      stateChanged()
     }
 
     // A job out of its current state, so it can enter the next one; its timers are stopped by the caller.
@@ -102,6 +114,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       Effect.gen(function*() {
         if (Duration.toMillis(wait) <= 0) return makeReady(job)
         delayed++
+        recordDepth()
         const timer = yield* runInScope(Effect.zipRight(
           Effect.sleep(wait),
           Effect.sync(() => {
@@ -119,15 +132,15 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           letter: { id: job.id, payload: job.payload, deliveries: job.deliveries, reason, at: clock.unsafeCurrentTimeMillis() }
         }
         dead.push(job.id)
+        metrics.countDeadLettered(1)
         if (dead.length > maxDeadLetters) {
           const dropped = dead.shift()!
           jobs.delete(dropped)
           yield* Effect.logWarning(`MemoryJobQueue: dead letter ${dropped} dropped (more than ${maxDeadLetters} kept)`)
         }
-        changed.wake()
+        stateChanged()
       })
 
-    const queueName = options.name ?? "jobs"
     const offerNow = (payload: JobQueue.Json, offerOptions: JobQueue.OfferOptions | undefined) =>
       JobQueue.offerCarrying(queueName, offerOptions, (carried) =>
         Effect.gen(function*() {
@@ -180,6 +193,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         const left = expiresAt - clock.unsafeCurrentTimeMillis()
         if (left > 0) return Effect.zipRight(Effect.sleep(Duration.millis(left)), expire(job))
         leave(job)
+        metrics.countTakeovers(1)
         lost.fire()
         makeReady(job)
         return Effect.void
@@ -205,7 +219,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       job.state = leasedState
       const timer = yield* runInScope(Effect.suspend(() => expire(job)))
       job.state = { ...leasedState, timer }
-      changed.wake()
+      stateChanged()
       return granted
     })
 
@@ -246,7 +260,10 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       renew: (granted) =>
         Effect.suspend(() => {
           const job = current(granted)
-          if (job === undefined) return Effect.fail(lostOf(granted))
+          if (job === undefined) {
+            metrics.countFailedRenewal()
+            return Effect.fail(lostOf(granted))
+          }
           ;(job.state as Extract<State, { _tag: "Leased" }>).expiresAt = clock.unsafeCurrentTimeMillis() +
             Duration.toMillis(leaseDuration)
           return Effect.void
@@ -255,7 +272,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
         settle(granted, (job) =>
           Effect.sync(() => {
             jobs.delete(job.id)
-            changed.wake()
+            stateChanged()
           })),
       nack: (granted, nackOptions?: JobQueue.NackOptions) =>
         settle(granted, (job) =>
@@ -275,7 +292,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
           makeReady(job)
           return true
         }),
-      depth: Effect.sync((): JobQueue.Depth => ({ ready: ready.length, leased, delayed, dead: dead.length }))
+      depth: Effect.sync(currentDepth)
     }
     return service
   })

@@ -13,15 +13,30 @@
  * runs on.
  */
 import { describe, expect, type it } from "@effect/vitest"
-import { Cause, Clock, Duration, Effect, Either, Exit, Fiber, FastCheck as fc, Option, TestServices } from "effect"
+import {
+  Cause,
+  Clock,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  FastCheck as fc,
+  Metric,
+  Option,
+  Record,
+  TestServices
+} from "effect"
 import type { Scope } from "effect"
 import { Ledger, PropertyRuns } from "keel/testing"
 import type { Depth, Json, JobQueueService, Lease, QueueOptions } from "../../services/JobQueue.js"
-import { JobQueue, LeaseLost } from "../../services/JobQueue.js"
+import { JobQueue, LeaseLost, metrics } from "../../services/JobQueue.js"
 import { QueueFull } from "../../src/Errors.js"
 import { recordingTracer } from "../support/recordingTracer.js"
 
 export interface ContractOptions {
+  /** The queue's name: its metrics are `JobQueue.metrics(name)`; no other queue of the run has it. */
+  readonly name: string
   readonly capacity: number
   readonly leaseDurationMs: number
   readonly maxDeliveries: number
@@ -35,6 +50,10 @@ export interface ContractBackend {
   /** How tests run: `it.effect` (TestClock) for memory, `it.live` for a real-time backend. */
   readonly test: typeof it.live
 }
+
+let queues = 0
+/** A queue name no other queue of this run has, so that its jobs and metrics are its own. */
+const freshName = () => `contract-${process.pid}-${++queues}`
 
 /** The longest any test waits (on the live clock) for something that should happen. */
 const patienceMs = 3_000
@@ -75,6 +94,17 @@ const sameDepth = (expected: Depth) => (depth: Depth) =>
 /** The queue's depth once it equals `expected`, or the last one read when it never does. */
 const depthEventually = (queue: JobQueueService, expected: Depth) => eventually(queue.depth, sameDepth(expected))
 
+/** What the `keel_queue_jobs` gauges of the queue named `name` say now. */
+const gaugedDepth = (name: string): Effect.Effect<Depth> =>
+  Effect.all(Record.map(metrics(name).jobs, (gauge) => Effect.map(Metric.value(gauge), (state) => state.value)))
+
+/** The event counters of the queue named `name` now. */
+const eventCounts = (name: string) => {
+  const { deadLettered, renewalsFailed, takeovers } = metrics(name)
+  const countOf = (counter: Metric.Metric.Counter<number>) => Effect.map(Metric.value(counter), (state) => state.count)
+  return Effect.all(Record.map({ takeovers, renewalsFailed, deadLettered }, countOf))
+}
+
 /** Runs `effect`, dying if it is not done within `patienceMs` of live time. */
 const within = <A, E, R>(effect: Effect.Effect<A, E, R>, what: string): Effect.Effect<A, E, R> =>
   Effect.fork(effect).pipe(Effect.flatMap((fiber) => joinWithin(fiber, what)))
@@ -91,7 +121,7 @@ const expectWaiting = <A, E>(fiber: Fiber.Fiber<A, E>) =>
 export const describeJobQueueContract = (backendName: string, backend: ContractBackend): void => {
   const { advance, test } = backend
   const make = (options: Partial<ContractOptions> = {}) =>
-    backend.make({ capacity: 10, leaseDurationMs: 1_000, maxDeliveries: 3, ...options })
+    backend.make({ name: freshName(), capacity: 10, leaseDurationMs: 1_000, maxDeliveries: 3, ...options })
   /** Lets `ms` of backend time pass, then lets forked fibers catch up. */
   const pause = (ms: number) => Effect.zipRight(advance(ms), settle)
   /** With the only job delayed by 500 ms: a take still waits at 250 ms and has the job by 650 ms. */
@@ -598,6 +628,44 @@ export const describeJobQueueContract = (backendName: string, backend: ContractB
         expect(yield* queue.depth).toEqual(depthOf({ leased: 3 }))
       })))
 
+    test("metrics: the keel_queue_jobs gauges equal depth once the queue is still; takeovers, failed renewals and dead letters are counted", () =>
+      Effect.scoped(Effect.gen(function*() {
+        const name = freshName()
+        const queue = yield* make({ name, leaseDurationMs: 500, maxDeliveries: 2 })
+        // The gauges are read before `depth`, which may refresh them: a backend refreshing them on its own schedule
+        // (Redis) gets until `patienceMs` to catch up.
+        const expectGauged = (counts: Partial<Depth>) =>
+          Effect.gen(function*() {
+            const expected = depthOf(counts)
+            expect(yield* eventually(gaugedDepth(name), sameDepth(expected))).toEqual(expected)
+            expect(yield* queue.depth).toEqual(expected)
+          })
+        for (const id of ["a", "b", "c"]) yield* queue.offer(id, { id })
+        yield* queue.offer("d", { id: "d", delay: Duration.minutes(1) })
+        yield* expectGauged({ ready: 3, delayed: 1 })
+        const a = yield* takeNow(queue)
+        yield* expectGauged({ ready: 2, leased: 1, delayed: 1 })
+        yield* queue.ack(a)
+        yield* expectGauged({ ready: 2, delayed: 1 })
+        yield* queue.nack(yield* takeNow(queue), { delay: Duration.minutes(1) })
+        yield* expectGauged({ ready: 1, delayed: 2 })
+        yield* queue.deadLetter(yield* takeNow(queue), "cannot succeed")
+        yield* expectGauged({ delayed: 2, dead: 1 })
+        expect(yield* eventCounts(name)).toEqual({ takeovers: 0, renewalsFailed: 0, deadLettered: 1 })
+
+        yield* queue.requeue("c")
+        const stale = yield* within(queue.acquire, "acquire")
+        yield* expectGauged({ leased: 1, delayed: 2 })
+        yield* pause(750) // 1.5 × leaseDuration, no renew
+        const takenOver = yield* takeNow(queue)
+        expect([takenOver.id, takenOver.delivery]).toEqual(["c", 2])
+        yield* expectGauged({ leased: 1, delayed: 2 })
+        expect(yield* Effect.flip(queue.renew(stale))).toBeInstanceOf(LeaseLost)
+        yield* queue.nack(takenOver) // its maxDeliveries-th delivery: dead-lettered
+        yield* expectGauged({ delayed: 2, dead: 1 })
+        expect(yield* eventCounts(name)).toEqual({ takeovers: 1, renewalsFailed: 1, deadLettered: 2 })
+      })))
+
     test.prop(
       "random offer/take/ack/nack/deadLetter/requeue sequences account for every offered job exactly once",
       {
@@ -658,7 +726,12 @@ interface ModelJob {
 const runScenario = (backend: ContractBackend, capacity: number, operations: ReadonlyArray<Operation>) =>
   Effect.gen(function*() {
     // A long lease: this property is about accounting, not expiry, and must hold on real time too.
-    const queue = yield* backend.make({ capacity, leaseDurationMs: 60_000, maxDeliveries: propertyMaxAttempts })
+    const queue = yield* backend.make({
+      name: freshName(),
+      capacity,
+      leaseDurationMs: 60_000,
+      maxDeliveries: propertyMaxAttempts
+    })
     const ledger = yield* Ledger.make<string, "acked" | "dead">()
     const jobs = new Map<string, ModelJob>()
     const deadOrder: Array<string> = []

@@ -33,6 +33,7 @@ export const fetcher = (
   releaseInBackground: (lease: JobQueue.Lease) => void
 ) => {
   const { consumer, group, keys, leaseMillis, maxDeliveries, maxDeadLetters, recheck, recheckMillis } = settings
+  const { metrics } = settings
   const warn = warnDropped(settings)
 
   /** Hands the leases to the takers in line; a lease no one is left to take goes back to the queue. */
@@ -56,10 +57,12 @@ export const fetcher = (
     for (const taker of failed) taker.resume(Effect.fail(error))
   }
 
-  /** The leases a take script's reply grants, now held (and watched) by this queue. */
+  /** The leases a take script's reply grants, now held (and watched) by this queue; its takeovers are counted. */
   const leasesOf = (reply: ReadonlyArray<unknown>) => {
+    metrics.countTakeovers(reply[2] as number)
+    metrics.countDeadLettered(reply[3] as number)
     const leases: Array<JobQueue.Lease> = []
-    for (let index = 2; index + leaseFields - 1 < reply.length; index += leaseFields) {
+    for (let index = 4; index + leaseFields - 1 < reply.length; index += leaseFields) {
       leases.push(grant(state, consumer, reply.slice(index, index + leaseFields)))
     }
     return leases

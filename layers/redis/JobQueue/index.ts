@@ -43,6 +43,11 @@
  * Time: Redis's clock decides idle times (lease expiry) and when delayed jobs are due, so all processes agree;
  * the process's `Clock` stamps `enqueuedAt` and dead letters' `at`, and paces the fibers.
  *
+ * Metrics (`JobQueue.metrics(name)`): the `keel_queue_jobs` gauges are this process's view of the depth in Redis,
+ * refreshed every second (`depthRefresh`) and whenever `depth` is called; each process counts the events it
+ * observed: the expired leases its takes took over (and those dead-lettered on their last delivery), its failed
+ * renewals, and the jobs its settles dead-lettered, so the sum over the processes is the queue's.
+ *
  * Failures: each Redis call is bounded in time (`callTimeout`) and retried with `Backoff` (3 attempts in all); then
  * the operation fails with `QueueUnavailable`. Connections this module opens do not keep commands queued across
  * reconnection attempts (`maxRetriesPerRequest: 0`, reconnecting at most every 500 ms). A retried call may have run once already: offers are safe (the
@@ -53,7 +58,8 @@
  * `scripts.ts` with `scripts/*.lua` (every change of a job's state); `state.ts` (what the parts share) and
  * `lease.ts` (what this process knows of the leases it granted); `calls.ts` (one Redis call, bounded and retried);
  * the operations callers run, `offer.ts`, `take.ts`, `settle.ts` and `deadLetters.ts`; and one per fiber:
- * `watcher.ts`, `promoter.ts`, `leaseWatch.ts`, `fetcher.ts`, `acker.ts`. This module wires them into the service.
+ * `watcher.ts`, `promoter.ts`, `leaseWatch.ts`, `fetcher.ts`, `acker.ts`, and `depth.ts` (with the service's
+ * `depth`). This module wires them into the service.
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -66,6 +72,7 @@ import { connectionOptions, evalScript, isClient, open, quiet, quit, quitWithinM
 import { acker } from "./acker.js"
 import { makeCalls } from "./calls.js"
 import { listDeadLetters, requeue } from "./deadLetters.js"
+import { makeDepth } from "./depth.js"
 import { fetcher } from "./fetcher.js"
 import { leaseWatch } from "./leaseWatch.js"
 import { makeOffer } from "./offer.js"
@@ -88,7 +95,10 @@ export interface Options extends JobQueue.QueueOptions {
     /** The Redis to connect to, as ioredis takes it: `redis://[[user]:password@]host[:port][/db]`. */
     readonly url: string
   }
-  /** The queue's name: its keys are `keel:jobs:<name>:…`. Queues with the same name share their jobs. */
+  /**
+   * The queue's name: its keys are `keel:jobs:<name>:…`, its metrics `JobQueue.metrics(name)`. Queues with the
+   * same name share their jobs.
+   */
   readonly name: string
   /** This queue's consumer name in the group. Default: a fresh unique id per `make`. */
   readonly consumer?: string
@@ -96,7 +106,8 @@ export interface Options extends JobQueue.QueueOptions {
 
 /**
  * A queue on Redis, living as long as the current Scope, whose fibers (wake-up read, delayed-job promoter,
- * lease watch, fetcher, acker) it starts; the stream and consumer group are created when first needed.
+ * lease watch, fetcher, acker, depth gauges) it starts; the stream and consumer group are created when first
+ * needed.
  * Closing the Scope stops the fibers, fails the takes and acks still waiting with `QueueUnavailable` (`the
  * queue is closed`), leaves the group if this consumer holds no lease, and closes the connections it opened
  * (within 500 ms each). The jobs stay in Redis. Dies when the options are invalid or `name` is empty. Making
@@ -127,6 +138,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     const releaseInBackground = (lease: JobQueue.Lease) => void Runtime.runFork(runtime)(release(lease))
     const { acquire, take } = makeTake(state, release, releaseInBackground)
     const { offer, tryOffer } = makeOffer(state, calls, settings)
+    const { depth, refresher } = makeDepth(calls, settings)
 
     // Finalizers run in reverse: the fibers stop, then the consumer retires, then the connections close.
     yield* Effect.addFinalizer(() =>
@@ -141,6 +153,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
     yield* Effect.forkScoped(Effect.interruptible(leaseWatch(state, calls, settings, client)))
     yield* Effect.forkScoped(Effect.interruptible(fetcher(state, calls, settings, releaseInBackground)))
     yield* Effect.forkScoped(Effect.interruptible(acker(state, calls, settings)))
+    yield* Effect.forkScoped(Effect.interruptible(refresher))
     // Before the fibers stop: takes and acks from now on fail at once instead of waiting for them.
     yield* Effect.addFinalizer(() => Effect.sync(() => void (state.closed = true)))
 
@@ -153,7 +166,8 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       take,
       acquire,
       release,
-      renew: (lease) => settle(lease, "renew"),
+      renew: (lease) =>
+        Effect.tapError(settle(lease, "renew"), () => Effect.sync(settings.metrics.countFailedRenewal)),
       ack,
       nack: (lease, nackOptions?: JobQueue.NackOptions) =>
         settle(
@@ -165,10 +179,7 @@ export const make = (options: Options): Effect.Effect<JobQueue.JobQueueService, 
       deadLetter: (lease, reason) => settle(lease, "dead", 0, reason),
       deadLetters: listDeadLetters(calls, settings),
       requeue: requeue(state, calls, settings),
-      depth: Effect.map(calls.run("depth", [keys.stream, keys.delayed, keys.dead], [group]), (reply) => {
-        const [ready, leased, delayed, dead] = reply as [number, number, number, number]
-        return { ready, leased, delayed, dead }
-      })
+      depth
     }
     return service
   })

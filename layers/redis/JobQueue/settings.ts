@@ -1,6 +1,7 @@
 /**
  * What a queue is made with, fixed for its life: the contract's options in the form the parts use them (the
- * lease in whole milliseconds, how often to look for expired leases), its consumer name and its Redis names.
+ * lease in whole milliseconds, how often to look for expired leases), its consumer name, its Redis names and
+ * the recorder of its metric series.
  * The options are checked before this is read (`make` dies on invalid ones).
  */
 import * as Duration from "effect/Duration"
@@ -47,6 +48,8 @@ export interface Settings {
   readonly keys: Keys
   /** The consumer group's name. */
   readonly group: string
+  /** Updates the queue's metric series (`JobQueue.metrics(name)`). */
+  readonly metrics: JobQueue.MetricsRecorder
 }
 
 /** The settings of a queue made with `options`; a consumer name is made here when the options give none. */
@@ -64,6 +67,7 @@ export const settingsOf = (options: Options): Settings => {
     recheckMillis,
     recheck: Duration.millis(recheckMillis),
     consumer: options.consumer ?? `${hostname()}:${process.pid}:${randomUUID()}`,
+    metrics: JobQueue.metricsRecorder(options.name),
     ...keysOf(options.name)
   }
 }

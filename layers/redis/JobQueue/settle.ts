@@ -18,7 +18,7 @@ export type Action = "renew" | "release" | "nack" | "dead"
 
 /** The settles of the queue with `state` and `settings`. */
 export const makeSettle = (state: State, { once }: Calls, settings: Settings) => {
-  const { group, keys, maxDeliveries, maxDeadLetters } = settings
+  const { group, keys, maxDeliveries, maxDeadLetters, metrics } = settings
   const warn = warnDropped(settings)
 
   const settleOnce = (lease: JobQueue.Lease, leaseState: Held, action: Action, delayMillis: number, reason: string) =>
@@ -49,6 +49,7 @@ export const makeSettle = (state: State, { once }: Calls, settings: Settings) =>
         Effect.flatMap((reply) => {
           const [status, dropped] = reply as [string, string | null | undefined]
           if (!concluded(state, lease, leaseState, status, action !== "renew")) return Effect.fail(lostOf(lease))
+          if (status === "dead") metrics.countDeadLettered(1)
           return typeof dropped === "string" ? warn([dropped]) : Effect.void
         })
       )

@@ -17,6 +17,7 @@ import {
 describeJobQueueContract("memory", {
   make: (options) =>
     MemoryJobQueue.make({
+      name: options.name,
       capacity: options.capacity,
       leaseDuration: Duration.millis(options.leaseDurationMs),
       maxDeliveries: options.maxDeliveries

@@ -8,10 +8,10 @@
  * client is left open, and `layer` provides the service. Every wait is bounded.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Metric, Option, Scope } from "effect"
 import { Redis } from "ioredis"
 import * as RedisJobQueue from "../../../layers/redis/JobQueue/index.js"
-import { type JobQueueService, LeaseLost, QueueUnavailable } from "../../../services/JobQueue.js"
+import { type JobQueueService, LeaseLost, metrics, QueueUnavailable } from "../../../services/JobQueue.js"
 import {
   describeJobQueueContract,
   expectLayerService,
@@ -41,7 +41,7 @@ describeJobQueueContract("redis", {
     Effect.suspend(() =>
       RedisJobQueue.make({
         redis: { url: url() },
-        name: freshName("contract"),
+        name: options.name,
         capacity: options.capacity,
         leaseDuration: Duration.millis(options.leaseDurationMs),
         maxDeliveries: options.maxDeliveries
@@ -161,11 +161,12 @@ describe("RedisJobQueue", () => {
       yield* Scope.close(deadScope, Exit.void) // its release finds the queue closed: nothing happens
     })))
 
-  it.live("a job whose lease expires on its maxDeliveries-th delivery is dead-lettered instead of delivered again", () =>
+  it.live("a job whose lease expires on its maxDeliveries-th delivery is dead-lettered instead of delivered again, and counted so", () =>
     Effect.scoped(Effect.gen(function*() {
+      const name = freshName("poison")
       const queue = yield* RedisJobQueue.make({
         redis: { url: url() },
-        name: freshName("poison"),
+        name,
         capacity: 10,
         leaseDuration: "300 millis",
         maxDeliveries: 2
@@ -180,6 +181,9 @@ describe("RedisJobQueue", () => {
       const letters = yield* eventually(queue.deadLetters, (letters) => letters.length === 1, 3_000, "dead letter")
       expect(letters[0]).toMatchObject({ id: "poison", deliveries: 2, reason: "lease expired on delivery 2" })
       expect(yield* queue.depth).toEqual({ ready: 0, leased: 0, delayed: 0, dead: 1 })
+      // Both expiries were takeovers: the first delivered the job again, the second dead-lettered it.
+      const { deadLettered, takeovers } = metrics(name)
+      expect([(yield* Metric.value(takeovers)).count, (yield* Metric.value(deadLettered)).count]).toEqual([2, 1])
       expect(Option.isNone(yield* Fiber.poll(next))).toBe(true)
       yield* Fiber.interrupt(next)
       yield* Scope.close(hung, Exit.void)

@@ -7,16 +7,15 @@
 -- consumer. Then new entries with XREADGROUP `>`, oldest first. Leasing increments the hash's `attempts` in the
 -- same step, so the attempt is exact and a stale lease's token no longer matches. Entries without a matching hash
 -- (never written by this queue) are acknowledged and dropped. Returns { dropped dead letters, 1 if the walk
--- stopped before the end of the PEL (else 0), then id, entry, attempts, payload, enqueuedAt, carried of each
--- lease }.
--- Runs after the prelude.
+-- stopped before the end of the PEL (else 0), expired leases taken over, of which dead-lettered, then id, entry,
+-- attempts, payload, enqueuedAt, carried of each lease }. Runs after the prelude.
 
 local stream, dead = KEYS[1], KEYS[2]
 local group, consumer, leaseMs, maxAttempts, jobPrefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local wanted = tonumber(ARGV[9])
 local dropped = {}
-local reply = { dropped, 0 }
-local leased = 0
+local reply = { dropped, 0, 0, 0 }
+local leased, takenOver, expiredDead = 0, 0, 0
 local function forget(entry)
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
@@ -43,9 +42,11 @@ if ARGV[8] == '1' then
       if not state or state[1] ~= 'leased' or state[2] ~= entry then
         forget(entry)
       elseif tonumber(state[3]) >= maxAttempts then
+        takenOver, expiredDead = takenOver + 1, expiredDead + 1
         local gone = kill(stream, group, dead, jobPrefix, id, entry, 'lease expired on delivery ' .. state[3], ARGV[6], ARGV[7])
         if gone then table.insert(dropped, gone) end
       else
+        takenOver = takenOver + 1
         lease(entry, id)
       end
     end
@@ -62,4 +63,5 @@ while leased < wanted do
     if state and state[1] == 'ready' and state[2] == entry then lease(entry, id) else forget(entry) end
   end
 end
+reply[3], reply[4] = takenOver, expiredDead
 return reply
