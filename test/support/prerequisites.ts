@@ -2,9 +2,9 @@
  * Runs before vitest (`npm test`): the programs the end-to-end tests drive that npm cannot install.
  *
  * The Redis backends are tested against a real `redis-server`, mini-redis with Redis's own clients
- * (`redis-cli`, `redis-benchmark`), and the job server's rolling restart behind a real `haproxy`. A test
- * that cannot find its program would fail with a cryptic `spawn … ENOENT` or take its whole file down, so
- * they are looked for here, once, before any test starts:
+ * (`redis-cli`, `redis-benchmark`), the job server's rolling restart behind a real `haproxy`, and its
+ * `/metrics` as a real `prometheus` scrapes it. A test that cannot find its program would fail with a cryptic
+ * `spawn … ENOENT` or take its whole file down, so they are looked for here, once, before any test starts:
  * where this process may (root, with apt-get) the distribution's packages are installed, as `.ci/run` on a
  * fresh machine needs; otherwise the run stops at once with one line naming what to install.
  */
@@ -22,7 +22,8 @@ const programs: ReadonlyArray<Program> = [
   { command: "redis-server", debianPackage: "redis-server" },
   { command: "redis-cli", debianPackage: "redis-tools" },
   { command: "redis-benchmark", debianPackage: "redis-tools" },
-  { command: "haproxy", debianPackage: "haproxy" }
+  { command: "haproxy", debianPackage: "haproxy" },
+  { command: "prometheus", debianPackage: "prometheus" }
 ]
 
 const onPath = (command: string): boolean =>
