@@ -31,6 +31,7 @@ import type * as ConfigError from "effect/ConfigError"
 import type * as Scope from "effect/Scope"
 import { ShuttingDown } from "./Errors.js"
 import * as Leftovers from "./Leftovers.js"
+import { traceShutdown } from "./internal/shutdownTrace.js"
 import * as Internal from "./internal/lifecycle.js"
 import * as Tracker from "./Tracker.js"
 
@@ -297,6 +298,8 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
     const forced = yield* Deferred.make<ForceReason>()
     const tracker = yield* Tracker.make
     const reports: Array<DrainReport> = []
+    /** When each of `reports` came, in Clock millis: the end of that component's drain. */
+    const reportedAt: Array<number> = []
     /** The state of the shutdown, which only moves forward. */
     const state = {
       /** Clock ms of the signal or `shutdown`; undefined while running. */
@@ -385,11 +388,18 @@ export const make = (options: Options = {}): Effect.Effect<LifecycleService, Con
           return Effect.as(Deferred.succeed(forced, { _tag: "Escalated", signal }), "escalated" as const)
         }),
       track: tracker.track,
-      reportDrain: (report) => Effect.sync(() => void reports.push(report))
+      reportDrain: (report) =>
+        Effect.clockWith((clock) =>
+          Effect.sync(() => {
+            reports.push(report)
+            reportedAt.push(clock.unsafeCurrentTimeMillis())
+          })
+        )
     }
     return Internal.register(service, {
       tracker,
       drainReports: Effect.sync(() => [...reports]),
+      drainReportTimes: Effect.sync(() => [...reportedAt]),
       markStopped: SubscriptionRef.set(phaseRef, "stopped"),
       shutdownAt: Effect.sync(() => Option.fromNullable(Number.isNaN(state.shutdownAt) ? undefined : state.shutdownAt)),
       drainStartedAt: Effect.sync(() => Option.fromNullable(state.drainStartedAt))
@@ -555,6 +565,12 @@ const drive = <A, E>(programFiber: Fiber.RuntimeFiber<A, E>): Effect.Effect<RunR
     yield* internals.markStopped
     const report = yield* buildReport(lifecycle, trigger, phases, forcedBy, !finalizersDone, programFiber, [stopper, abandon])
     yield* Effect.logInfo(renderReport(report))
+    const reportTimes = yield* internals.drainReportTimes
+    yield* traceShutdown({
+      ...report,
+      trigger: Internal.describeTrigger(trigger),
+      components: report.components.map((component, index) => ({ ...component, reportedAt: reportTimes[index] ?? 0 }))
+    }, yield* Clock.currentTimeMillis)
     return { exit, report: Option.some(report) }
   })
 

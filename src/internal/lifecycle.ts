@@ -15,6 +15,8 @@ export interface Internals {
   readonly tracker: Tracker.Tracker
   /** What components reported of their drain, for the shutdown report. */
   readonly drainReports: Effect.Effect<ReadonlyArray<DrainReport>>
+  /** When each drain report came (Clock millis), in the order of `drainReports`. */
+  readonly drainReportTimes: Effect.Effect<ReadonlyArray<number>>
   /** Moves the phase to `stopped` when the run is over. */
   readonly markStopped: Effect.Effect<void>
   /** Clock time (ms) of the signal or `shutdown` that started the shutdown; none before. */
