@@ -70,16 +70,15 @@ const program = Effect.gen(function*() {
     Layer.provide(services)
   )
   const seeded = config.seed._tag === "Some" ? Layer.setRandom(Random.make(config.seed.value)) : Layer.empty
-  // Traces leave over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise nothing is traced.
-  yield* Layer.launch(Layer.provide(server, seeded)).pipe(
-    Effect.provide(Otel.fromEnv({ serviceName: "job-server" })),
-    Logger.withMinimumLogLevel(config.logLevel)
-  )
+  yield* Layer.launch(Layer.provide(server, seeded)).pipe(Logger.withMinimumLogLevel(config.logLevel))
 })
 
+// Traces (the requests, the jobs and the shutdown) leave over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set;
+// otherwise nothing is traced.
 const lifecycleOptions = Effect.map(settings, (config) => ({
   drainTimeout: config.drainTimeout,
-  preStopDelay: config.preStopDelay
+  preStopDelay: config.preStopDelay,
+  tracing: Otel.fromEnv({ serviceName: "job-server" })
 }))
 
 Effect.runPromise(Effect.either(lifecycleOptions)).then((options) => {

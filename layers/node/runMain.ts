@@ -39,6 +39,13 @@ export interface RunMainOptions extends Lifecycle.Options {
    * unset too, `pretty` when standard error is a terminal, `logfmt` otherwise.
    */
   readonly logger?: "pretty" | "logfmt" | "json"
+  /**
+   * A tracer for the whole run, such as keel/otel's `Otel.fromEnv()`: provided around the Lifecycle as well as
+   * the program, so that the shutdown is traced too (a `shutdown` span with its phases and each component's
+   * drain) and the spans are flushed after the drain. A layer that cannot be built stops the start like a bad
+   * setting (`could not start`, exit code 1). Default: none (Effect's own tracer, nothing exported).
+   */
+  readonly tracing?: Layer.Layer<never, unknown>
 }
 
 /** The formats `runMain` writes logs in. */
@@ -115,6 +122,7 @@ export const runToExitCode = <A, E>(
   }).pipe(
     Effect.scoped,
     Effect.provide(Layer.merge(Lifecycle.layer(options), loggerLayer(chosenLogFormat(options.logger)))),
+    Effect.provide(options.tracing ?? Layer.empty),
     Effect.catchAllCause((cause) =>
       Effect.as(
         Effect.logError("could not start", cause).pipe(

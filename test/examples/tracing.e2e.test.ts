@@ -4,7 +4,8 @@
  * exporting with the real OpenTelemetry OTLP/HTTP exporter to a receiver in this test. A `POST /jobs` sent with
  * a W3C `traceparent` yields, under the caller's trace id: the request's server span (API process), the
  * queue's `send` span beneath it (same process), and the job's `process` span in the worker process, a child
- * of the `send` span and linked to it. The trace is printed.
+ * of the `send` span and linked to it. The trace is printed. On SIGTERM each process exports its shutdown as a
+ * trace of its own: a root `shutdown` span with a child per phase and per component that drained.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
@@ -45,7 +46,7 @@ describe("tracing across processes", () => {
       const servers: Array<JobServer> = []
       const stopAll = Effect.promise(() =>
         Promise.all(servers.map(async (server) => {
-          server.run.signal("SIGTERM")
+          if (server.run.child.exitCode === null && server.run.child.signalCode === null) server.run.signal("SIGTERM")
           await server.run.waitForExit(15_000)
         }))
       )
@@ -116,6 +117,35 @@ describe("tracing across processes", () => {
           })
           expect(run!.links.map((link) => [link.traceId, link.spanId])).toEqual([[callerTraceId, send!.spanId]])
           expect(run!.startNs).toBeGreaterThanOrEqual(send!.startNs)
+
+          // SIGTERM: each process's shutdown is a trace of its own, with its phases and what drained.
+          yield* stopAll
+          const afterShutdown = yield* receiver.waitFor(
+            (received) =>
+              ["jobs-api", "jobs-worker"].every((service) =>
+                received.some((span) => span.service === service && span.name === "shutdown")
+              ),
+            "10 seconds"
+          )
+          const shutdownOf = (service: string) => {
+            const root = afterShutdown.find((span) => span.service === service && span.name === "shutdown")!
+            const children = afterShutdown.filter((span) => span.parentSpanId === root.spanId)
+            return { root, children: children.map((span) => span.name).sort() }
+          }
+          const apiShutdown = shutdownOf("jobs-api")
+          const workerShutdown = shutdownOf("jobs-worker")
+          console.log(
+            `shutdown traces: jobs-api ${apiShutdown.children.join(", ")}; jobs-worker ${workerShutdown.children.join(", ")}`
+          )
+          expect(apiShutdown.root.parentSpanId).toBeUndefined()
+          expect(apiShutdown.root.attributes).toMatchObject({ "keel.shutdown.trigger": "SIGTERM", "keel.shutdown.outcome": "clean" })
+          // The worker's pool reports its drain; an idle HTTP server has nothing to report.
+          expect(apiShutdown.children).toEqual(["shutdown finalizers", "shutdown inFlight"])
+          expect(workerShutdown.children).toEqual(["drain jobs", "shutdown finalizers", "shutdown inFlight"])
+          for (const child of afterShutdown.filter((span) => span.parentSpanId === apiShutdown.root.spanId)) {
+            expect(child.startNs).toBeGreaterThanOrEqual(apiShutdown.root.startNs)
+            expect(child.endNs).toBeLessThanOrEqual(apiShutdown.root.endNs)
+          }
         }),
         stopAll
       )
