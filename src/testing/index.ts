@@ -23,4 +23,5 @@ export {
 export * as Ledger from "./Ledger.js"
 export * as Permits from "./Permits.js"
 export * as PropertyRuns from "./PropertyRuns.js"
+export * as Simulation from "./Simulation.js"
 export * as VirtualTime from "./VirtualTime.js"

@@ -1,0 +1,282 @@
+/**
+ * Simulation — a whole Effect program run deterministically from a seed: its fibers' steps one at a time in an
+ * order the seed chooses, on simulated time, with seeded randomness, every choice logged; so a run that fails
+ * is replayed exactly from its token.
+ *
+ * The bugs that hurt in production live in interleavings Effect's default scheduler never tries: it runs ready
+ * fibers in the order they became ready. Here the program runs under a scheduler that holds every ready task
+ * and runs exactly one at a time, chosen uniformly by a PCG generator seeded from the run's seed (each choice
+ * is a step of the trace). Its Clock is simulated: a sleep is a timer of the simulation, and when nothing is
+ * runnable time jumps to the earliest timer, so an hour of sleeps takes no wall time and every timer fires in
+ * a seeded order among the ready tasks. Its `Random` is seeded too. The world is closed: when nothing is
+ * runnable and no timer is pending yet the program has not ended, it is waiting on something outside the
+ * simulation (a real timer, an unwrapped promise, a socket) or deadlocked, and the run ends `stalled`, saying
+ * so. The trace hash (FNV-1a over every choice and time jump, and how the program ended) is what a replay and
+ * the determinism self-check compare.
+ *
+ * Scope of this module: one program (its fibers are the simulated instance); preemption happens where Effect
+ * yields on its own (every 2048 operations) and at every suspension, not at extra points.
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Random from "effect/Random"
+import type * as Scheduler from "effect/Scheduler"
+import { PCGRandom } from "effect/Utils"
+
+/** How a simulation runs. */
+export interface Options {
+  /** Decides every choice of the run (which ready task runs next) and seeds the program's `Random`. */
+  readonly seed: number
+  /** Steps (tasks run) after which the run stops as `exhausted`, so a livelock cannot run forever. Default 100,000. */
+  readonly maxSteps?: number
+  /** The simulated Clock's start, in millis. Default 0. */
+  readonly startAt?: number
+}
+
+/** One entry of a run's trace: a task chosen among the ready ones, or the Clock jumping to the next timer. */
+export type Step =
+  | {
+    /** A ready task ran. */
+    readonly _tag: "Ran"
+    /** Its index among the ready tasks, in the order they became ready. */
+    readonly choice: number
+    /** How many tasks were ready. */
+    readonly of: number
+  }
+  | {
+    /** Nothing was ready: the Clock jumped to the earliest timer, which fired. */
+    readonly _tag: "Advanced"
+    /** The new time, in millis. */
+    readonly to: number
+  }
+
+/** How a simulated run ended, with what replays and checks it. */
+export interface Result<A, E> {
+  /** `completed`: the program ended (see `exit`); `stalled`: it waits on something outside the simulation or is deadlocked; `exhausted`: `maxSteps` ran out. */
+  readonly status: "completed" | "stalled" | "exhausted"
+  /** The program's Exit when it completed. */
+  readonly exit: Exit.Exit<A, E> | undefined
+  /** Every choice and time jump, in order. */
+  readonly trace: ReadonlyArray<Step>
+  /** FNV-1a of the trace and the ending, in hex: equal for runs that took the same path. */
+  readonly hash: string
+  /** What `replay` needs to run this exact path again. */
+  readonly token: string
+  /** The simulated time at the end, in millis. */
+  readonly endedAt: number
+}
+
+/** A program failed a run, or two runs of one seed took different paths. */
+export class SimulationFailed extends Error {
+  override readonly name = "SimulationFailed"
+}
+
+interface Timer {
+  readonly at: number
+  readonly order: number
+  readonly fire: () => void
+  cancelled: boolean
+}
+
+const fnvOffset = 0x811c9dc5
+const fnvPrime = 0x01000193
+
+/** FNV-1a, 32 bits, over the numbers of a trace. */
+class TraceHash {
+  private state = fnvOffset
+  add(value: number): void {
+    // Each number as 8 bytes of its float64 form: integers and times alike.
+    const bytes = new Uint8Array(new Float64Array([value]).buffer)
+    for (const byte of bytes) this.state = Math.imul(this.state ^ byte, fnvPrime) >>> 0
+  }
+  get hex(): string {
+    return this.state.toString(16).padStart(8, "0")
+  }
+}
+
+/**
+ * Runs `program` as a simulation from `options.seed`, synchronously, and reports how it ended with its trace,
+ * hash and replay token. The program needs nothing from outside: what it waits for must happen inside it.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Ref } from "effect"
+ * import { Simulation } from "keel/testing"
+ *
+ * // Two fibers increment a counter with a read, a yield and a write: some orders lose an update.
+ * const racy = Effect.gen(function*() {
+ *   const counter = yield* Ref.make(0)
+ *   const increment = Effect.flatMap(Ref.get(counter), (seen) => Effect.zipRight(Effect.yieldNow(), Ref.set(counter, seen + 1)))
+ *   yield* Effect.all([increment, increment], { concurrency: "unbounded" })
+ *   return yield* Ref.get(counter)
+ * })
+ *
+ * const lost = [1, 2, 3, 4, 5, 6, 7, 8].map((seed) => Simulation.run(racy, { seed }))
+ *   .find((result) => result.exit !== undefined && result.exit._tag === "Success" && result.exit.value === 1)
+ * // lost?.token replays that run: Simulation.replay(racy, lost.token).hash === lost.hash
+ * ```
+ */
+export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Result<A, E> => {
+  const maxSteps = options.maxSteps ?? 100_000
+  const chooser = new PCGRandom(options.seed >>> 0)
+  const hash = new TraceHash()
+  const trace: Array<Step> = []
+  const ready: Array<Scheduler.Task> = []
+  const timers: Array<Timer> = []
+  let now = options.startAt ?? 0
+  let timerOrder = 0
+
+  const scheduler: Scheduler.Scheduler = {
+    scheduleTask: (task) => void ready.push(task),
+    shouldYield: (fiber) => (fiber.currentOpCount > 2048 ? 0 : false)
+  }
+  const clock: Clock.Clock = {
+    [Clock.ClockTypeId]: Clock.ClockTypeId,
+    unsafeCurrentTimeMillis: () => now,
+    unsafeCurrentTimeNanos: () => BigInt(Math.round(now * 1_000_000)),
+    currentTimeMillis: Effect.sync(() => now),
+    currentTimeNanos: Effect.sync(() => BigInt(Math.round(now * 1_000_000))),
+    sleep: (duration) =>
+      Effect.async<void>((resume) => {
+        const timer: Timer = {
+          at: now + Duration.toMillis(duration),
+          order: timerOrder++,
+          fire: () => resume(Effect.void),
+          cancelled: false
+        }
+        if (duration.value._tag !== "Infinity") timers.push(timer)
+        return Effect.sync(() => {
+          timer.cancelled = true
+        })
+      })
+  }
+
+  const simulated = program.pipe(
+    Effect.withClock(clock),
+    Effect.withRandom(Random.make(options.seed)),
+    Effect.withScheduler(scheduler)
+  )
+  const fiber = Effect.runFork(simulated, { scheduler, immediate: false })
+
+  /** The earliest pending timer, removed; ties fire in the order they were set. */
+  const nextTimer = (): Timer | undefined => {
+    let earliest = -1
+    for (let index = 0; index < timers.length; index++) {
+      const timer = timers[index]!
+      if (timer.cancelled) continue
+      const best = earliest < 0 ? undefined : timers[earliest]!
+      if (best === undefined || timer.at < best.at || (timer.at === best.at && timer.order < best.order)) earliest = index
+    }
+    if (earliest < 0) {
+      timers.length = 0
+      return undefined
+    }
+    return timers.splice(earliest, 1)[0]
+  }
+
+  let steps = 0
+  let status: Result<A, E>["status"] = "completed"
+  for (;;) {
+    if (fiber.unsafePoll() !== null && ready.length === 0) break
+    if (ready.length > 0) {
+      if (steps >= maxSteps) {
+        status = "exhausted"
+        break
+      }
+      const choice = chooser.integer(ready.length)
+      trace.push({ _tag: "Ran", choice, of: ready.length })
+      hash.add(0)
+      hash.add(choice)
+      hash.add(ready.length)
+      const [task] = ready.splice(choice, 1)
+      steps++
+      task!()
+      continue
+    }
+    const timer = nextTimer()
+    if (timer === undefined) {
+      status = fiber.unsafePoll() === null ? "stalled" : "completed"
+      break
+    }
+    if (timer.at > now) {
+      now = timer.at
+      trace.push({ _tag: "Advanced", to: now })
+      hash.add(1)
+      hash.add(now)
+    }
+    timer.fire()
+  }
+
+  const exit = fiber.unsafePoll() ?? undefined
+  hash.add(status === "completed" ? (exit !== undefined && Exit.isSuccess(exit) ? 2 : 3) : status === "stalled" ? 4 : 5)
+  return {
+    status,
+    exit,
+    trace,
+    hash: hash.hex,
+    token: encodeToken(options),
+    endedAt: now
+  }
+}
+
+const tokenPrefix = "keel-sim-1:"
+
+// base64url of ASCII JSON, with the platform's btoa / atob (Node and browsers alike).
+const toBase64Url = (text: string) => btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")
+const fromBase64Url = (text: string) => atob(text.replace(/-/g, "+").replace(/_/g, "/"))
+
+const encodeToken = (options: Options): string =>
+  tokenPrefix + toBase64Url(JSON.stringify({
+    seed: options.seed,
+    ...(options.maxSteps === undefined ? {} : { maxSteps: options.maxSteps }),
+    ...(options.startAt === undefined ? {} : { startAt: options.startAt })
+  }))
+
+/** The options a token carries; throws `SimulationFailed` for text that is not a token. */
+export const decodeToken = (token: string): Options => {
+  if (!token.startsWith(tokenPrefix)) throw new SimulationFailed(`not a simulation token: ${token}`)
+  let parsed: Options
+  try {
+    parsed = JSON.parse(fromBase64Url(token.slice(tokenPrefix.length))) as Options
+  } catch {
+    throw new SimulationFailed(`not a simulation token: ${token}`)
+  }
+  if (typeof parsed.seed !== "number") throw new SimulationFailed(`not a simulation token: ${token}`)
+  return parsed
+}
+
+/** Runs `program` again down the path `token` names: the same choices, the same trace hash. */
+export const replay = <A, E>(program: Effect.Effect<A, E>, token: string): Result<A, E> =>
+  run(program, decodeToken(token))
+
+/**
+ * Runs `program` twice from `seed` and throws `SimulationFailed` if the two runs took different paths (their
+ * trace hashes differ): something in the program escapes the simulation (`Date.now`, `Math.random`, a real
+ * timer, a promise). Returns the first run.
+ */
+export const checkDeterminism = <A, E>(program: Effect.Effect<A, E>, options: Options): Result<A, E> => {
+  const first = run(program, options)
+  const second = run(program, options)
+  if (first.hash !== second.hash) {
+    throw new SimulationFailed(
+      `seed ${options.seed} ran two different paths (${first.hash}, ${first.trace.length} steps; ` +
+        `${second.hash}, ${second.trace.length} steps): the program escapes the simulation`
+    )
+  }
+  return first
+}
+
+/** `result` in a line: how it ended, after how many steps, at what simulated time, with its token. */
+export const describe = (result: Result<unknown, unknown>): string => {
+  const ending = result.status !== "completed"
+    ? result.status === "stalled"
+      ? "stalled: nothing can run and no timer is pending (waiting on something outside the simulation, or deadlocked)"
+      : "exhausted its steps (a livelock?)"
+    : result.exit !== undefined && Exit.isFailure(result.exit)
+    ? `failed: ${Cause.pretty(result.exit.cause).split("\n")[0]}`
+    : "completed"
+  return `${ending} after ${result.trace.length} steps at ${result.endedAt} ms; replay with ${result.token} (trace ${result.hash})`
+}

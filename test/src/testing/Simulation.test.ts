@@ -1,0 +1,139 @@
+/**
+ * The simulator as a user relies on it: a seed fixes the path (same seed, same trace hash and the same
+ * observable order), different seeds explore different interleavings, simulated time passes without wall
+ * time and in the right order, the closed world reports a program waiting on the outside, a planted race is
+ * found and replayed exactly from its token, and a program that escapes the simulation fails the
+ * determinism check. Keel's own WorkerPool runs under it with every job accounted for.
+ */
+import { describe, expect, it } from "vitest"
+import { Clock, Deferred, Effect, Fiber, Queue, Random, Ref } from "effect"
+import { Lifecycle, WorkerPool } from "keel"
+import { Ledger, Simulation } from "keel/testing"
+
+/** A producer and two consumers over a queue of 2, each consumer logging what it took. */
+const producerConsumers = Effect.gen(function*() {
+  const queue = yield* Queue.bounded<number>(2)
+  const log: Array<string> = []
+  const consumer = (name: string) =>
+    Effect.forever(Effect.flatMap(Queue.take(queue), (item) => Effect.sync(() => log.push(`${name}:${item}`))))
+  const consumers = yield* Effect.all([Effect.fork(consumer("a")), Effect.fork(consumer("b"))])
+  yield* Effect.forEach([1, 2, 3, 4, 5, 6], (item) => Queue.offer(queue, item), { discard: true })
+  while (log.length < 6) yield* Effect.yieldNow()
+  yield* Fiber.interruptAll(consumers)
+  return log.join(" ")
+})
+
+/** Two fibers incrementing a counter with a read, a yield and a write: some orders lose an update. */
+const racyIncrements = Effect.gen(function*() {
+  const counter = yield* Ref.make(0)
+  const increment = Effect.flatMap(Ref.get(counter), (seen) => Effect.zipRight(Effect.yieldNow(), Ref.set(counter, seen + 1)))
+  yield* Effect.all([increment, increment], { concurrency: "unbounded" })
+  return yield* Ref.get(counter)
+})
+
+const successOf = <A>(result: Simulation.Result<A, unknown>) =>
+  result.exit !== undefined && result.exit._tag === "Success" ? result.exit.value : undefined
+
+describe("Simulation", () => {
+  it("a seed fixes the path: the same seed gives the same trace hash and output, 50 seeds give several", () => {
+    const outputs = new Set<string>()
+    for (let seed = 1; seed <= 50; seed++) {
+      const first = Simulation.checkDeterminism(producerConsumers, { seed })
+      const again = Simulation.run(producerConsumers, { seed })
+      expect(first.status).toBe("completed")
+      expect([again.hash, successOf(again)]).toEqual([first.hash, successOf(first)])
+      outputs.add(successOf(first)!)
+    }
+    expect(outputs.size).toBeGreaterThan(3)
+  })
+
+  it("simulated time: an hour of sleeps takes no wall time, timers fire in time order, the Clock reads them", () => {
+    const sleepers = Effect.gen(function*() {
+      const woke: Array<string> = []
+      const sleeper = (name: string, minutes: number) =>
+        Effect.zipRight(Effect.sleep(`${minutes} minutes`), Effect.flatMap(Clock.currentTimeMillis, (at) =>
+          Effect.sync(() => woke.push(`${name}@${at / 60_000}m`))))
+      yield* Effect.all([sleeper("late", 60), sleeper("early", 1), sleeper("middle", 30)], { concurrency: "unbounded" })
+      return woke
+    })
+    const started = Date.now()
+    for (let seed = 1; seed <= 20; seed++) {
+      const result = Simulation.run(sleepers, { seed })
+      expect(successOf(result)).toEqual(["early@1m", "middle@30m", "late@60m"])
+      expect(result.endedAt).toBe(3_600_000)
+      expect(result.trace.filter((step) => step._tag === "Advanced").map((step) => step._tag === "Advanced" && step.to))
+        .toEqual([60_000, 1_800_000, 3_600_000])
+    }
+    expect(Date.now() - started).toBeLessThan(5_000)
+  })
+
+  it("seeded randomness: the program's Random follows the seed", () => {
+    const draws = Effect.all([Random.nextInt, Random.nextInt, Random.nextInt])
+    expect(successOf(Simulation.run(draws, { seed: 7 }))).toEqual(successOf(Simulation.run(draws, { seed: 7 })))
+    expect(successOf(Simulation.run(draws, { seed: 7 }))).not.toEqual(successOf(Simulation.run(draws, { seed: 8 })))
+  })
+
+  it("a closed world: a program waiting on a real promise, or deadlocked, ends stalled and says so", () => {
+    const outside = Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 10)))
+    const waiting = Simulation.run(outside, { seed: 1 })
+    expect(waiting.status).toBe("stalled")
+    expect(Simulation.describe(waiting)).toMatch(/^stalled: nothing can run and no timer is pending/)
+    const deadlocked = Simulation.run(Effect.flatMap(Deferred.make<void>(), Deferred.await), { seed: 1 })
+    expect(deadlocked.status).toBe("stalled")
+    const spinning = Simulation.run(Effect.forever(Effect.yieldNow()), { seed: 1, maxSteps: 500 })
+    expect(spinning.status).toBe("exhausted")
+  })
+
+  it("a planted lost update is found within 50 seeds, and its token replays the same path", () => {
+    const results = Array.from({ length: 50 }, (_, index) => Simulation.run(racyIncrements, { seed: index + 1 }))
+    const lost = results.find((result) => successOf(result) === 1)
+    const kept = results.find((result) => successOf(result) === 2)
+    expect(lost).toBeDefined()
+    expect(kept).toBeDefined()
+    const replayed = Simulation.replay(racyIncrements, lost!.token)
+    expect([replayed.hash, successOf(replayed), replayed.trace]).toEqual([lost!.hash, 1, lost!.trace])
+    expect(Simulation.describe(lost!)).toContain(lost!.token)
+  })
+
+  it("a program whose path depends on Math.random escapes the simulation: the determinism check fails", () => {
+    const escaping = Effect.suspend(() => Effect.repeatN(Effect.yieldNow(), Math.floor(Math.random() * 5)))
+    // Each check runs it twice; the two runs take one path only when both draws agree (1 in 5).
+    const failures = Array.from({ length: 20 }, (_, index) => {
+      try {
+        Simulation.checkDeterminism(escaping, { seed: index + 1 })
+        return undefined
+      } catch (error) {
+        return error
+      }
+    }).filter((error) => error !== undefined)
+    expect(failures.length).toBeGreaterThan(0)
+    expect(failures[0]).toBeInstanceOf(Simulation.SimulationFailed)
+    expect(String(failures[0])).toMatch(/ran two different paths .* the program escapes the simulation/)
+  })
+
+  it("Keel's WorkerPool under 200 seeds: every accepted job has exactly one outcome, and the drain ends", () => {
+    const poolRun = Effect.gen(function*() {
+      const ledger = yield* Ledger.make<string, "done">()
+      const pool = yield* WorkerPool.make<string>({
+        workers: 3,
+        capacity: 4,
+        handler: (id) => Effect.zipRight(Effect.sleep("10 millis"), ledger.settle(id, "done")),
+        onOutcome: () => Effect.void
+      })
+      for (let job = 1; job <= 12; job++) {
+        const id = `job-${job}`
+        yield* ledger.accept(id)
+        yield* pool.submit(id)
+      }
+      yield* pool.awaitIdle
+      return yield* ledger.check
+    }).pipe(Effect.scoped, Effect.provide(Lifecycle.layer({ drainTimeout: "10 seconds" })))
+    const hashes = new Set<string>()
+    for (let seed = 1; seed <= 200; seed++) {
+      const result = Simulation.run(poolRun, { seed })
+      expect(Simulation.describe(result)).toMatch(/^completed/)
+      hashes.add(result.hash)
+    }
+    expect(hashes.size).toBeGreaterThan(10)
+  })
+})
