@@ -14,14 +14,18 @@
  * so. The trace hash (FNV-1a over every choice and time jump, and how the program ended) is what a replay and
  * the determinism self-check compare.
  *
- * Scope of this module: one program (its fibers are the simulated instance); preemption happens where Effect
- * yields on its own (every 2048 operations) and at every suspension, not at extra points.
+ * A program can host several instances of an application (`instance`), sharing what it made before starting
+ * them; a crash (`crash`, or seeded with `crashProbability`) stops an instance at a step: the scheduler drops
+ * its tasks, so its fibers never run again and its finalizers never run, unlike an interruption. Preemption
+ * happens where Effect yields on its own (every 2048 operations) and at every suspension, not at extra points.
  */
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Random from "effect/Random"
 import type * as Scheduler from "effect/Scheduler"
 import { PCGRandom } from "effect/Utils"
@@ -34,6 +38,12 @@ export interface Options {
   readonly maxSteps?: number
   /** The simulated Clock's start, in millis. Default 0. */
   readonly startAt?: number
+  /**
+   * Before each step, each instance still alive (see `instance`) crashes with this probability, drawn from
+   * the seed: its fibers never run again and its finalizers never run. Default 0 (instances crash only when
+   * the program calls `crash`).
+   */
+  readonly crashProbability?: number
 }
 
 /** One entry of a run's trace: a task chosen among the ready ones, or the Clock jumping to the next timer. */
@@ -51,6 +61,12 @@ export type Step =
     readonly _tag: "Advanced"
     /** The new time, in millis. */
     readonly to: number
+  }
+  | {
+    /** An instance crashed: its fibers never run again. */
+    readonly _tag: "Crashed"
+    /** The instance's name. */
+    readonly instance: string
   }
 
 /** How a simulated run ended, with what replays and checks it. */
@@ -97,6 +113,63 @@ class TraceHash {
   }
 }
 
+/** The instance a fiber belongs to (inherited by the fibers it forks); none for the program itself. */
+const currentInstance = FiberRef.unsafeMake<string | undefined>(undefined)
+
+/** What the running simulation lets a program do to it: crash an instance. */
+interface Control {
+  readonly crash: (instance: string) => void
+}
+
+const currentControl = FiberRef.unsafeMake<Control | undefined>(undefined)
+
+/** An instance of an application inside a simulation: its fibers, crashable as one. */
+export interface Instance<A, E> {
+  /** The instance's name, as traces and `crash` name it. */
+  readonly name: string
+  /** Its main fiber. After a crash it never ends: do not join a crashed instance. */
+  readonly fiber: Fiber.RuntimeFiber<A, E>
+}
+
+/**
+ * Starts `effect` as an instance named `name`: a daemon fiber whose fibers (it and every fiber it forks) can
+ * be crashed together, by `crash` or by `Options.crashProbability`. Instances share what the program made
+ * before starting them (a queue, a store), as processes share a network service.
+ */
+export const instance = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>): Effect.Effect<Instance<A, E>, never, R> =>
+  Effect.map(Effect.forkDaemon(Effect.locally(effect, currentInstance, name)), (fiber) => ({ name, fiber }))
+
+/** `effect`, its steps (and the fibers it forks) belonging to no instance: a crash does not stop them. */
+const outsideInstances = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.locally(effect, currentInstance, undefined)
+
+/**
+ * `service` as the instances reach a service over the network: each of its calls (every method returning an
+ * Effect, and every Effect property) runs outside the calling instance, and so does the work the service
+ * forks for it (a lease's expiry timer, a delayed job). An instance that crashes mid-call stops when the
+ * call returns to it: the service has applied the call, the reply is lost. Without it, a service made by the
+ * program but called by an instance would fork its timers into that instance, and they would die with it.
+ */
+export const shared = <S extends object>(service: S): S =>
+  Object.fromEntries(Object.entries(service).map(([key, value]) => {
+    if (Effect.isEffect(value)) return [key, outsideInstances(value)]
+    if (typeof value !== "function") return [key, value]
+    return [key, (...args: Array<unknown>) => {
+      const result: unknown = (value as (...args: Array<unknown>) => unknown).apply(service, args)
+      return Effect.isEffect(result) ? outsideInstances(result) : result
+    }]
+  })) as S
+
+/**
+ * Crashes `target` now, as a process dies: none of its fibers runs again and none of its finalizers runs (a
+ * graceful stop is an interruption or a Lifecycle shutdown instead). Outside a simulation it does nothing.
+ */
+export const crash = (target: Instance<unknown, unknown> | string): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    fiber.getFiberRef(currentControl)?.crash(typeof target === "string" ? target : target.name)
+    return Effect.void
+  })
+
 /**
  * Runs `program` as a simulation from `options.seed`, synchronously, and reports how it ended with its trace,
  * hash and replay token. The program needs nothing from outside: what it waits for must happen inside it.
@@ -124,13 +197,33 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   const chooser = new PCGRandom(options.seed >>> 0)
   const hash = new TraceHash()
   const trace: Array<Step> = []
-  const ready: Array<Scheduler.Task> = []
+  const ready: Array<{ readonly task: Scheduler.Task; readonly instance: string | undefined }> = []
   const timers: Array<Timer> = []
   let now = options.startAt ?? 0
   let timerOrder = 0
+  const instances = new Set<string>()
+  const crashed = new Set<string>()
+  const crashProbability = options.crashProbability ?? 0
+
+  const crashNow = (instance: string) => {
+    if (crashed.has(instance)) return
+    crashed.add(instance)
+    trace.push({ _tag: "Crashed", instance })
+    hash.add(6)
+    for (const character of instance) hash.add(character.charCodeAt(0))
+    for (let index = ready.length - 1; index >= 0; index--) if (ready[index]!.instance === instance) ready.splice(index, 1)
+  }
+  const control: Control = { crash: crashNow }
 
   const scheduler: Scheduler.Scheduler = {
-    scheduleTask: (task) => void ready.push(task),
+    scheduleTask: (task, _priority, fiber) => {
+      const instance = fiber?.getFiberRef(currentInstance)
+      if (instance !== undefined) {
+        if (crashed.has(instance)) return
+        instances.add(instance)
+      }
+      ready.push({ task, instance })
+    },
     shouldYield: (fiber) => (fiber.currentOpCount > 2048 ? 0 : false)
   }
   const clock: Clock.Clock = {
@@ -155,6 +248,7 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   }
 
   const simulated = program.pipe(
+    Effect.locally(currentControl, control),
     Effect.withClock(clock),
     Effect.withRandom(Random.make(options.seed)),
     Effect.withScheduler(scheduler)
@@ -180,7 +274,13 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   let steps = 0
   let status: Result<A, E>["status"] = "completed"
   for (;;) {
-    if (fiber.unsafePoll() !== null && ready.length === 0) break
+    // The run ends with the program: instances still running are cut off there, as at the end of a test.
+    if (fiber.unsafePoll() !== null) break
+    if (crashProbability > 0) {
+      for (const instance of [...instances].sort()) {
+        if (!crashed.has(instance) && chooser.number() < crashProbability) crashNow(instance)
+      }
+    }
     if (ready.length > 0) {
       if (steps >= maxSteps) {
         status = "exhausted"
@@ -191,9 +291,9 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
       hash.add(0)
       hash.add(choice)
       hash.add(ready.length)
-      const [task] = ready.splice(choice, 1)
+      const [chosen] = ready.splice(choice, 1)
       steps++
-      task!()
+      chosen!.task()
       continue
     }
     const timer = nextTimer()
@@ -232,7 +332,8 @@ const encodeToken = (options: Options): string =>
   tokenPrefix + toBase64Url(JSON.stringify({
     seed: options.seed,
     ...(options.maxSteps === undefined ? {} : { maxSteps: options.maxSteps }),
-    ...(options.startAt === undefined ? {} : { startAt: options.startAt })
+    ...(options.startAt === undefined ? {} : { startAt: options.startAt }),
+    ...(options.crashProbability === undefined ? {} : { crashProbability: options.crashProbability })
   }))
 
 /** The options a token carries; throws `SimulationFailed` for text that is not a token. */
