@@ -24,6 +24,7 @@ import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as fc from "effect/FastCheck"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Random from "effect/Random"
@@ -38,6 +39,13 @@ export interface Options {
   readonly maxSteps?: number
   /** The simulated Clock's start, in millis. Default 0. */
   readonly startAt?: number
+  /**
+   * The choices to make, instead of drawing them from the seed: at the n-th step with more than one task
+   * ready, the task at `decisions[n] % ready` runs; past the list, the oldest ready task (as Effect's own
+   * scheduler would). A list of numbers is what `search` has fast-check generate and shrink, so a failing
+   * schedule shrinks to the few choices that matter.
+   */
+  readonly decisions?: ReadonlyArray<number>
   /**
    * Before each step, each instance still alive (see `instance`) crashes with this probability, drawn from
    * the seed: its fibers never run again and its finalizers never run. Default 0 (instances crash only when
@@ -204,6 +212,8 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   const instances = new Set<string>()
   const crashed = new Set<string>()
   const crashProbability = options.crashProbability ?? 0
+  const decisions = options.decisions
+  let decisionsUsed = 0
 
   const crashNow = (instance: string) => {
     if (crashed.has(instance)) return
@@ -286,7 +296,11 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
         status = "exhausted"
         break
       }
-      const choice = chooser.integer(ready.length)
+      const choice = decisions === undefined
+        ? chooser.integer(ready.length)
+        : ready.length === 1
+        ? 0
+        : (decisions[decisionsUsed++] ?? 0) % ready.length
       trace.push({ _tag: "Ran", choice, of: ready.length })
       hash.add(0)
       hash.add(choice)
@@ -333,7 +347,8 @@ const encodeToken = (options: Options): string =>
     seed: options.seed,
     ...(options.maxSteps === undefined ? {} : { maxSteps: options.maxSteps }),
     ...(options.startAt === undefined ? {} : { startAt: options.startAt }),
-    ...(options.crashProbability === undefined ? {} : { crashProbability: options.crashProbability })
+    ...(options.crashProbability === undefined ? {} : { crashProbability: options.crashProbability }),
+    ...(options.decisions === undefined ? {} : { decisions: options.decisions })
   }))
 
 /** The options a token carries; throws `SimulationFailed` for text that is not a token. */
@@ -380,4 +395,63 @@ export const describe = (result: Result<unknown, unknown>): string => {
     ? `failed: ${Cause.pretty(result.exit.cause).split("\n")[0]}`
     : "completed"
   return `${ending} after ${result.trace.length} steps at ${result.endedAt} ms; replay with ${result.token} (trace ${result.hash})`
+}
+
+/** What `search` explores. */
+export interface SearchOptions {
+  /** Schedules tried, each a list of decisions fast-check generates. Default 200. */
+  readonly runs?: number
+  /** Seeds fast-check (so the search is reproducible) and every run (its Random and crashes). Default 1. */
+  readonly seed?: number
+  /** The longest decision list tried. Default 200. */
+  readonly maxDecisions?: number
+  /** Passed to every run. */
+  readonly maxSteps?: number
+  /** Passed to every run. */
+  readonly crashProbability?: number
+}
+
+/**
+ * Looks for a schedule under which `property` fails (returns false or throws) for `program`: fast-check
+ * generates decision lists (see `Options.decisions`, each choice 0–7), and shrinks the first failing one to a minimal
+ * failing run, shorter lists and smaller choices first. Returns that run (its token replays it) with how many
+ * schedules were tried, or undefined when every schedule passed.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Ref } from "effect"
+ * import { Simulation } from "keel/testing"
+ *
+ * const racy = Effect.gen(function*() {
+ *   const counter = yield* Ref.make(0)
+ *   const increment = Effect.flatMap(Ref.get(counter), (seen) => Effect.zipRight(Effect.yieldNow(), Ref.set(counter, seen + 1)))
+ *   yield* Effect.all([increment, increment], { concurrency: "unbounded" })
+ *   return yield* Ref.get(counter)
+ * })
+ *
+ * const found = Simulation.search(racy, (result) => result.exit?._tag === "Success" && result.exit.value === 2)
+ * // found?.run.trace: the few choices that lose an update; found?.run.token replays them
+ * ```
+ */
+export const search = <A, E>(
+  program: Effect.Effect<A, E>,
+  property: (result: Result<A, E>) => boolean | void,
+  options: SearchOptions = {}
+): { readonly run: Result<A, E>; readonly tried: number } | undefined => {
+  const seed = options.seed ?? 1
+  const runWith = (decisions: ReadonlyArray<number>) =>
+    run(program, {
+      seed,
+      decisions,
+      ...(options.maxSteps === undefined ? {} : { maxSteps: options.maxSteps }),
+      ...(options.crashProbability === undefined ? {} : { crashProbability: options.crashProbability })
+    })
+  const details = fc.check(
+    fc.property(fc.array(fc.nat({ max: 7 }), { maxLength: options.maxDecisions ?? 200 }), (decisions) =>
+      property(runWith(decisions)) !== false),
+    { numRuns: options.runs ?? 200, seed }
+  )
+  if (!details.failed || details.counterexample === null) return undefined
+  const [decisions] = details.counterexample
+  return { run: runWith(decisions), tried: details.numRuns }
 }
