@@ -40,6 +40,9 @@ const promised: Record<string, Expectation> = {
   "job-queue": { prints: /deliveries 1 then 2; ready 0, leased 0, delayed 0, dead 0/ },
   "consume": { prints: /3 mailed, each delivered once; queue ready 0, leased 0/ },
   "tracing": { prints: /welcome mail to ada@example\.com[\s\S]*POST \/signup and process mailer in one trace/ },
+  "simulation": {
+    prints: /overbooked: completed after \d+ steps[^\n]*replay with keel-sim-1:\S+[\s\S]*shrunk to the decisions \[[\d, ]+\][\s\S]*replayed: the same path[\s\S]*fixed: never overbooked in 500 schedules/
+  },
   "property-test": {
     prints:
       /bug found, shrunk to: call 0 fails with error 0\n.*LedgerViolation: ledger violated: 1 settled more than once \(p1 ×2\)\nfixed: 100 scenarios, every payment has exactly one outcome/
