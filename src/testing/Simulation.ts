@@ -47,6 +47,15 @@ export interface Options {
    */
   readonly decisions?: ReadonlyArray<number>
   /**
+   * How a choice is drawn from the seed: `random` (default), uniformly among the ready tasks; or PCT
+   * (probabilistic concurrency testing, Burckhardt et al.): each fiber gets a random priority, the ready task of
+   * the highest-priority fiber runs, and at `depth − 1` steps drawn from the first `steps` the running fiber's
+   * priority drops below all others. A bug that needs `depth` ordering constraints is found with probability
+   * at least 1 / (fibers · steps^(depth−1)) per run, where uniform choices can need far more runs. Ignored when
+   * `decisions` is given.
+   */
+  readonly strategy?: "random" | { readonly pct: { readonly depth: number; readonly steps?: number } }
+  /**
    * Before each step, each instance still alive (see `instance`) crashes with this probability, drawn from
    * the seed: its fibers never run again and its finalizers never run. Default 0 (instances crash only when
    * the program calls `crash`).
@@ -205,7 +214,7 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   const chooser = new PCGRandom(options.seed >>> 0)
   const hash = new TraceHash()
   const trace: Array<Step> = []
-  const ready: Array<{ readonly task: Scheduler.Task; readonly instance: string | undefined }> = []
+  const ready: Array<{ readonly task: Scheduler.Task; readonly instance: string | undefined; readonly fiber: number }> = []
   const timers: Array<Timer> = []
   let now = options.startAt ?? 0
   let timerOrder = 0
@@ -214,6 +223,33 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   const crashProbability = options.crashProbability ?? 0
   const decisions = options.decisions
   let decisionsUsed = 0
+  const pct = decisions === undefined && typeof options.strategy === "object" ? options.strategy.pct : undefined
+  // PCT's state: a priority per fiber (drawn when it is first seen), and the steps at which the running
+  // fiber's priority drops to the change point's (below every initial priority).
+  const priorities = new Map<number, number>()
+  const changePoints = new Map<number, number>()
+  if (pct !== undefined) {
+    const within = Math.max(1, pct.steps ?? 1_000)
+    for (let change = 1; change < pct.depth; change++) changePoints.set(1 + chooser.integer(within), change - pct.depth)
+  }
+  const priorityOf = (fiber: number) => {
+    let priority = priorities.get(fiber)
+    if (priority === undefined) {
+      priority = chooser.number()
+      priorities.set(fiber, priority)
+    }
+    return priority
+  }
+  /** The index of the ready task PCT runs: the highest-priority fiber's oldest; then the step's change point. */
+  const pctChoice = () => {
+    let best = 0
+    for (let index = 1; index < ready.length; index++) {
+      if (priorityOf(ready[index]!.fiber) > priorityOf(ready[best]!.fiber)) best = index
+    }
+    const lowered = changePoints.get(steps + 1)
+    if (lowered !== undefined) priorities.set(ready[best]!.fiber, lowered)
+    return best
+  }
 
   const crashNow = (instance: string) => {
     if (crashed.has(instance)) return
@@ -232,7 +268,7 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
         if (crashed.has(instance)) return
         instances.add(instance)
       }
-      ready.push({ task, instance })
+      ready.push({ task, instance, fiber: fiber === undefined ? -1 : fiber.id().id })
     },
     shouldYield: (fiber) => (fiber.currentOpCount > 2048 ? 0 : false)
   }
@@ -297,7 +333,7 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
         break
       }
       const choice = decisions === undefined
-        ? chooser.integer(ready.length)
+        ? pct === undefined ? chooser.integer(ready.length) : pctChoice()
         : ready.length === 1
         ? 0
         : (decisions[decisionsUsed++] ?? 0) % ready.length
@@ -348,7 +384,8 @@ const encodeToken = (options: Options): string =>
     ...(options.maxSteps === undefined ? {} : { maxSteps: options.maxSteps }),
     ...(options.startAt === undefined ? {} : { startAt: options.startAt }),
     ...(options.crashProbability === undefined ? {} : { crashProbability: options.crashProbability }),
-    ...(options.decisions === undefined ? {} : { decisions: options.decisions })
+    ...(options.decisions === undefined ? {} : { decisions: options.decisions }),
+    ...(options.strategy === undefined ? {} : { strategy: options.strategy })
   }))
 
 /** The options a token carries; throws `SimulationFailed` for text that is not a token. */

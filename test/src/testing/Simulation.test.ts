@@ -24,6 +24,9 @@ const producerConsumers = Effect.gen(function*() {
   return log.join(" ")
 })
 
+/** Seeds of the dogfood runs: a few hundred in `npm test`; KEEL_SIMULATION_SEEDS=100000 for a long run. */
+const dogfoodSeeds = Number(process.env["KEEL_SIMULATION_SEEDS"] ?? 200)
+
 /** Two fibers incrementing a counter with a read, a yield and a write: some orders lose an update. */
 const racyIncrements = Effect.gen(function*() {
   const counter = yield* Ref.make(0)
@@ -112,7 +115,7 @@ describe("Simulation", () => {
     expect(String(failures[0])).toMatch(/ran two different paths .* the program escapes the simulation/)
   })
 
-  it("Keel's WorkerPool under 200 seeds: every accepted job has exactly one outcome, and the drain ends", () => {
+  it("Keel's WorkerPool under many seeds: every accepted job has exactly one outcome, and the drain ends", () => {
     const poolRun = Effect.gen(function*() {
       const ledger = yield* Ledger.make<string, "done">()
       const pool = yield* WorkerPool.make<string>({
@@ -130,7 +133,7 @@ describe("Simulation", () => {
       return yield* ledger.check
     }).pipe(Effect.scoped, Effect.provide(Lifecycle.layer({ drainTimeout: "10 seconds" })))
     const hashes = new Set<string>()
-    for (let seed = 1; seed <= 200; seed++) {
+    for (let seed = 1; seed <= dogfoodSeeds; seed++) {
       const result = Simulation.run(poolRun, { seed })
       expect(Simulation.describe(result)).toMatch(/^completed/)
       hashes.add(result.hash)
@@ -202,7 +205,7 @@ describe("Simulation: instances and crashes", () => {
     }).pipe(Effect.scoped)
     let crashedRuns = 0
     let duplicatedRuns = 0
-    for (let seed = 1; seed <= 100; seed++) {
+    for (let seed = 1; seed <= dogfoodSeeds; seed++) {
       const result = Simulation.run(scenario, { seed, crashProbability: 0.006 })
       expect(result.status, Simulation.describe(result)).toBe("completed")
       const { completions, depth } = successOf(result)!
@@ -226,9 +229,9 @@ describe("Simulation: instances and crashes", () => {
         }
       }
     }
-    expect(crashedRuns).toBeGreaterThan(10)
+    expect(crashedRuns).toBeGreaterThan(dogfoodSeeds / 10)
     expect(duplicatedRuns).toBeGreaterThan(0)
-    console.log(`100 seeds: ${crashedRuns} with a crash, ${duplicatedRuns} with a job completed twice`)
+    console.log(`${dogfoodSeeds} seeds: ${crashedRuns} with a crash, ${duplicatedRuns} with a job completed twice`)
   })
 })
 
@@ -268,5 +271,19 @@ describe("Simulation.search: failing schedules found by fast-check and shrunk", 
     const fifo = Simulation.run(producerConsumers, { seed: 1, decisions: [] })
     expect(fifo.trace.every((step) => step._tag !== "Ran" || step.choice === 0)).toBe(true)
     expect(Simulation.run(producerConsumers, { seed: 2, decisions: [] }).hash).toBe(fifo.hash)
+  })
+})
+
+describe("Simulation: PCT scheduling", () => {
+  it("finds the late lost update within 100 seeds, deterministically per seed, and replays it from the token", () => {
+    const strategy = { pct: { depth: 2, steps: 20 } } as const
+    const results = Array.from({ length: 100 }, (_, index) =>
+      Simulation.checkDeterminism(lateRacyIncrements, { seed: index + 1, strategy }))
+    const lost = results.filter((result) => successOf(result) === 1)
+    expect(lost.length).toBeGreaterThan(0)
+    expect(results.some((result) => successOf(result) === 2)).toBe(true)
+    const replayed = Simulation.replay(lateRacyIncrements, lost[0]!.token)
+    expect([replayed.hash, successOf(replayed)]).toEqual([lost[0]!.hash, 1])
+    console.log(`PCT depth 2: the lost update in ${lost.length} of 100 seeds`)
   })
 })
