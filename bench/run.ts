@@ -14,6 +14,7 @@ const benchmarks = [
   { file: "http.ts", nodeFlags: [] },
   { file: "mini-redis.ts", nodeFlags: [] },
   { file: "jobqueue.ts", nodeFlags: [] },
+  { file: "simulation.ts", nodeFlags: [] },
   { file: "startup.ts", nodeFlags: [] }
 ]
 

@@ -117,13 +117,21 @@ interface Timer {
 const fnvOffset = 0x811c9dc5
 const fnvPrime = 0x01000193
 
-/** FNV-1a, 32 bits, over the numbers of a trace. */
+/** FNV-1a, 32 bits, over the numbers of a trace (integers: choices, counts, tags, whole milliseconds). */
 class TraceHash {
   private state = fnvOffset
   add(value: number): void {
-    // Each number as 8 bytes of its float64 form: integers and times alike.
-    const bytes = new Uint8Array(new Float64Array([value]).buffer)
-    for (const byte of bytes) this.state = Math.imul(this.state ^ byte, fnvPrime) >>> 0
+    // The four bytes of the number's low 32 bits, then of the next 21, so times past 2^32 ms count too.
+    const low = value >>> 0
+    const high = Math.floor(value / 0x1_0000_0000) >>> 0
+    let state = this.state
+    for (const word of [low, high]) {
+      state = Math.imul(state ^ (word & 0xff), fnvPrime)
+      state = Math.imul(state ^ ((word >>> 8) & 0xff), fnvPrime)
+      state = Math.imul(state ^ ((word >>> 16) & 0xff), fnvPrime)
+      state = Math.imul(state ^ (word >>> 24), fnvPrime)
+    }
+    this.state = state >>> 0
   }
   get hex(): string {
     return this.state.toString(16).padStart(8, "0")
@@ -220,6 +228,16 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
   let timerOrder = 0
   const instances = new Set<string>()
   const crashed = new Set<string>()
+  // The instances not crashed, in name order (the order crash draws are made in), kept rather than sorted each step.
+  let alive: ReadonlyArray<string> = []
+  let aliveOf = -1
+  const aliveInstances = () => {
+    if (aliveOf !== instances.size + crashed.size) {
+      alive = [...instances].filter((instance) => !crashed.has(instance)).sort()
+      aliveOf = instances.size + crashed.size
+    }
+    return alive
+  }
   const crashProbability = options.crashProbability ?? 0
   const decisions = options.decisions
   let decisionsUsed = 0
@@ -323,8 +341,8 @@ export const run = <A, E>(program: Effect.Effect<A, E>, options: Options): Resul
     // The run ends with the program: instances still running are cut off there, as at the end of a test.
     if (fiber.unsafePoll() !== null) break
     if (crashProbability > 0) {
-      for (const instance of [...instances].sort()) {
-        if (!crashed.has(instance) && chooser.number() < crashProbability) crashNow(instance)
+      for (const instance of aliveInstances()) {
+        if (chooser.number() < crashProbability) crashNow(instance)
       }
     }
     if (ready.length > 0) {
