@@ -54,13 +54,24 @@ export interface Options {
    * at least 1 / (fibers · steps^(depth−1)) per run, where uniform choices can need far more runs. Ignored when
    * `decisions` is given.
    */
-  readonly strategy?: "random" | { readonly pct: { readonly depth: number; readonly steps?: number } }
+  readonly strategy?: "random" | PctStrategy
   /**
    * Before each step, each instance still alive (see `instance`) crashes with this probability, drawn from
    * the seed: its fibers never run again and its finalizers never run. Default 0 (instances crash only when
    * the program calls `crash`).
    */
   readonly crashProbability?: number
+}
+
+/** PCT scheduling (see `Options.strategy`). */
+export interface PctStrategy {
+  /** The PCT parameters. */
+  readonly pct: {
+    /** The bug depth aimed at: `depth − 1` priority change points. At least 1. */
+    readonly depth: number
+    /** The steps the change points are drawn from, about the length of a run. Default 1,000. */
+    readonly steps?: number
+  }
 }
 
 /** One entry of a run's trace: a task chosen among the ready ones, or the Clock jumping to the next timer. */
@@ -104,6 +115,7 @@ export interface Result<A, E> {
 
 /** A program failed a run, or two runs of one seed took different paths. */
 export class SimulationFailed extends Error {
+  /** `SimulationFailed`. */
   override readonly name = "SimulationFailed"
 }
 
@@ -452,6 +464,14 @@ export const describe = (result: Result<unknown, unknown>): string => {
   return `${ending} after ${result.trace.length} steps at ${result.endedAt} ms; replay with ${result.token} (trace ${result.hash})`
 }
 
+/** A failing run `search` found, shrunk. */
+export interface Found<A, E> {
+  /** The minimal failing run: its token replays it. */
+  readonly run: Result<A, E>
+  /** How many schedules were tried before the first failure. */
+  readonly tried: number
+}
+
 /** What `search` explores. */
 export interface SearchOptions {
   /** Schedules tried, each a list of decisions fast-check generates. Default 200. */
@@ -492,7 +512,7 @@ export const search = <A, E>(
   program: Effect.Effect<A, E>,
   property: (result: Result<A, E>) => boolean | void,
   options: SearchOptions = {}
-): { readonly run: Result<A, E>; readonly tried: number } | undefined => {
+): Found<A, E> | undefined => {
   const seed = options.seed ?? 1
   const runWith = (decisions: ReadonlyArray<number>) =>
     run(program, {
