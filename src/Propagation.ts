@@ -13,14 +13,13 @@
  * The deadline is an instant of the offering process's Clock (Unix millis on the live Clock): across
  * machines it is as good as their clocks agree.
  */
-import * as Clock from "effect/Clock"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import { currentDeadline } from "./internal/deadline.js"
+import { clockOf } from "./internal/fiberClock.js"
 import { currentParent } from "./internal/tracing.js"
 
 /** The span a job was offered in, as W3C trace context names its parts. */
@@ -54,7 +53,7 @@ export const captureFrom = (
   const inherited = fiber.getFiberRef(currentDeadline)
   let deadline = Option.getOrUndefined(inherited)
   if (deadlineAfter !== undefined) {
-    const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+    const now = clockOf(fiber).unsafeCurrentTimeMillis()
     const explicit = now + Duration.toMillis(Duration.decode(deadlineAfter))
     deadline = deadline === undefined ? explicit : Math.min(deadline, explicit)
   }

@@ -11,6 +11,7 @@ import type * as HttpApp from "@effect/platform/HttpApp"
 import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
+import { clockOf } from "#keel/internal/fiberClock"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
@@ -89,7 +90,7 @@ export const measured = (route: string) => {
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.withFiberRuntime((fiber) => {
       const method = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest).method
-      const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+      const clock = clockOf(fiber)
       const startedNanos = clock.unsafeCurrentTimeNanos()
       return Effect.matchCauseEffect(app, {
         onSuccess: recordSuccess(method, startedNanos, clock),

@@ -11,13 +11,13 @@
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
-import * as Clock from "effect/Clock"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import * as Option from "effect/Option"
 import type * as Runtime from "effect/Runtime"
 import * as Tracer from "effect/Tracer"
+import { clockOf } from "./fiberClock.js"
 
 /** The tracer Effect runs with when no application installed one: its spans go nowhere. */
 const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
@@ -61,7 +61,7 @@ export const event = (
 ): void => {
   const span = currentSpan(fiber)
   if (span === undefined) return
-  span.event(name, Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeNanos(), attributes)
+  span.event(name, clockOf(fiber).unsafeCurrentTimeNanos(), attributes)
 }
 
 /** `event` as an Effect, for a decision taken where no fiber is at hand: nothing when tracing is off. */

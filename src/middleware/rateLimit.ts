@@ -25,8 +25,6 @@
  * get a new burst of `limit` calls sooner than `per` after its last one. Size `maxKeys` above the number of
  * clients active within one `per`.
  */
-import * as Clock from "effect/Clock"
-import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -41,6 +39,7 @@ import { currentDeadline } from "../internal/deadline.js"
 import * as MetricSeries from "../internal/MetricSeries.js"
 import * as Instruments from "../internal/middlewareInstruments.js"
 import { event } from "../internal/tracing.js"
+import { clockOf } from "../internal/fiberClock.js"
 import * as Validation from "../internal/Validation.js"
 import { takeShedding, withShedding } from "../internal/shedding.js"
 import type { Middleware, Service } from "./Middleware.js"
@@ -398,7 +397,7 @@ export const rateLimit = <Req = unknown>(
     ): Effect.Effect<Res, E | RateLimited, Rq> =>
       Effect.withFiberRuntime((fiber): Effect.Effect<Res, E | RateLimited, Rq> => {
         const shed = waitForSlot && (takeShedding(fiber) || shedding)
-        const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+        const clock = clockOf(fiber)
         const decision = decide(request, clock.unsafeCurrentTimeMillis(), shed, fiber.getFiberRef(currentDeadline))
         switch (decision._tag) {
           case "Admitted":

@@ -38,12 +38,9 @@
  * error instead of sleeping into a timeout.
  */
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -53,6 +50,7 @@ import * as ScheduleIntervals from "effect/ScheduleIntervals"
 import type * as Scope from "effect/Scope"
 import * as Backoff from "../Backoff.js"
 import { remainingFor } from "../internal/deadline.js"
+import { clockOf } from "../internal/fiberClock.js"
 import * as MetricSeries from "../internal/MetricSeries.js"
 import { event } from "../internal/tracing.js"
 import * as Validation from "../internal/Validation.js"
@@ -264,8 +262,6 @@ const governedBy = <A, E, R>(budget: RetryBudget, call: Effect.Effect<A, E, R>):
     )
   )
 
-const clockOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Clock.Clock =>
-  Context.get(fiber.currentDefaultServices, Clock.Clock)
 
 interface ValidBudget {
   readonly ratio: number
